@@ -1,0 +1,25 @@
+"""odconv: ODConv2d, the CondConv and DyConv baselines, one conv factory, model builders
+and cost counting. Pure PyTorch."""
+
+from .factory import make_conv
+from .functional import STRATEGIES, dynamic_conv2d, per_example_kernels
+from .layers import CondConv2d, DynamicConvBase, DyConv2d, ODConv2d
+from .spec import ATTENTIONS, ConvSpec, parse_conv_spec
+from .utils import dynamic_layers, load_checkpoint, set_temperature, strip_prefix
+
+__all__ = [
+    "ATTENTIONS", "ConvSpec", "parse_conv_spec", "make_conv", "dynamic_conv2d", "per_example_kernels",
+    "STRATEGIES", "ODConv2d", "CondConv2d", "DyConv2d", "DynamicConvBase", "dynamic_layers",
+    "set_temperature", "load_checkpoint", "strip_prefix",
+]
+
+try:  # model builders and profiling are added by their own modules
+    from .models import build_model, list_models, register_model  # noqa: F401
+    __all__ += ["build_model", "list_models", "register_model"]
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from .profile import count_macs, count_params, profile_model  # noqa: F401
+    __all__ += ["count_macs", "count_params", "profile_model"]
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,78 @@
+"""CondConv: conditionally parameterised convolution (Yang et al., NeurIPS 2019)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional import dynamic_conv2d
+from .base import DynamicConvBase
+
+
+class CondConv2d(DynamicConvBase):
+    """``num_experts`` kernels mixed per example by routing weights
+    ``r = sigmoid(Linear(GAP(x)))`` (independent sigmoids, not a softmax, so they need not sum
+    to 1): ``kernel_b = sum_i r_b,i W_i``, ``bias_b = sum_i r_b,i b_i``.
+
+    Choices the paper leaves open (documented in the README): the router is a Linear with
+    bias on the globally average-pooled input of this layer, with no dropout on the routing
+    weights and no temperature; each expert is initialised on its own like a static conv.
+    ``forward(x, routing)`` accepts routing weights (B, n) computed elsewhere, for a router
+    shared by several layers.
+
+    Shapes: (B, in_planes, H, W) -> (B, out_planes, H', W'); ``weight`` (n, O, I/g, k, k).
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, bias: bool = False, num_experts: int = 8,
+                 strategy: str = "grouped", routing: bool = True) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if in_planes % groups or out_planes % groups:
+            raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
+        self.in_planes, self.out_planes = in_planes, out_planes
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.groups = groups
+        self.kernel_num = self.num_experts = num_experts
+        self.strategy = strategy
+        self.routing = nn.Linear(in_planes, num_experts) if routing else None
+        self.weight = nn.Parameter(torch.empty(num_experts, out_planes, in_planes // groups, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_planes)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each expert on its own with the static conv rule (kaiming normal, fan_out, ReLU);
+        biases zero."""
+        for i in range(self.num_experts):
+            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def routing_weights(self, x: Tensor) -> Tensor:
+        """(B, I, H, W) -> routing weights (B, n) in (0, 1)."""
+        if self.routing is None:
+            raise RuntimeError("this CondConv2d has no router of its own: pass routing weights to forward()")
+        return torch.sigmoid(self.routing(x.mean(dim=(2, 3))))
+
+    def forward(self, x: Tensor, routing: Optional[Tensor] = None) -> Tensor:
+        r = self.routing_weights(x) if routing is None else routing
+        return dynamic_conv2d(x, self.weight, kernel=r, bias=self.bias, stride=self.stride, padding=self.padding,
+                              dilation=self.dilation, groups=self.groups, strategy=self.strategy)
+
+    def _attention_macs(self, in_hw: tuple[int, int]) -> int:
+        if self.routing is None:
+            return 0
+        return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * self.num_experts
+
+    def _aggregation_macs(self) -> int:
+        return self.num_experts * self.weight[0].numel() + (self.num_experts * self.out_planes if self.bias is not None else 0)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, num_experts={self.num_experts}, "
+                f"bias={self.bias is not None}, strategy={self.strategy}")

@@ -1,0 +1,85 @@
+"""DyConv: dynamic convolution, attention over convolution kernels (Chen et al., CVPR 2020)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional import dynamic_conv2d
+from .base import DynamicConvBase, TemperatureBuffer
+
+
+class KernelAttention(TemperatureBuffer):
+    """GAP -> 1x1 conv (I -> hidden, no bias) -> ReLU -> 1x1 conv (hidden -> K, bias) -> softmax(z / T).
+
+    ``hidden = max(int(in_planes * reduction), 1)`` (reduction 1/4 in the paper).
+    (B, I, H, W) -> (B, K), rows summing to 1.
+    """
+
+    def __init__(self, in_planes: int, kernel_num: int, reduction: float = 0.25, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.hidden = max(int(in_planes * reduction), 1)
+        self._init_temperature(temperature)
+        self.fc1 = nn.Conv2d(in_planes, self.hidden, 1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(self.hidden, kernel_num, 1, bias=True)
+        for m in (self.fc1, self.fc2):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.fc2(self.relu(self.fc1(x.mean(dim=(2, 3), keepdim=True))))
+        return F.softmax(z.flatten(1) / self.temperature, dim=1)
+
+
+class DyConv2d(DynamicConvBase):
+    """K kernels (and biases) aggregated per example by softmax attention ``pi(x)``:
+    ``kernel_b = sum_k pi_b,k W_k``, ``bias_b = sum_k pi_b,k b_k``.
+
+    The temperature starts where the layer is told (``update_temperature``; the training
+    schedule anneals 30 -> 1 like ODConv's). Each kernel is initialised on its own with the
+    static conv rule. Shapes: (B, in_planes, H, W) -> (B, out_planes, H', W').
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, bias: bool = False, kernel_num: int = 4,
+                 reduction: float = 0.25, strategy: str = "grouped") -> None:
+        super().__init__()
+        if kernel_num < 1:
+            raise ValueError(f"kernel_num must be >= 1, got {kernel_num}")
+        if in_planes % groups or out_planes % groups:
+            raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
+        self.in_planes, self.out_planes = in_planes, out_planes
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.groups, self.kernel_num, self.strategy = groups, kernel_num, strategy
+        self.attention = KernelAttention(in_planes, kernel_num, reduction)
+        self.weight = nn.Parameter(torch.empty(kernel_num, out_planes, in_planes // groups, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(kernel_num, out_planes)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for i in range(self.kernel_num):
+            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def update_temperature(self, temperature: float) -> None:
+        self.attention.update_temperature(temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dynamic_conv2d(x, self.weight, kernel=self.attention(x), bias=self.bias, stride=self.stride,
+                              padding=self.padding, dilation=self.dilation, groups=self.groups,
+                              strategy=self.strategy)
+
+    def _attention_macs(self, in_hw: tuple[int, int]) -> int:
+        h = self.attention.hidden
+        return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * h + h * self.kernel_num
+
+    def _aggregation_macs(self) -> int:
+        return self.kernel_num * self.weight[0].numel() + (self.kernel_num * self.out_planes if self.bias is not None else 0)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, kernel_num={self.kernel_num}, "
+                f"bias={self.bias is not None}, strategy={self.strategy}")

@@ -1,0 +1,175 @@
+"""ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional import dynamic_conv2d
+from ..spec import ATTENTIONS, validate_attentions
+from .base import DynamicConvBase, TemperatureBuffer
+
+
+class OmniAttention(TemperatureBuffer):
+    """The attention head of ODConv: GAP -> 1x1 conv (no bias) -> BN -> ReLU, then one 1x1
+    conv head per attention.
+
+    Heads (each built only if its attention is active): ``channel_fc`` -> (B, in_planes),
+    ``filter_fc`` -> (B, out_planes), ``spatial_fc`` -> (B, k, k), ``kernel_fc`` -> (B, n).
+    Channel, filter and spatial attentions are ``sigmoid(logits / T)``; kernel attention is
+    ``softmax(logits / T)`` over the n kernels.
+
+    Batch size 1 in training mode: BatchNorm cannot estimate batch statistics from one
+    value per channel (the reference raises). This head then normalises with its running
+    statistics, as in eval mode, and leaves them unchanged.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, kernel_num: int,
+                 attentions: frozenset[str], reduction: float = 0.0625, min_channel: int = 16) -> None:
+        super().__init__()
+        hidden = max(int(in_planes * reduction), min_channel)
+        self.hidden = hidden
+        self.kernel_size = kernel_size
+        self.kernel_num = kernel_num
+        self.attentions = attentions
+        self._init_temperature(1.0)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Conv2d(in_planes, hidden, 1, bias=False)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.relu = nn.ReLU(inplace=True)
+        # Creation order matters: it fixes the RNG stream, so that a seeded layer starts from
+        # the same numbers as the reference.
+        if "channel" in attentions:
+            self.channel_fc = nn.Conv2d(hidden, in_planes, 1, bias=True)
+        if "filter" in attentions:
+            self.filter_fc = nn.Conv2d(hidden, out_planes, 1, bias=True)
+        if "spatial" in attentions:
+            self.spatial_fc = nn.Conv2d(hidden, kernel_size * kernel_size, 1, bias=True)
+        if "kernel" in attentions:
+            self.kernel_fc = nn.Conv2d(hidden, kernel_num, 1, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _normalize(self, z: Tensor) -> Tensor:
+        if self.training and z.shape[0] == 1:
+            bn = self.bn
+            return F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        return self.bn(z)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """x: (B, I, H, W) -> dict of the active attentions, shapes as in the class doc."""
+        batch = x.shape[0]
+        z = self.relu(self._normalize(self.fc(self.avgpool(x))))
+        t = self.temperature
+        out: dict[str, Tensor] = {}
+        if "channel" in self.attentions:
+            out["channel"] = torch.sigmoid(self.channel_fc(z).view(batch, -1) / t)
+        if "filter" in self.attentions:
+            out["filter"] = torch.sigmoid(self.filter_fc(z).view(batch, -1) / t)
+        if "spatial" in self.attentions:
+            out["spatial"] = torch.sigmoid(self.spatial_fc(z).view(batch, self.kernel_size, self.kernel_size) / t)
+        if "kernel" in self.attentions:
+            out["kernel"] = F.softmax(self.kernel_fc(z).view(batch, -1) / t, dim=1)
+        return out
+
+
+class ODConv2d(DynamicConvBase):
+    """Omni-dimensional dynamic convolution with individually switchable attentions.
+
+    Args:
+        attentions: any subset of ``{"channel", "filter", "spatial", "kernel"}`` (default all
+            four). ``kernel`` requires ``kernel_num >= 2`` and ``kernel_num >= 2`` requires
+            ``kernel``. Following the reference, filter attention is never built for a
+            depthwise conv, spatial attention never for k = 1, and kernel attention never for
+            n = 1; ``active_attentions`` says which are actually built. With none active the
+            layer is exactly ``nn.Conv2d`` (weight ``(1, O, I/g, k, k)``, no attention branch).
+
+    Shapes: input (B, in_planes, H, W) -> output (B, out_planes, H', W').
+    Parameter names and shapes match the reference implementation with all attentions on.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, reduction: float = 0.0625, kernel_num: int = 4,
+                 min_channel: int = 16, attentions: Iterable[str] = ATTENTIONS, strategy: str = "grouped") -> None:
+        super().__init__()
+        if in_planes % groups or out_planes % groups:
+            raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
+        requested = validate_attentions(frozenset(attentions) if not isinstance(attentions, str) else attentions,
+                                        kernel_num)
+        self.in_planes, self.out_planes = in_planes, out_planes
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.groups, self.kernel_num = groups, kernel_num
+        self.reduction, self.min_channel = reduction, min_channel
+        self.strategy = strategy
+        self.requested_attentions = requested
+        active = set(requested)
+        if in_planes == groups and in_planes == out_planes:  # depthwise: no filter attention
+            active.discard("filter")
+        if kernel_size == 1:  # pointwise: no spatial attention
+            active.discard("spatial")
+        self.active_attentions = frozenset(active)
+        if self.active_attentions:
+            self.attention = OmniAttention(in_planes, out_planes, kernel_size, kernel_num, self.active_attentions,
+                                           reduction=reduction, min_channel=min_channel)
+        else:
+            self.attention = None
+        self.weight = nn.Parameter(torch.randn(kernel_num, out_planes, in_planes // groups, kernel_size, kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each kernel on its own with the static conv rule of the official code
+        (kaiming normal, fan_out, ReLU gain)."""
+        for i in range(self.kernel_num):
+            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
+
+    def update_temperature(self, temperature: float) -> None:
+        if self.attention is not None:
+            self.attention.update_temperature(temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.attention is None:
+            return F.conv2d(x, self.weight[0], None, self.stride, self.padding, self.dilation, self.groups)
+        att = self.attention(x)
+        return dynamic_conv2d(x, self.weight, **att, stride=self.stride, padding=self.padding,
+                              dilation=self.dilation, groups=self.groups, strategy=self.strategy)
+
+    # cost accounting (see DynamicConvBase.mac_breakdown)
+    def _attention_macs(self, in_hw: tuple[int, int]) -> int:
+        if self.attention is None:
+            return 0
+        h = self.attention.hidden
+        heads = {"channel": self.in_planes, "filter": self.out_planes,
+                 "spatial": self.kernel_size ** 2, "kernel": self.kernel_num}
+        return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * h + h * sum(
+            heads[a] for a in self.active_attentions)
+
+    def _aggregation_macs(self) -> int:
+        if "kernel" not in self.active_attentions and "spatial" not in self.active_attentions:
+            return 0
+        return self.kernel_num * self.weight[0].numel()
+
+    def _modulation_macs(self, in_hw, out_hw) -> int:
+        macs = 0
+        if "channel" in self.active_attentions:
+            macs += self.in_planes * in_hw[0] * in_hw[1]
+        if "filter" in self.active_attentions:
+            macs += self.out_planes * out_hw[0] * out_hw[1]
+        return macs
+
+    def extra_repr(self) -> str:
+        atts = "+".join(a for a in ATTENTIONS if a in self.active_attentions) or "none"
+        return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"kernel_num={self.kernel_num}, attentions={atts}, strategy={self.strategy}")
