@@ -1,0 +1,112 @@
+"""Wall-clock time and peak memory of a callable, on CPU or CUDA.
+
+Used by the benchmark (`make bench`) and by sweep records (latency, throughput, memory).
+Times are medians over repeats after warm-up; compare them only as ratios measured in the
+same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callable(fn: Callable[[], object], device: torch.device | str = "cpu", *, warmup: int = 2,
+                  repeats: int = 5, min_time: float = 0.0) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` timed calls after ``warmup`` calls.
+    With ``min_time`` > 0, keeps repeating until that many seconds have been spent timing."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats or spent < min_time:
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - start
+        times.append(dt)
+        spent += dt
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
+    """Peak bytes allocated by torch during one call of ``fn``, above what was allocated before.
+
+    CUDA: the caching allocator's peak. CPU: replays the per-operator allocations recorded by
+    the torch profiler (tensors alive at the start are not counted, as on CUDA).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Each event's *self* memory is what that operator kept allocated (frees show up as
+    # "[memory]" events); replaying them in time order gives the running total. Transient
+    # workspace that a single kernel allocates and frees inside itself is not seen.
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def make_train_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+    """A closure running one forward + backward + SGD step (lr 0 keeps the weights fixed)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(inputs), targets).backward()
+        opt.step()
+
+    return step
+
+
+def measure_latency(model: nn.Module, batch_size: int, input_size: tuple[int, int, int] = (3, 32, 32),
+                    device: torch.device | str = "cpu", *, warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds of one eval-mode forward pass at ``batch_size`` (no grad)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    x = torch.randn(batch_size, *input_size, device=device)
+    try:
+        with torch.inference_mode():
+            return time_callable(lambda: model(x), device, warmup=warmup, repeats=repeats)
+    finally:
+        model.train(was_training)
+
+
+def measure_train_throughput(model: nn.Module, batch_size: int, input_size: tuple[int, int, int] = (3, 32, 32),
+                             num_classes: int = 10, device: torch.device | str = "cpu", *, warmup: int = 2,
+                             repeats: int = 5) -> float:
+    """Images per second of a train-mode forward + backward + optimiser step at ``batch_size``."""
+    device = torch.device(device)
+    was_training = model.training
+    model.train()
+    x = torch.randn(batch_size, *input_size, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    try:
+        seconds = time_callable(make_train_step(model, x, y), device, warmup=warmup, repeats=repeats)
+    finally:
+        model.train(was_training)
+    return batch_size / seconds
