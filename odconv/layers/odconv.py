@@ -89,8 +89,8 @@ class ODConv2d(DynamicConvBase):
     """Omni-dimensional dynamic convolution with individually switchable attentions.
 
     Args:
-        attentions: any subset of ``{"channel", "filter", "spatial", "kernel"}`` (default all
-            four). ``kernel`` requires ``kernel_num >= 2`` and ``kernel_num >= 2`` requires
+        attentions: any subset of ``{"channel", "filter", "spatial", "kernel"}``. Default (None):
+            all four, as the reference (with ``kernel_num=1``: channel, filter, spatial). ``kernel`` requires ``kernel_num >= 2`` and ``kernel_num >= 2`` requires
             ``kernel``. Following the reference, filter attention is never built for a
             depthwise conv, spatial attention never for k = 1, and kernel attention never for
             n = 1; ``active_attentions`` says which are actually built. With none active the
@@ -102,10 +102,12 @@ class ODConv2d(DynamicConvBase):
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, reduction: float = 0.0625, kernel_num: int = 4,
-                 min_channel: int = 16, attentions: Iterable[str] = ATTENTIONS, strategy: str = "grouped") -> None:
+                 min_channel: int = 16, attentions: Optional[Iterable[str]] = None, strategy: str = "grouped") -> None:
         super().__init__()
         if in_planes % groups or out_planes % groups:
             raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
+        if attentions is None:  # the reference: all four, kernel attention only when there are kernels to mix
+            attentions = ATTENTIONS if kernel_num >= 2 else ATTENTIONS[:3]
         requested = validate_attentions(frozenset(attentions) if not isinstance(attentions, str) else attentions,
                                         kernel_num)
         self.in_planes, self.out_planes = in_planes, out_planes
