@@ -13,13 +13,7 @@ __all__ = [
     "set_temperature", "load_checkpoint", "strip_prefix",
 ]
 
-try:  # model builders and profiling are added by their own modules
-    from .models import build_model, list_models, register_model  # noqa: F401
-    __all__ += ["build_model", "list_models", "register_model"]
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .profile import count_macs, count_params, profile_model  # noqa: F401
-    __all__ += ["count_macs", "count_params", "profile_model"]
-except ImportError:  # pragma: no cover
-    pass
+from .models import build_model, list_models, register_model  # noqa: E402
+from .profile import count_macs, count_params, profile_model  # noqa: E402
+
+__all__ += ["build_model", "list_models", "register_model", "count_macs", "count_params", "profile_model"]

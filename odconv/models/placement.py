@@ -1,0 +1,173 @@
+"""Where a model's dynamic convs go: the ``placement`` option of :func:`odconv.build_model`.
+
+- ``"matched"`` (default): the conv spec goes where the official ODConv repo puts ODConv,
+  whatever the spec's kind, so that only the conv changes between runs (controlled
+  ablation). ResNets: every conv inside the residual blocks; the stem, the 1x1 downsample
+  shortcut and the classifier stay static. MobileNetV2: every conv except the stem
+  (expansion, depthwise and projection convs of every block, and the last 1x1 conv to 1280);
+  static classifier. A CondConv layer routes on its own input.
+- ``"paper"``: each baseline as its authors built it.
+
+  * CondConv (Yang et al., 2019): the last 3 residual blocks of a ResNet, or the last 6
+    inverted-residual blocks of a MobileNetV2, are dynamic, with one router
+    ``sigmoid(Linear(GAP(block input)))`` per block shared by that block's convs; the
+    classifier is a CondConv too (a 1x1 CondConv on the pooled features, with its own router
+    and per-expert biases); downsample convs, the stem and MobileNetV2's last 1x1 conv stay
+    static.
+  * DyConv (Chen et al., 2020): every conv except the stem is dynamic, the ResNet
+    downsample 1x1 and MobileNetV2's depthwise and last 1x1 convs included, each with its
+    own attention; static classifier.
+  * ODConv: its paper placement is its matched placement. ``static`` is the same under both.
+
+The number of experts/kernels is the spec's (the papers used ``condconv8x`` and
+``dyconv4x``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..factory import CONV_OPTIONS, make_conv
+from ..spec import ConvSpec, parse_conv_spec
+
+PLACEMENTS: tuple[str, ...] = ("matched", "paper")
+STATIC = ConvSpec("static")
+# Number of trailing blocks the CondConv paper makes dynamic, per model family.
+CONDCONV_PAPER_LAST_BLOCKS = {"resnet": 3, "mobilenetv2": 6}
+
+
+def check_placement(placement: str) -> str:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
+    return placement
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """The conv spec of every part of a model, resolved from (spec, placement).
+
+    ``blocks[i]`` is the spec of every conv inside residual block ``i`` (in forward order);
+    ``shared_router`` says whether a CondConv block gets one router shared by its convs;
+    ``head`` is MobileNetV2's last 1x1 conv; ``classifier`` is ``static`` (an ``nn.Linear``)
+    or a dynamic spec (a :class:`DynamicLinear`).
+    """
+
+    spec: ConvSpec
+    placement: str
+    blocks: tuple[ConvSpec, ...]
+    downsample: ConvSpec
+    head: ConvSpec
+    classifier: ConvSpec
+    shared_router: bool = False
+    conv_options: dict[str, Any] = field(default_factory=dict)
+
+    def conv(self, spec: ConvSpec, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+             groups: int = 1, bias: bool = False, shared_routing: bool = False) -> nn.Module:
+        """Build one conv through :func:`odconv.make_conv` with the options that apply to its kind."""
+        opts = {k: v for k, v in self.conv_options.items() if k in CONV_OPTIONS[spec.kind]}
+        if shared_routing:
+            opts["routing"] = False
+        return make_conv(spec, in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias,
+                         **opts)
+
+    def router(self, spec: ConvSpec, in_channels: int) -> "SharedRouter | None":
+        """The block router when this block's convs share one, else ``None``."""
+        if self.shared_router and spec.kind == "condconv":
+            return SharedRouter(in_channels, spec.num)
+        return None
+
+
+def plan_model(family: str, num_blocks: int, conv: str | ConvSpec, placement: str,
+               conv_options: dict[str, Any] | None = None) -> ModelPlan:
+    """Resolve where ``conv`` goes in a model of ``family`` ("resnet" or "mobilenetv2") with
+    ``num_blocks`` residual blocks."""
+    spec = parse_conv_spec(conv)
+    check_placement(placement)
+    opts = dict(conv_options or {})
+    if placement == "paper" and spec.kind == "condconv":
+        last = CONDCONV_PAPER_LAST_BLOCKS[family]
+        blocks = tuple(spec if i >= num_blocks - last else STATIC for i in range(num_blocks))
+        return ModelPlan(spec, placement, blocks, downsample=STATIC, head=STATIC, classifier=spec,
+                         shared_router=True, conv_options=opts)
+    if placement == "paper" and spec.kind == "dyconv":
+        return ModelPlan(spec, placement, (spec,) * num_blocks, downsample=spec, head=spec, classifier=STATIC,
+                         conv_options=opts)
+    # matched (and the paper placement of ODConv and of static, which is the same)
+    head = spec if family == "mobilenetv2" else STATIC
+    return ModelPlan(spec, placement, (spec,) * num_blocks, downsample=STATIC, head=head, classifier=STATIC,
+                     conv_options=opts)
+
+
+class SharedRouter(nn.Module):
+    """CondConv routing shared by the convs of one block: ``sigmoid(Linear(GAP(x)))``,
+    (B, C, H, W) -> (B, n). Counted by :mod:`odconv.profile` through :meth:`mac_breakdown`."""
+
+    def __init__(self, in_channels: int, num_experts: int) -> None:
+        super().__init__()
+        self.in_channels, self.num_experts = in_channels, num_experts
+        self.fc = nn.Linear(in_channels, num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(x.mean(dim=(2, 3))))
+
+    def mac_breakdown(self, in_hw: tuple[int, int]) -> dict[str, int]:
+        """Pooling the input plus the routing FC, per example."""
+        return {"conv": 0, "aggregation": 0, "modulation": 0,
+                "attention": self.in_channels * in_hw[0] * in_hw[1] + self.in_channels * self.num_experts}
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        return sum(self.mac_breakdown(in_hw).values())
+
+
+class DynamicLinear(nn.Module):
+    """A classifier built as a dynamic 1x1 conv on the pooled features (CondConv's paper
+    classifier): (B, C) -> (B, num_classes). The conv (``self.conv``) has a bias."""
+
+    def __init__(self, plan: ModelPlan, spec: ConvSpec, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.conv = plan.conv(spec, in_features, out_features, 1, bias=True)
+
+    def forward(self, x):
+        return self.conv(x.view(x.shape[0], self.in_features, 1, 1)).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def make_classifier(plan: ModelPlan, in_features: int, num_classes: int) -> nn.Module:
+    """``nn.Linear`` for a static classifier, else a :class:`DynamicLinear`."""
+    if plan.classifier.kind == "static":
+        return nn.Linear(in_features, num_classes)
+    return DynamicLinear(plan, plan.classifier, in_features, num_classes)
+
+
+def call_conv(conv: nn.Module, x, routing=None):
+    """Call ``conv`` on ``x``, passing shared routing weights when there are some."""
+    return conv(x) if routing is None else conv(x, routing=routing)
+
+
+def init_static(model: nn.Module) -> None:
+    """The static layers' init of the official repo (kaiming normal fan_out/ReLU for convs,
+    BatchNorm 1/0), skipping dynamic layers and routers, which keep their own per-kernel init
+    (their 5-D weight is never initialised as one tensor)."""
+    from ..layers import DynamicConvBase
+
+    def visit(m: nn.Module) -> None:
+        if isinstance(m, (DynamicConvBase, SharedRouter)):
+            return
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        for child in m.children():
+            visit(child)
+
+    visit(model)
