@@ -5,6 +5,11 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 SWEEP  ?= ablation
 
+STORAGE           ?=
+WORKERS           ?=
+GPUS              ?=
+DEVICES_PER_TRIAL ?= 1
+
 .PHONY: setup test test-slow bench ablation results gpu-check clean
 
 setup: $(VENV)/.installed
@@ -22,6 +27,24 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Benchmark (README: "Benchmark"): writes results/bench/{layers,models}.{csv,md}
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m odconv.bench --out results/bench $(BENCH_ARGS)
+
+# On a machine with a CUDA build of torch: GPU tests + the benchmark on CUDA (skips without one)
+gpu-check: setup
+	PY=$(PY) bash scripts/gpu_check.sh
+
+# Sweeps (README: "Running the ablation sweep"):
+#   make ablation [SWEEP=smoke] [WORKERS=2] [GPUS=0,1,2,3] [DEVICES_PER_TRIAL=2] [STORAGE=postgresql://...]
+ablation: setup
+	STORAGE="$(STORAGE)" WORKERS="$(WORKERS)" GPUS="$(GPUS)" DEVICES_PER_TRIAL="$(DEVICES_PER_TRIAL)" \
+		$(PY) -m sweeps run sweeps/$(SWEEP).yaml
+
+results: setup
+	STORAGE="$(STORAGE)" $(PY) -m sweeps results $(SWEEP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -90,25 +90,51 @@ def per_example_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optio
 
 def dynamic_conv2d(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = None, filter: Optional[Tensor] = None,
                    spatial: Optional[Tensor] = None, kernel: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-                   stride=1, padding=0, dilation=1, groups: int = 1, strategy: str = "grouped") -> Tensor:
+                   stride=1, padding=0, dilation=1, groups: int = 1, strategy: str = "auto") -> Tensor:
     """Dynamic convolution of ``x`` (B, I, H, W) with ``weight`` (n, O, I/groups, k, k).
 
     Attentions (each optional, absent = exactly 1): ``channel`` (B, I), ``filter`` (B, O),
     ``spatial`` (B, k, k), ``kernel`` (B, n) (required when n > 1); ``bias`` (n, O) is mixed by
     ``kernel`` like the weight. Returns (B, O, H', W').
+
+    ``strategy``: a name in ``STRATEGIES`` (all exact, see :mod:`odconv.strategies`) or
+    ``"auto"`` (chosen per call from shape, batch, dtype, device and grad mode by
+    :func:`odconv.autotune.choose_strategy`). Inside ``odconv.autotune.use_strategy(name)``
+    that name replaces ``strategy``.
     """
     n = weight.shape[0]
     if weight.dim() != 5:
         raise ValueError(f"weight must be (n, out, in/groups, k, k), got shape {tuple(weight.shape)}")
     if n > 1 and kernel is None:
         raise ValueError(f"{n} kernels need kernel attention (B, {n}) to mix them")
+    from .autotune import choose_strategy, forced_strategy
+
+    strategy = forced_strategy() or strategy
+    if strategy == "auto":
+        strategy = choose_strategy(x, weight, channel=channel, filter=filter, spatial=spatial, kernel=kernel,
+                                   bias=bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
     try:
         fn = STRATEGIES[strategy]
     except KeyError:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(sorted(STRATEGIES))}") from None
+        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(valid_strategies())}") from None
     return fn(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups)
+
+
+def valid_strategies() -> list[str]:
+    """Every name ``strategy=`` accepts: ``"auto"`` and the registered strategies."""
+    return ["auto", *sorted(STRATEGIES)]
+
+
+def check_strategy(name: str) -> str:
+    """``name`` if it is a valid strategy (or ``"auto"``), else ValueError listing the valid ones."""
+    if name != "auto" and name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(valid_strategies())}")
+    return name
 
 
 def conv_output_hw(in_hw: tuple[int, int], kernel_size: int, stride: int, padding: int, dilation: int) -> tuple[int, int]:
     """Spatial size of a conv's output."""
     return tuple((s + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1 for s in in_hw)  # type: ignore[return-value]
+
+
+from . import strategies as _strategies  # noqa: E402,F401  (registers bmm, mix, mix_cl, fused, compiled)

@@ -110,3 +110,33 @@ def measure_train_throughput(model: nn.Module, batch_size: int, input_size: tupl
     finally:
         model.train(was_training)
     return batch_size / seconds
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *, warmup: int = 1,
+                     repeats: int = 3, max_seconds: float = float("inf")) -> dict[str, float]:
+    """Median seconds per call of every callable in ``fns``, timed round-robin (one call of
+    each per round) so that load changes on a shared machine hit all of them alike.
+
+    A callable whose warm-up call took longer than ``max_seconds / repeats`` is timed
+    fewer times, bounding each entry's cost near ``max_seconds``; one whose warm-up call
+    alone took longer than ``max_seconds`` is not called again (its warm-up time is used).
+    """
+    device = torch.device(device)
+    first: dict[str, float] = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        for _ in range(max(1, warmup)):
+            fn()
+        _sync(device)
+        first[name] = (time.perf_counter() - start) / max(1, warmup)
+    wanted = {name: min(repeats, int(max_seconds // max(first[name], 1e-9))) for name in fns}
+    times: dict[str, list[float]] = {name: ([] if wanted[name] else [first[name]]) for name in fns}
+    for r in range(max(wanted.values())):
+        for name, fn in fns.items():
+            if r >= wanted[name]:
+                continue
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

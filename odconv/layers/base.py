@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import conv_output_hw
+from ..functional import check_strategy, conv_output_hw
 
 
 class TemperatureBuffer(nn.Module):
@@ -42,7 +42,7 @@ class DynamicConvBase(nn.Module):
 
     Attributes every subclass sets: ``in_planes``, ``out_planes``, ``kernel_size``, ``stride``,
     ``padding``, ``dilation``, ``groups``, ``kernel_num``, ``weight`` (n, O, I/g, k, k),
-    ``strategy`` (name of a :mod:`odconv.functional` strategy).
+    ``strategy`` (name of a :mod:`odconv.functional` strategy, default ``"auto"``).
     """
 
     in_planes: int
@@ -53,7 +53,17 @@ class DynamicConvBase(nn.Module):
     dilation: int
     groups: int
     kernel_num: int
-    strategy: str = "grouped"
+    _strategy: str = "auto"
+
+    @property
+    def strategy(self) -> str:
+        """Execution strategy of :func:`odconv.functional.dynamic_conv2d` (``"auto"`` or a
+        name in ``STRATEGIES``); setting an unknown name raises ValueError listing the valid ones."""
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, name: str) -> None:
+        self._strategy = check_strategy(name)
 
     def update_temperature(self, temperature: float) -> None:  # pragma: no cover - overridden where used
         """Layers without a temperature ignore it."""

@@ -29,7 +29,7 @@ class CondConv2d(DynamicConvBase):
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, bias: bool = False, num_experts: int = 8,
-                 strategy: str = "grouped", routing: bool = True) -> None:
+                 strategy: str = "auto", routing: bool = True) -> None:
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")

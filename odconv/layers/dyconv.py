@@ -44,7 +44,7 @@ class DyConv2d(DynamicConvBase):
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, bias: bool = False, kernel_num: int = 4,
-                 reduction: float = 0.25, strategy: str = "grouped") -> None:
+                 reduction: float = 0.25, strategy: str = "auto") -> None:
         super().__init__()
         if kernel_num < 1:
             raise ValueError(f"kernel_num must be >= 1, got {kernel_num}")

@@ -102,7 +102,7 @@ class ODConv2d(DynamicConvBase):
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, reduction: float = 0.0625, kernel_num: int = 4,
-                 min_channel: int = 16, attentions: Optional[Iterable[str]] = None, strategy: str = "grouped") -> None:
+                 min_channel: int = 16, attentions: Optional[Iterable[str]] = None, strategy: str = "auto") -> None:
         super().__init__()
         if in_planes % groups or out_planes % groups:
             raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")

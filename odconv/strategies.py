@@ -1,0 +1,337 @@
+"""Exact execution strategies of :func:`odconv.functional.dynamic_conv2d`.
+
+All compute the same function (see :mod:`odconv.functional`); they differ in how the work
+is laid out. Notation: batch B, input channels C, output channels O, groups g,
+Cg = C/g, Og = O/g, kernel taps kk = k*k, output positions L = H'*W', n kernels,
+per-example kernel size X = O*Cg*kk.
+
+``grouped`` (reference, in functional.py)
+    aggregate one kernel per example, then one conv with ``groups = g*B``.
+``bmm``
+    aggregate per-example kernels, unfold the input (im2col) and run one batched matmul
+    ``(B, g, Og, Cg*kk) @ (B, g, Cg*kk, L)``. Plain autograd; batch-agnostic (exportable).
+``mix``
+    never builds a per-example kernel: run the n stacked static kernels as one conv with
+    n*O output channels on the channel-attended input, then mix the n outputs of every
+    example with its kernel attention. Spatial attention multiplies kernel taps, so it is
+    applied per example to the unfolded input patches, which then go through a 1x1 conv
+    with the stacked kernels. n times the conv FLOPs, but one large GEMM with a shared
+    weight (its gradient is one reduction over the batch). Best when n is small against L,
+    and always for n = 1 (ODConv-1x). Batch-agnostic.
+``mix_cl``
+    ``mix`` with the input in channels-last memory format.
+``fused``
+    a custom autograd Function over per-example kernels that stores only its inputs (x, the
+    n kernels, the attentions): per-example kernels, unfolded input and the per-example
+    kernel gradients are rebuilt chunk by chunk of the batch in the backward pass and
+    reduced at once into the gradients of the n kernels and of the attentions, so neither
+    they nor their gradients are ever materialised for the whole batch. Memory of a static
+    conv; the per-example-kernel FLOPs of the reference. Inside, each chunk runs as one
+    grouped conv (groups = g * chunk) when L >= FUSED_CONV_MIN_POSITIONS, else as patches
+    + batched matmul. Loops over batch chunks (not for torch.export with a dynamic batch).
+``fused_bmm``
+    ``fused`` always with the patches + batched-matmul inner kernel.
+``compiled``
+    ``bmm`` through ``torch.compile`` (optional; compiled lazily on first use).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+from .functional import _mixed_bias, register_strategy
+
+# Largest number of elements the fused strategy lets one batch chunk's per-example kernels,
+# unfolded input or output take (chunks are at least one example).
+FUSED_CHUNK_ELEMENTS = 1 << 23
+
+
+def _geometry(x: Tensor, weight: Tensor, stride, padding, dilation):
+    if isinstance(padding, str):
+        raise ValueError("string padding is only supported by the 'grouped' strategy; pass integers")
+    kh, kw = weight.shape[-2:]
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    h, w = x.shape[-2:]
+    ho = (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
+    wo = (w + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+    return (kh, kw), s, p, d, ho, wo
+
+
+def _finish(out: Tensor, filter: Optional[Tensor], bias: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
+    batch, out_ch = out.shape[:2]
+    if filter is not None:
+        out = out * filter.view(batch, out_ch, 1, 1)
+    mixed = _mixed_bias(bias, kernel, batch)
+    if mixed is not None:
+        out = out + mixed.reshape(batch, out_ch, 1, 1)
+    return out
+
+
+def _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups) -> Tensor:
+    """No attention varies the kernel: one plain conv (shared by every strategy)."""
+    if channel is not None:
+        x = x * channel.view(x.shape[0], x.shape[1], 1, 1)
+    return _finish(F.conv2d(x, weight[0], None, stride, padding, dilation, groups), filter, bias, kernel)
+
+
+def _aggregate(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor], batch: int):
+    """Per-example kernels (batch, O*Cg, kk), and the kernel-attention mix before the spatial
+    attention (batch, O*Cg, kk) (the same tensor when there is no spatial attention)."""
+    n = weight.shape[0]
+    kk = weight.shape[-1] * weight.shape[-2]
+    w2 = weight.reshape(n, -1)
+    if kernel is not None:
+        a = kernel @ w2  # (batch, X)
+    else:
+        a = w2[0].expand(batch, -1)
+    a = a.reshape(batch, -1, kk)
+    if spatial is None:
+        return a, a
+    return a * spatial.reshape(batch, 1, kk), a
+
+
+def _patches(x: Tensor, kh: int, kw: int, s, p, d, ho: int, wo: int) -> Tensor:
+    """im2col by strided slicing: (B, C, H, W) -> (B, C, kh*kw, ho, wo), the layout of
+    ``F.unfold`` (channel-major, then tap), several times faster than ``F.unfold`` on CPU."""
+    if p[0] or p[1]:
+        x = F.pad(x, (p[1], p[1], p[0], p[0]))
+    cols = x.new_empty(x.shape[0], x.shape[1], kh * kw, ho, wo)
+    t = 0
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, t] = x[:, :, i * d[0]: i * d[0] + s[0] * (ho - 1) + 1: s[0],
+                              j * d[1]: j * d[1] + s[1] * (wo - 1) + 1: s[1]]
+            t += 1
+    return cols
+
+
+def _unpatch(cols: Tensor, h: int, w: int, kh: int, kw: int, s, p, d, ho: int, wo: int) -> Tensor:
+    """The adjoint of :func:`_patches` (col2im): (B, C, kh*kw, ho, wo) -> (B, C, H, W)."""
+    batch, ch = cols.shape[:2]
+    out = cols.new_zeros(batch, ch, h + 2 * p[0], w + 2 * p[1])
+    t = 0
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i * d[0]: i * d[0] + s[0] * (ho - 1) + 1: s[0],
+                j * d[1]: j * d[1] + s[1] * (wo - 1) + 1: s[1]] += cols[:, :, t]
+            t += 1
+    return out[:, :, p[0]: p[0] + h, p[1]: p[1] + w]
+
+
+# --------------------------------------------------------------------------------- bmm
+@register_strategy("bmm")
+def bmm_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
+    if kernel is None and spatial is None:
+        return _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups)
+    batch, in_ch = x.shape[:2]
+    n, out_ch, cg = weight.shape[:3]
+    (kh, kw), s, p, d, ho, wo = _geometry(x, weight, stride, padding, dilation)
+    if channel is not None:
+        x = x * channel.view(batch, in_ch, 1, 1)
+    k, _ = _aggregate(weight, spatial, kernel, batch)
+    k = k.reshape(batch, groups, out_ch // groups, cg * kh * kw)
+    cols = _patches(x, kh, kw, s, p, d, ho, wo).view(batch, groups, cg * kh * kw, ho * wo)
+    out = torch.matmul(k, cols).view(batch, out_ch, ho, wo)
+    return _finish(out, filter, bias, kernel)
+
+
+# --------------------------------------------------------------------------------- mix
+def _stacked(weight: Tensor, groups: int) -> Tensor:
+    """(n, O, Cg, kh, kw) -> (g*n*Og, Cg, kh, kw): output channels ordered (group, kernel, filter)
+    so that a conv with ``groups`` gives every group its n*Og stacked outputs."""
+    n, out_ch = weight.shape[:2]
+    return weight.reshape(n, groups, out_ch // groups, *weight.shape[2:]).transpose(0, 1).reshape(
+        groups * n * (out_ch // groups), *weight.shape[2:])
+
+
+def _mix(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups,
+         channels_last: bool = False) -> Tensor:
+    if kernel is None and spatial is None:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups)
+    batch, in_ch = x.shape[:2]
+    n, out_ch, cg = weight.shape[:3]
+    (kh, kw), s, p, d, ho, wo = _geometry(x, weight, stride, padding, dilation)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if channel is not None:
+        x = x * channel.view(batch, in_ch, 1, 1)
+    w = _stacked(weight, groups)
+    if spatial is None:
+        y = F.conv2d(x, w, None, s, p, d, groups)
+    else:
+        kk = kh * kw
+        cols = _patches(x, kh, kw, s, p, d, ho, wo)
+        cols = (cols * spatial.reshape(batch, 1, kk, 1, 1)).reshape(batch, in_ch * kk, ho, wo)
+        if channels_last:
+            cols = cols.contiguous(memory_format=torch.channels_last)
+        # The unfolded patches of group j are channels [j*Cg*kk, (j+1)*Cg*kk): a grouped 1x1 conv.
+        y = F.conv2d(cols, w.reshape(w.shape[0], cg * kk, 1, 1), None, 1, 0, 1, groups)
+    if kernel is None:  # n == 1 with spatial attention only
+        out = y
+    else:
+        y = y.reshape(batch, groups, n, (out_ch // groups) * ho * wo)
+        out = torch.matmul(kernel.view(batch, 1, 1, n), y).view(batch, out_ch, ho, wo)
+    return _finish(out, filter, bias, kernel)
+
+
+@register_strategy("mix")
+def mix_outputs(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
+    return _mix(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups)
+
+
+@register_strategy("mix_cl")
+def mix_outputs_channels_last(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation,
+                              groups) -> Tensor:
+    return _mix(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups,
+                channels_last=True)
+
+
+# ------------------------------------------------------------------------------- fused
+def _chunk_size(batch: int, *sizes: int) -> int:
+    return max(1, min(batch, FUSED_CHUNK_ELEMENTS // max(1, *sizes)))
+
+
+# Output positions from which the fused strategy runs each chunk as one grouped conv
+# (groups = g * chunk, mkldnn) rather than as patches + batched matmul (measured: the
+# grouped conv and its backward are efficient when every example has many positions).
+FUSED_CONV_MIN_POSITIONS = 256
+
+
+class _PerExampleConv(torch.autograd.Function):
+    """y_b = conv(channel_b * x_b, (sum_i kernel_b,i W_i) * spatial_b), per-example kernels
+    built and consumed chunk by chunk; only the inputs are saved for backward, which
+    rebuilds the chunk's kernels and reduces the per-example kernel gradients at once."""
+
+    @staticmethod
+    def forward(ctx, x, weight, channel, spatial, kernel, geom):
+        (kh, kw), s, p, d, ho, wo, groups, use_conv = geom
+        batch, in_ch, h, w = x.shape
+        n, out_ch, cg = weight.shape[:3]
+        og, kk, L = out_ch // groups, kh * kw, ho * wo
+        out = x.new_empty(batch, out_ch, ho, wo)
+        step = _chunk_size(batch, out_ch * cg * kk, in_ch * kk * L)
+        for b0 in range(0, batch, step):
+            b1 = min(batch, b0 + step)
+            cb = b1 - b0
+            xc = x[b0:b1]
+            if channel is not None:
+                xc = xc * channel[b0:b1].view(cb, in_ch, 1, 1)
+            k, _ = _aggregate(weight, None if spatial is None else spatial[b0:b1],
+                              None if kernel is None else kernel[b0:b1], cb)
+            if use_conv:
+                out[b0:b1] = F.conv2d(xc.reshape(1, cb * in_ch, h, w), k.reshape(cb * out_ch, cg, kh, kw), None,
+                                      s, p, d, groups * cb).view(cb, out_ch, ho, wo)
+            else:
+                cols = _patches(xc, kh, kw, s, p, d, ho, wo).view(cb, groups, cg * kk, L)
+                torch.matmul(k.view(cb, groups, og, cg * kk), cols, out=out[b0:b1].view(cb, groups, og, L))
+        ctx.geom = geom
+        ctx.save_for_backward(x, weight, channel, spatial, kernel)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, channel, spatial, kernel = ctx.saved_tensors
+        (kh, kw), s, p, d, ho, wo, groups, use_conv = ctx.geom
+        batch, in_ch, h, w = x.shape
+        n, out_ch, cg = weight.shape[:3]
+        og, kk, L = out_ch // groups, kh * kw, ho * wo
+        need_x, need_w, need_c, need_s, need_k = ctx.needs_input_grad[:5]
+        need_cols = need_x or need_c
+        need_kgrad = need_w or need_s or need_k
+        gx = torch.empty_like(x) if need_x else None
+        gc = torch.empty_like(channel) if need_c else None
+        gs = torch.empty_like(spatial) if need_s else None
+        gk = torch.empty_like(kernel) if need_k else None
+        gw = torch.zeros(n, out_ch * cg * kk, dtype=weight.dtype, device=weight.device) if need_w else None
+        grad_out = grad_out.contiguous()
+        step = _chunk_size(batch, out_ch * cg * kk, in_ch * kk * L)
+        for b0 in range(0, batch, step):
+            b1 = min(batch, b0 + step)
+            cb = b1 - b0
+            xb = x[b0:b1]
+            xc = xb * channel[b0:b1].view(cb, in_ch, 1, 1) if channel is not None else xb
+            sb = None if spatial is None else spatial[b0:b1]
+            kb = None if kernel is None else kernel[b0:b1]
+            k, a = _aggregate(weight, sb, kb, cb)
+            gxc = gkern = None
+            if use_conv:
+                gxc, gkern, _ = torch.ops.aten.convolution_backward(
+                    grad_out[b0:b1].reshape(1, cb * out_ch, ho, wo), xc.reshape(1, cb * in_ch, h, w),
+                    k.reshape(cb * out_ch, cg, kh, kw), None, list(s), list(p), list(d), False, [0, 0],
+                    groups * cb, [need_cols, need_kgrad, False])
+                if gxc is not None:
+                    gxc = gxc.view(cb, in_ch, h, w)
+                if gkern is not None:
+                    gkern = gkern.view(cb, out_ch * cg, kk)
+            else:
+                gy = grad_out[b0:b1].view(cb, groups, og, L)
+                if need_cols:
+                    gcols = torch.matmul(k.view(cb, groups, og, cg * kk).transpose(-1, -2), gy)
+                    gxc = _unpatch(gcols.view(cb, in_ch, kk, ho, wo), h, w, kh, kw, s, p, d, ho, wo)
+                    del gcols
+                if need_kgrad:
+                    cols = _patches(xc, kh, kw, s, p, d, ho, wo).view(cb, groups, cg * kk, L)
+                    gkern = torch.matmul(gy, cols.transpose(-1, -2)).view(cb, out_ch * cg, kk)  # per-example dL/dK
+                    del cols
+            if need_x:
+                gx[b0:b1] = gxc * channel[b0:b1].view(cb, in_ch, 1, 1) if channel is not None else gxc
+            if need_c:
+                gc[b0:b1] = (gxc * xb).sum(dim=(2, 3))
+            if need_kgrad:
+                if spatial is not None:
+                    if need_s:
+                        gs[b0:b1] = (gkern * a).sum(dim=1).view(cb, kh, kw)
+                    gkern = gkern * sb.reshape(cb, 1, kk)
+                ga = gkern.reshape(cb, -1)
+                if need_k:
+                    gk[b0:b1] = ga @ weight.reshape(n, -1).t()
+                if need_w:
+                    if kernel is not None:
+                        gw.addmm_(kb.t(), ga)
+                    else:
+                        gw[0] += ga.sum(dim=0)
+        return gx, None if gw is None else gw.view_as(weight), gc, gs, gk, None
+
+
+def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups,
+           use_conv: Optional[bool]) -> Tensor:
+    if kernel is None and spatial is None:
+        return _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups)
+    (kh, kw), s, p, d, ho, wo = _geometry(x, weight, stride, padding, dilation)
+    if use_conv is None:
+        use_conv = ho * wo >= FUSED_CONV_MIN_POSITIONS
+    geom = ((kh, kw), s, p, d, ho, wo, groups, use_conv)
+    out = _PerExampleConv.apply(x.contiguous(), weight, channel, spatial, kernel, geom)
+    return _finish(out, filter, bias, kernel)
+
+
+@register_strategy("fused")
+def fused_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
+    """Custom autograd Function; inner kernel: grouped conv when L >= FUSED_CONV_MIN_POSITIONS, else bmm."""
+    return _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, None)
+
+
+@register_strategy("fused_bmm")
+def fused_bmm_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
+    """``fused`` always with the patches + batched-matmul inner kernel (batch-agnostic: exportable)."""
+    return _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, False)
+
+
+# ---------------------------------------------------------------------------- compiled
+_COMPILED: dict[str, object] = {}
+
+
+@register_strategy("compiled")
+def compiled_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
+    """``bmm`` through ``torch.compile`` (compiled lazily; recompiles per shape)."""
+    fn = _COMPILED.get("bmm")
+    if fn is None:
+        fn = _COMPILED["bmm"] = torch.compile(bmm_conv, dynamic=False)
+    return fn(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups)

@@ -1,0 +1,123 @@
+"""The one record format of a sweep trial: written as ``results/<sweep>/trials/<slug>.json``
+and (its scalar fields) as the Optuna trial's user attributes.
+
+Bump :data:`RECORD_VERSION` when a field changes meaning; readers reject newer versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
+STATUSES = ("complete", "failed", "pruned")
+
+
+@dataclass
+class TrialRecord:
+    sweep: str
+    grid_key: str
+    variant: str
+    params: dict[str, Any]                 # the grid point (canonical CLI keys -> values)
+    seed: int | None
+    status: str                            # complete | failed | pruned
+    reason: str | None = None              # why it failed / was pruned
+    metric: str | None = None              # the headline metric name ...
+    value: float | None = None             # ... and its value (what Optuna is told)
+    final_val_top1: float | None = None
+    final_val_top5: float | None = None
+    final_val_loss: float | None = None
+    best_val_top1: float | None = None
+    best_val_top5: float | None = None
+    best_epoch: int | None = None
+    test_top1: float | None = None
+    test_top5: float | None = None
+    test_loss: float | None = None
+    epochs: int | None = None
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    params_count: int | None = None
+    macs: int | None = None
+    train_throughput: float | None = None  # img/s, fwd+bwd+step at throughput_batch_size
+    fit_throughput: float | None = None    # img/s seen during the real fit (includes data, val)
+    latency_b1_ms: float | None = None
+    latency_b64_ms: float | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)  # batch size -> ms, every measured size
+    peak_memory_mb: float | None = None    # one train step at throughput_batch_size
+    measure_device: str | None = None
+    wall_time_s: float | None = None       # the whole trial process
+    fit_time_s: float | None = None
+    resumed_from: str | None = None        # checkpoint the fit resumed from, if any
+    attempt: int = 0                       # 0 = first try; n = n-th retry
+    trial_number: int | None = None
+    synthetic: bool = False                # synthetic data: not a real benchmark result
+    data: dict[str, Any] = field(default_factory=dict)      # the DataModule's describe()
+    config: dict[str, Any] = field(default_factory=dict)    # full resolved LightningCLI config
+    cli_args: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    host: str | None = None
+    devices: str | None = None             # CUDA_VISIBLE_DEVICES or "cpu"
+    started_at: str | None = None
+    finished_at: str | None = None
+    version: int = RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialRecord":
+        v = d.get("version")
+        if v is None or v > RECORD_VERSION:
+            raise ValueError(f"trial record version {v!r} is not supported (this code reads <= {RECORD_VERSION})")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: val for k, val in d.items() if k in names})
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The fields stored as Optuna user attributes (everything but the bulky config)."""
+        d = self.to_dict()
+        d.pop("config", None)
+        d.pop("val_history", None)
+        d.pop("cli_args", None)
+        d.pop("data", None)
+        return {f"r.{k}": v for k, v in d.items()}
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False, default=str, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_record(path: str | os.PathLike, record: TrialRecord) -> None:
+    write_json_atomic(path, record.to_dict())
+
+
+def read_record(path: str | os.PathLike) -> TrialRecord:
+    return TrialRecord.from_dict(json.loads(Path(path).read_text()))
+
+
+def read_records(trials_dir: str | os.PathLike) -> list[TrialRecord]:
+    out = []
+    for p in sorted(Path(trials_dir).glob("*.json")):
+        try:
+            out.append(read_record(p))
+        except (ValueError, json.JSONDecodeError, TypeError) as e:
+            import warnings
+            warnings.warn(f"skipping unreadable trial record {p}: {e}")
+    return out

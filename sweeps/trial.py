@@ -1,0 +1,396 @@
+"""One sweep trial, run in its own process: ``python -m sweeps _trial <run_dir>/trial_spec.json``.
+
+A real Lightning fit of the base config with the trial's overrides (through
+``lightning_modules.cli.main(args, run=False)``), resumed from ``<run_dir>/checkpoints/last.ckpt``
+when a previous attempt left one, then test (if the datamodule has a test set), cost
+measurements and the trial record. Its own process because: the worker pins GPUs with
+``CUDA_VISIBLE_DEVICES`` before torch starts, a crash or OOM cannot take the worker down, and
+a DDP trial's extra ranks (Lightning re-runs ``sys.argv`` for them) re-run this trial, not the
+sweep driver or the worker loop. Only global rank 0 writes the record.
+
+Exit codes: 0 when a record was written (complete, pruned or diverged), 1 on any other error.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .record import TrialRecord, write_record
+
+DIVERGED = "diverged"
+
+
+class TrialDiverged(RuntimeError):
+    pass
+
+
+def cli_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def build_cli_args(base_config: str, overrides: dict[str, Any], run_dir: str | os.PathLike) -> list[str]:
+    args = ["--config", str(base_config)]
+    for k, v in overrides.items():
+        args.append(f"--{k}={cli_value(v)}")
+    args.append(f"--trainer.default_root_dir={run_dir}")
+    return args
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("torch", "lightning", "torchmetrics", "optuna", "numpy", "jsonargparse", "pandas"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        import torch
+        out["cuda"] = str(torch.version.cuda)
+        if torch.cuda.is_available():
+            out["gpu"] = torch.cuda.get_device_name(0)
+            out["cudnn"] = str(torch.backends.cudnn.version())
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _callbacks():
+    from lightning.pytorch.callbacks import Callback
+
+    class DivergenceGuard(Callback):
+        """Stops the fit with :class:`TrialDiverged` when the training loss is not finite."""
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if loss is None:
+                return
+            try:
+                import torch
+                ok = bool(torch.isfinite(loss.detach()).all()) if hasattr(loss, "detach") else math.isfinite(float(loss))
+            except Exception:  # noqa: BLE001
+                return
+            if not ok:
+                raise TrialDiverged(f"{DIVERGED}: non-finite train/loss ({float(loss)}) at epoch "
+                                    f"{trainer.current_epoch}, step {trainer.global_step}")
+
+    class ValHistory(Callback):
+        """Per-epoch val metrics; saved in checkpoints, so a resumed trial keeps its history."""
+
+        def __init__(self, trial=None):
+            self.history: list[dict[str, float]] = []
+            self.trial = trial  # optuna trial for pruning (tuning stage only)
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.sanity_checking:
+                return
+            m = trainer.callback_metrics
+            row = {"epoch": int(trainer.current_epoch)}
+            for k in ("val/acc_top1", "val/acc_top5", "val/loss"):
+                if k in m:
+                    row[k] = float(m[k])
+            self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
+            if self.trial is not None and "val/acc_top1" in row:
+                prune = False
+                if trainer.is_global_zero:
+                    self.trial.report(row["val/acc_top1"], row["epoch"])
+                    prune = bool(self.trial.should_prune())
+                prune = trainer.strategy.broadcast(prune, src=0)  # every DDP rank stops together
+                if prune:
+                    import optuna
+                    raise optuna.TrialPruned(f"pruned at epoch {row['epoch']} (val/acc_top1 {row['val/acc_top1']:.4f})")
+
+        def state_dict(self):
+            return {"history": list(self.history)}
+
+        def load_state_dict(self, state_dict):
+            self.history = list(state_dict.get("history", []))
+
+    return DivergenceGuard, ValHistory
+
+
+def _net(lm):
+    import torch.nn as nn
+    for name in ("model", "net", "backbone"):
+        sub = getattr(lm, name, None)
+        if isinstance(sub, nn.Module):
+            return sub
+    return lm
+
+
+def _count_params_macs(net, input_size) -> tuple[int | None, int | None]:
+    params = macs = None
+    try:
+        from odconv.profile import count_params
+        params = int(count_params(net))
+    except Exception:  # noqa: BLE001
+        params = int(sum(p.numel() for p in net.parameters()))
+    try:
+        from odconv.profile import count_macs
+        try:
+            macs = count_macs(net, input_size)
+        except TypeError:
+            macs = count_macs(net, (1, *input_size))
+        macs = int(macs) if macs is not None else None
+    except Exception:  # noqa: BLE001
+        macs = None
+    return params, macs
+
+
+def measure_costs(lm, datamodule, device, opts: dict[str, Any]) -> dict[str, Any]:
+    """Params, MACs, train throughput, latency at batch 1 and 64, peak memory of a train step."""
+    import torch
+    from odconv.timing import make_train_step, measure_latency, measure_train_throughput, peak_memory
+
+    out: dict[str, Any] = {}
+    size = int(getattr(datamodule, "image_size", 32) or 32)
+    input_size = (3, size, size)
+    num_classes = int(getattr(datamodule, "num_classes", 10) or 10)
+    stats: dict[str, Any] = {}
+    if hasattr(lm, "compute_model_stats"):
+        try:
+            stats = lm.compute_model_stats(size)
+        except Exception:  # noqa: BLE001
+            stats = {}
+    net = copy.deepcopy(_net(lm)).to(device)
+    if "params" in stats:
+        out.update(params_count=int(stats["params"]), macs=int(stats["macs"]) if stats.get("macs") is not None else None)
+    else:
+        p, m = _count_params_macs(net, input_size)
+        out.update(params_count=p, macs=m)
+    out["measure_device"] = str(device)
+    if not opts.get("enabled", True):
+        return out
+    repeats = int(opts.get("repeats", 5))
+    bs = int(opts.get("throughput_batch_size") or getattr(datamodule, "batch_size", 64) or 64)
+    out["train_throughput"] = measure_train_throughput(net, bs, input_size, num_classes, device, repeats=repeats)
+    out["latency_ms"] = {}
+    for b in opts.get("latency_batch_sizes", [1, 64]):
+        ms = 1000.0 * measure_latency(net, int(b), input_size, device, repeats=repeats)
+        out["latency_ms"][str(int(b))] = ms
+        if int(b) in (1, 64):
+            out[f"latency_b{int(b)}_ms"] = ms
+    xb = torch.randn(bs, *input_size, device=device)
+    yb = torch.randint(0, num_classes, (bs,), device=device)
+    net.train()
+    out["peak_memory_mb"] = peak_memory(make_train_step(net, xb, yb), device) / 2**20
+    return out
+
+
+def _has(obj, method: str) -> bool:
+    try:
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+        return is_overridden(method, obj)
+    except Exception:  # noqa: BLE001
+        return hasattr(obj, method)
+
+
+def _resolved_config(cli) -> dict[str, Any]:
+    try:
+        import yaml
+        return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_validation=True)) or {}
+    except Exception:  # noqa: BLE001
+        try:
+            return json.loads(json.dumps(cli.config.as_dict(), default=str))
+        except Exception:  # noqa: BLE001
+            return {"unavailable": True}
+
+
+def run_trial(spec: dict[str, Any]) -> int:
+    """Run the trial described by ``spec`` (written by the worker); returns the exit code."""
+    t0 = time.time()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run_dir = Path(spec["run_dir"])
+    record_path = Path(spec["record_path"])
+    threads = os.environ.get("SWEEP_THREADS")
+    import torch
+    if threads:
+        torch.set_num_threads(int(threads))
+    rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and os.environ.get("NODE_RANK", "0") == "0"
+
+    rec = TrialRecord(sweep=spec["sweep"], grid_key=spec["grid_key"], variant=spec["variant"], params=spec["params"],
+                      seed=spec.get("seed"), status="failed", attempt=int(spec.get("attempt", 0)),
+                      trial_number=spec.get("trial_number"), cli_args=list(spec["cli_args"]),
+                      git_commit=spec.get("git_commit"), host=platform.node(),
+                      devices=os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu", started_at=started)
+
+    def finish(status: str, reason: str | None = None) -> int:
+        rec.status, rec.reason = status, reason
+        rec.wall_time_s = time.time() - t0
+        rec.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if rank0:
+            write_record(record_path, rec)
+        return 0
+
+    optuna_trial = None
+    if spec.get("prune_storage"):
+        import optuna
+        from .study import make_storage
+        storage = make_storage(spec["prune_storage"], spec["sweep"], spec.get("results_root", "results"), heartbeat=False)
+        study = optuna.load_study(study_name=spec["prune_study"], storage=storage)
+        optuna_trial = optuna.trial.Trial(study, int(spec["prune_trial_id"]))
+
+    import warnings
+    # sys.argv stays the trial command on purpose: Lightning's DDP launcher re-runs it for ranks > 0
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    try:
+        from lightning_modules.cli import main as cli_main
+        cli = cli_main(list(spec["cli_args"]), run=False)
+    except SystemExit as e:  # jsonargparse reports config errors by exiting
+        rec.reason = f"bad config (LightningCLI exited with {e.code}); see {run_dir / 'train.log'}"
+        finish("failed", rec.reason)
+        return 1
+    rec.versions = library_versions()
+    rec.config = _resolved_config(cli)
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    rec.synthetic = bool(getattr(dm, "synthetic", False) or "synthetic" in type(dm).__name__.lower())
+    if hasattr(dm, "describe"):
+        try:
+            dm.setup("fit")
+            rec.data = json.loads(json.dumps(dm.describe(), default=str))
+        except Exception:  # noqa: BLE001
+            pass
+    DivergenceGuard, ValHistory = _callbacks()
+    hist = ValHistory(optuna_trial)
+    trainer.callbacks.extend([DivergenceGuard(), hist])
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = str(last) if last.exists() else None
+    rec.resumed_from = ckpt
+    fit_start = time.time()
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+    except (TrialDiverged, FloatingPointError) as e:
+        rec.val_history = hist.history
+        msg = str(e)
+        return finish("failed", msg if msg.startswith(DIVERGED) else f"{DIVERGED}: {msg}")
+    except Exception as e:  # noqa: BLE001
+        import optuna
+        if isinstance(e, optuna.TrialPruned):
+            rec.val_history = hist.history
+            rec.epochs = len(hist.history)
+            h = hist.history[-1] if hist.history else {}
+            rec.final_val_top1 = h.get("val/acc_top1")
+            return finish("pruned", str(e))
+        raise
+    rec.fit_time_s = time.time() - fit_start
+    if getattr(trainer, "interrupted", False):
+        raise KeyboardInterrupt("fit interrupted")
+    m = trainer.callback_metrics
+    if "train/loss" in m and _finite(m["train/loss"]) is None:
+        return finish("failed", f"{DIVERGED}: non-finite train/loss at the end of the fit")
+    rec.val_history = hist.history
+    rec.epochs = int(trainer.current_epoch)
+    last_row = hist.history[-1] if hist.history else {}
+    rec.final_val_top1 = _finite(m.get("val/acc_top1", last_row.get("val/acc_top1")))
+    rec.final_val_top5 = _finite(m.get("val/acc_top5", last_row.get("val/acc_top5")))
+    rec.final_val_loss = _finite(m.get("val/loss", last_row.get("val/loss")))
+    if rec.final_val_loss is None and "val/loss" in m:
+        return finish("failed", f"{DIVERGED}: non-finite val/loss")
+    if hist.history:
+        best = max(hist.history, key=lambda h: h.get("val/acc_top1", -1.0))
+        rec.best_val_top1 = best.get("val/acc_top1")
+        rec.best_epoch = best["epoch"]
+        rec.best_val_top5 = max(h.get("val/acc_top5", -1.0) for h in hist.history)
+    try:
+        samples = int(getattr(dm, "num_train_samples", 0) or len(dm.train_dataloader().dataset))
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            samples = min(samples, limit * int(getattr(dm, "batch_size", 1)))
+        epochs_run = rec.epochs - (int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1 if ckpt else 0)
+        if rec.fit_time_s and epochs_run > 0:
+            rec.fit_throughput = samples * epochs_run / rec.fit_time_s
+    except Exception:  # noqa: BLE001
+        pass
+
+    has_test = getattr(dm, "has_test_set", None)
+    if has_test is None:
+        has_test = _has(dm, "test_dataloader")
+    if spec.get("test", True) and has_test:
+        res = trainer.test(model, datamodule=dm, verbose=False)
+        if res:
+            r = res[0]
+            rec.test_top1, rec.test_top5, rec.test_loss = (_finite(r.get("test/acc_top1")), _finite(r.get("test/acc_top5")),
+                                                           _finite(r.get("test/loss")))
+    if not trainer.is_global_zero:
+        return 0
+    try:
+        device = trainer.strategy.root_device
+        for k, v in measure_costs(model, dm, device, spec.get("measure", {})).items():
+            setattr(rec, k, v)
+    except Exception as e:  # noqa: BLE001  (a cost measurement must not lose a finished fit)
+        rec.reason = f"cost measurement failed: {e!r}"
+    metric = spec.get("metric") or ("test/acc_top1" if rec.test_top1 is not None else "val/acc_top1")
+    rec.metric = metric
+    rec.value = {"test/acc_top1": rec.test_top1, "val/acc_top1": rec.final_val_top1,
+                 "best_val/acc_top1": rec.best_val_top1}[metric]
+    if rec.value is None:
+        return finish("failed", f"metric {metric} was not produced (does the config have that split?)")
+    return finish("complete", rec.reason)
+
+
+def prepare(base_config: str, overrides: dict[str, Any]) -> int:
+    """Download / cache the dataset once before workers start (``python -m sweeps _prepare``),
+    so that parallel workers do not race on it. Exit code 0 when the data is ready."""
+    import tempfile
+    import warnings
+    warnings.filterwarnings("ignore")
+    from lightning_modules.cli import main as cli_main
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cli = cli_main(build_cli_args(base_config, {**overrides, "trainer.logger": False}, tmp), run=False)
+            cli.datamodule.prepare_data()
+        except SystemExit as e:
+            return int(e.code or 2)
+        except Exception as e:  # noqa: BLE001
+            print(f"the sweep's data is not available: {e}", file=sys.stderr)
+            return 3
+    return 0
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    try:
+        return run_trial(spec)
+    except KeyboardInterrupt:
+        print("trial interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        return 1

@@ -1,0 +1,85 @@
+"""Dynamic-conv models export with a dynamic batch dimension (torch.export, ONNX if
+installed) and the exported program matches eager at batch sizes other than the export one."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from odconv import CondConv2d, DyConv2d, ODConv2d, set_strategy
+from odconv.export import export_model, export_onnx
+
+
+def _small(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "odconv":
+        convs = [ODConv2d(3, 8, 3, padding=1, kernel_num=4), ODConv2d(8, 8, 3, stride=2, padding=1, kernel_num=1),
+                 ODConv2d(8, 8, 3, padding=1, groups=8, kernel_num=4), ODConv2d(8, 16, 1, kernel_num=4)]
+    elif kind == "condconv":
+        convs = [CondConv2d(3, 8, 3, padding=1, num_experts=4, bias=True), CondConv2d(8, 16, 3, stride=2, padding=1)]
+    else:
+        convs = [DyConv2d(3, 8, 3, padding=1, kernel_num=4, bias=True), DyConv2d(8, 16, 1, kernel_num=4)]
+    layers: list[nn.Module] = []
+    for c in convs:
+        layers += [c, nn.BatchNorm2d(c.out_planes), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(convs[-1].out_planes, 5))
+
+
+def _check(program, model, batches, hw=12):
+    model.eval()
+    for b in batches:
+        x = torch.randn(b, 3, hw, hw)
+        with torch.no_grad():
+            ref = model(x)
+        out = program.module()(x)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * (1 + ref.abs().max().item()))
+
+
+@pytest.mark.parametrize("kind", ["odconv", "condconv", "dyconv"])
+@pytest.mark.parametrize("layer_strategy", ["auto", "grouped", "fused"])
+def test_export_dynamic_batch(kind, layer_strategy):
+    model = _small(kind)
+    set_strategy(model, layer_strategy)  # even a batch-baking layer strategy exports batch-agnostic
+    program = export_model(model, torch.randn(3, 3, 12, 12))
+    _check(program, model, [1, 2, 7])
+
+
+def test_export_model_builder():
+    from odconv import build_model
+
+    model = build_model("cifar_resnet18", num_classes=10, conv="odconv4x", width=0.125)
+    program = export_model(model, torch.randn(2, 3, 32, 32))
+    _check(program, model, [1, 5], hw=32)
+
+
+def test_export_rejects_batch_baking_strategy():
+    with pytest.raises(ValueError, match="dynamic batch"):
+        export_model(_small("odconv"), torch.randn(2, 3, 12, 12), strategy="grouped")
+    with pytest.raises(ValueError, match="dynamic batch"):
+        export_model(_small("odconv"), torch.randn(2, 3, 12, 12), strategy="fused")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed")
+def test_onnx_dynamic_batch(tmp_path):
+    import onnx
+
+    model = _small("odconv").eval()
+    path = str(tmp_path / "odconv.onnx")
+    export_onnx(model, torch.randn(2, 3, 12, 12), path)
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value  # symbolic batch
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(path)
+        for b in (1, 5):
+            x = torch.randn(b, 3, 12, 12)
+            with torch.no_grad():
+                ref = model(x).numpy()
+            (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+            assert abs(out - ref).max() <= 1e-4 * (1 + abs(ref).max())

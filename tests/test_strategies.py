@@ -1,0 +1,266 @@
+"""Every execution strategy of dynamic_conv2d computes the same function as the reference
+("grouped"): outputs and all gradients (input, weight, every attention, bias), for every
+ODConv attention subset, CondConv and DyConv, across conv geometries; float64 gradcheck of
+each strategy on a tiny case; the "auto" choice and its overrides."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import odconv.strategies as S
+from odconv import CondConv2d, DyConv2d, ODConv2d, set_strategy, use_strategy
+from odconv.autotune import choose_strategy, set_auto_mode
+from odconv.functional import STRATEGIES, dynamic_conv2d, valid_strategies
+
+EXACT = [s for s in sorted(STRATEGIES) if s != "compiled"]  # compiled: see test_compiled (slow)
+SUBSETS = [frozenset(c) for r in range(1, 5) for c in itertools.combinations("cfsk", r)]
+# (batch, in, out, k, groups, stride, padding, dilation, H, W)
+GEOMETRIES = {
+    "plain": (3, 4, 6, 3, 1, 1, 1, 1, 7, 6),
+    "stride2": (2, 4, 6, 3, 1, 2, 1, 1, 8, 7),
+    "dilation2": (2, 4, 4, 3, 1, 1, 2, 2, 7, 7),
+    "nopad": (2, 3, 5, 3, 1, 1, 0, 1, 6, 6),
+    "groups2": (2, 4, 6, 3, 2, 1, 1, 1, 6, 5),
+    "depthwise": (2, 6, 6, 3, 6, 1, 1, 1, 6, 6),
+    "pointwise": (2, 4, 6, 1, 1, 1, 0, 1, 5, 5),
+    "pointwise_s2": (2, 4, 6, 1, 1, 2, 0, 1, 6, 6),
+    "batch1": (1, 4, 6, 3, 1, 1, 1, 1, 6, 6),
+    "k5": (2, 3, 4, 5, 1, 1, 2, 1, 7, 7),
+}
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch):
+    """Make the fused strategy split even these tiny batches into several chunks."""
+    monkeypatch.setattr(S, "FUSED_CHUNK_ELEMENTS", 200)
+
+
+def _inputs(geom, subset, n, bias=False, dtype=torch.float32, seed=0):
+    b, i, o, k, g, s, p, d, h, w = geom
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape, positive=False):
+        t = torch.rand(*shape, generator=gen, dtype=dtype) if positive else torch.randn(*shape, generator=gen, dtype=dtype)
+        return t.requires_grad_()
+
+    x = r(b, i, h, w)
+    weight = r(n, o, i // g, k, k)
+    att = {}
+    if "c" in subset:
+        att["channel"] = r(b, i, positive=True)
+    if "f" in subset:
+        att["filter"] = r(b, o, positive=True)
+    if "s" in subset:
+        att["spatial"] = r(b, k, k, positive=True)
+    if "k" in subset:
+        att["kernel"] = r(b, n, positive=True)
+    if bias:
+        att["bias"] = r(n, o)
+    return x, weight, att, dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+def _run(strategy, x, weight, att, geo, grad_out=None):
+    out = dynamic_conv2d(x, weight, **att, **geo, strategy=strategy)
+    if grad_out is None:
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    grads = torch.autograd.grad(out, [x, weight, *att.values()], grad_out)
+    return out, grads, grad_out
+
+
+def _assert_all_agree(x, weight, att, geo, names=EXACT, rtol=1e-4, atol=1e-5):
+    results = {}
+    grad_out = None
+    for name in names:
+        out, grads, grad_out = _run(name, x, weight, att, geo, grad_out)
+        results[name] = (out, grads)
+    labels = ["output", "input", "weight", *att]
+    for a, b in itertools.combinations(names, 2):  # every strategy against every other
+        (oa, ga), (ob, gb) = results[a], results[b]
+        for label, ta, tb in zip(labels, (oa, *ga), (ob, *gb)):
+            scale = tb.abs().max().item() + 1e-12
+            torch.testing.assert_close(ta, tb, rtol=rtol, atol=atol * scale,
+                                       msg=lambda m: f"{a} vs {b}, {label}: {m}")
+
+
+@pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "".join(sorted(s)))
+@pytest.mark.parametrize("geom", list(GEOMETRIES), ids=str)
+def test_odconv_subsets_agree(subset, geom):
+    g = GEOMETRIES[geom]
+    if "s" in subset and g[3] == 1:
+        pytest.skip("no spatial attention on a pointwise conv")
+    n = 3 if "k" in subset else 1
+    x, w, att, geo = _inputs(g, subset, n)
+    _assert_all_agree(x, w, att, geo)
+
+
+@pytest.mark.parametrize("geom", ["plain", "stride2", "groups2", "depthwise", "pointwise", "batch1"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_kernel_mixing_with_bias_agrees(geom, bias):
+    """CondConv / DyConv: kernel attention only, biases mixed like the kernels (n = 1 too)."""
+    for n in (1, 4):
+        x, w, att, geo = _inputs(GEOMETRIES[geom], "k", n, bias=bias)
+        _assert_all_agree(x, w, att, geo)
+
+
+@pytest.mark.parametrize("strategy", EXACT)
+def test_gradcheck_float64(strategy):
+    for subset, n, bias in [("cfsk", 2, False), ("k", 2, True), ("s", 1, False), ("cs", 1, False)]:
+        x, w, att, geo = _inputs((2, 2, 2, 3, 1, 2, 1, 1, 4, 4), subset, n, bias=bias, dtype=torch.float64)
+        names = list(att)
+
+        def f(x, w, *a):
+            return dynamic_conv2d(x, w, **dict(zip(names, a)), **geo, strategy=strategy)
+
+        assert torch.autograd.gradcheck(f, (x, w, *att.values()), eps=1e-6, atol=1e-6)
+
+
+def test_fused_inner_kernels_and_chunking_agree(monkeypatch):
+    x, w, att, geo = _inputs((5, 4, 6, 3, 2, 1, 1, 1, 6, 6), "cfsk", 3)
+    for min_positions in (1, 10 ** 9):  # grouped-conv inner kernel, then patches + bmm
+        monkeypatch.setattr(S, "FUSED_CONV_MIN_POSITIONS", min_positions)
+        for chunk in (1, 200, 10 ** 9):
+            monkeypatch.setattr(S, "FUSED_CHUNK_ELEMENTS", chunk)
+            _assert_all_agree(x, w, att, geo, names=["grouped", "fused"])
+
+
+def test_partial_requires_grad():
+    """Only some inputs need gradients (e.g. the first layer's image)."""
+    x, w, att, geo = _inputs(GEOMETRIES["plain"], "cfsk", 2)
+    x = x.detach()
+    ref = dynamic_conv2d(x, w, **att, **geo, strategy="grouped")
+    g_ref = torch.autograd.grad(ref.sum(), [w, att["kernel"]])
+    for name in EXACT:
+        out = dynamic_conv2d(x, w, **att, **geo, strategy=name)
+        g = torch.autograd.grad(out.sum(), [w, att["kernel"]])
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_input_agrees():
+    x, w, att, geo = _inputs(GEOMETRIES["plain"], "cfsk", 2)
+    ref = dynamic_conv2d(x, w, **att, **geo, strategy="grouped")
+    xcl = x.detach().contiguous(memory_format=torch.channels_last)
+    for name in EXACT:
+        torch.testing.assert_close(dynamic_conv2d(xcl, w, **att, **geo, strategy=name), ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ layers
+def _layers():
+    torch.manual_seed(0)
+    yield ODConv2d(8, 16, 3, padding=1, kernel_num=4)
+    yield ODConv2d(8, 16, 3, stride=2, padding=1, kernel_num=1)
+    yield ODConv2d(16, 16, 3, padding=1, groups=16, kernel_num=4)
+    yield ODConv2d(8, 16, 1, kernel_num=4)
+    yield CondConv2d(8, 16, 3, padding=1, num_experts=4, bias=True)
+    yield DyConv2d(8, 16, 3, stride=2, padding=1, kernel_num=4, bias=True)
+
+
+@pytest.mark.parametrize("layer", list(_layers()), ids=lambda m: type(m).__name__)
+def test_layers_agree_across_strategies(layer):
+    x = torch.randn(3, layer.in_planes, 8, 8, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for name in ["auto", *EXACT]:
+        layer.zero_grad()
+        xg = x.clone().requires_grad_()
+        with use_strategy(name):
+            out = layer(xg)
+        out.square().mean().backward()
+        results[name] = [out, xg.grad] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+    for name, res in results.items():
+        assert len(res) == len(results["grouped"])
+        for a, b in zip(res, results["grouped"]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+# ------------------------------------------------------------------------ choice, overrides
+def test_bad_strategy_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid: auto, bmm"):
+        ODConv2d(4, 4, 3, strategy="nope")
+    layer = ODConv2d(4, 4, 3)
+    with pytest.raises(ValueError, match="fused"):
+        layer.strategy = "nope"
+    with pytest.raises(ValueError, match="grouped"):
+        set_strategy(layer, "nope")
+    with pytest.raises(ValueError, match="mix"):
+        with use_strategy("nope"):
+            pass
+    x = torch.randn(1, 4, 5, 5)
+    with pytest.raises(ValueError, match="valid"):
+        dynamic_conv2d(x, torch.randn(1, 4, 4, 3, 3), strategy="nope")
+    assert valid_strategies()[0] == "auto"
+
+
+def test_overrides(monkeypatch):
+    calls = []
+    for name in EXACT:
+        monkeypatch.setitem(STRATEGIES, name, (lambda n, f: lambda *a: calls.append(n) or f(*a))(name, STRATEGIES[name]))
+    layer = ODConv2d(4, 8, 3, padding=1)
+    assert layer.strategy == "auto"
+    x = torch.randn(2, 4, 6, 6)
+    layer(x)
+    assert calls[-1] == choose_strategy(x, layer.weight, channel=torch.ones(2, 4), kernel=torch.ones(2, 4),
+                                        spatial=torch.ones(2, 3, 3), padding=1)
+    layer.strategy = "bmm"
+    layer(x)
+    assert calls[-1] == "bmm"
+    with use_strategy("mix"):  # the context manager wins over the layer's own choice
+        layer(x)
+        assert calls[-1] == "mix"
+        with use_strategy(None):  # ... and can be lifted
+            layer(x)
+            assert calls[-1] == "bmm"
+    model = torch.nn.Sequential(ODConv2d(4, 8, 3, padding=1), CondConv2d(8, 8, 3, padding=1, num_experts=2))
+    assert set_strategy(model, "fused") == 2
+    model(x)
+    assert calls[-2:] == ["fused", "fused"]
+
+
+def test_auto_rule():
+    w4 = torch.randn(4, 64, 64, 3, 3, requires_grad=True)
+    kern = torch.rand(8, 4)
+    # batch 1 inference: aggregate one kernel and run one plain conv
+    with torch.no_grad():
+        assert choose_strategy(torch.randn(1, 64, 32, 32), w4, kernel=kern[:1], padding=1) == "grouped"
+    # large feature maps: per-example kernels, built chunk by chunk (fused), training or not
+    assert choose_strategy(torch.randn(8, 64, 32, 32), w4, kernel=kern, padding=1) == "fused"
+    with torch.no_grad():
+        assert choose_strategy(torch.randn(8, 64, 32, 32), w4, kernel=kern, padding=1) == "fused"
+    # n * L small: mix the outputs of the stacked kernels
+    assert choose_strategy(torch.randn(8, 64, 4, 4), w4, kernel=kern, padding=1) == "mix"
+    # pointwise: batched matmul over per-example (O x C) kernels
+    w1 = torch.randn(4, 64, 64, 1, 1)
+    assert choose_strategy(torch.randn(8, 64, 16, 16), w1, kernel=kern) == "bmm"
+    # depthwise: the reference grouped conv
+    wd = torch.randn(4, 64, 1, 3, 3)
+    assert choose_strategy(torch.randn(8, 64, 8, 8), wd, kernel=kern, padding=1, groups=64) == "grouped"
+    # kernel shared by the batch: plain conv
+    assert choose_strategy(torch.randn(8, 64, 8, 8), w4[:1], channel=torch.rand(8, 64), padding=1) == "grouped"
+
+
+def test_tune_mode_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("ODCONV_TUNE_CACHE", str(tmp_path / "tune.json"))
+    import odconv.autotune as A
+
+    monkeypatch.setattr(A, "_TUNED", {})
+    set_auto_mode("tune")
+    try:
+        layer = ODConv2d(4, 8, 3, padding=1)
+        x = torch.randn(2, 4, 6, 6)
+        ref = dynamic_conv2d(x, layer.weight, kernel=torch.full((2, 4), 0.25), padding=1, strategy="grouped")
+        out = dynamic_conv2d(x, layer.weight, kernel=torch.full((2, 4), 0.25), padding=1)
+        torch.testing.assert_close(out, ref)
+        assert len(A._TUNED) == 1 and list(A._TUNED.values())[0] in STRATEGIES
+        assert (tmp_path / "tune.json").exists()
+    finally:
+        set_auto_mode("rule")
+    with pytest.raises(ValueError):
+        set_auto_mode("fastest")
+
+
+@pytest.mark.slow
+def test_compiled_strategy_agrees():
+    x, w, att, geo = _inputs(GEOMETRIES["plain"], "cfsk", 2)
+    _assert_all_agree(x, w, att, geo, names=["grouped", "compiled"])

@@ -1,0 +1,257 @@
+"""Fast tests of the sweep machinery that run no training: definitions, grid, queue, reaping,
+statistics, aggregation. The end-to-end runs are in test_sweeps_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from sweeps import study as S
+from sweeps.aggregate import aggregate, t_ppf, welch_ci
+from sweeps.cli import main as cli_main
+from sweeps.definition import SweepConfigError, grid_key, load_sweep, parse_sweep
+from sweeps.record import RECORD_VERSION, TrialRecord, read_record, write_record
+from sweeps.runner import plan_slots
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = str(ROOT / "experiments" / "smoke.yaml")
+VARIANTS_1X = ["odconv1x-channel", "odconv1x-filter", "odconv1x-spatial", "odconv1x-channel+filter",
+               "odconv1x-channel+spatial", "odconv1x-filter+spatial", "odconv1x"]
+
+
+def _raw(**kw):
+    d = {"name": "t", "base_config": BASE, "grid": {"conv": ["static", "odconv1x"], "seed": [0, 1]}}
+    d.update(kw)
+    return d
+
+
+# --- definitions ---------------------------------------------------------------------------
+
+def test_shipped_sweeps_are_valid():
+    for name in ("smoke", "ablation", "cifar10_cpu"):
+        sw = load_sweep(ROOT / "sweeps" / f"{name}.yaml", check_files=False)
+        assert sw.name == name
+        keys = [p.key for p in sw.points()]
+        assert len(keys) == len(set(keys))
+
+
+def test_ablation_grid_has_every_attention_subset():
+    sw = load_sweep(ROOT / "sweeps" / "ablation.yaml", check_files=False)
+    convs = sw.grid["model.conv"]
+    for v in ["static", "condconv8x", "dyconv4x", "odconv1x", "odconv4x"] + VARIANTS_1X:
+        assert v in convs
+    four = [c for c in convs if c.startswith("odconv4x")]
+    assert len(four) == 8  # the 7 subsets with kernel, plus kernel alone
+    assert sw.grid["seed_everything"] == [0, 1, 2]
+    assert len(sw.points()) == len(convs) * 3
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ([1, 2], "YAML mapping"),
+    ({"name": "t", "grid": {"conv": ["static"]}}, "missing required key 'base_config'"),
+    (_raw(gird={}), "unknown key(s) ['gird']"),
+    (_raw(grid={"conv": ["static", "odconv4x-channel"]}), "odconv4x-channel"),
+    (_raw(grid={"conv": ["static", "bogus"]}), "bad conv spec 'bogus'"),
+    (_raw(grid={"conv": "static"}), "non-empty list"),
+    (_raw(grid={"conv": ["static", "static"]}), "twice"),
+    (_raw(grid={"conv": ["static"], "seed": [True]}), "integer seeds"),
+    (_raw(overrides={"model.conv": "static"}), "both in 'overrides' and in 'grid'"),
+    (_raw(metric="acc"), "'metric' must be one of"),
+    (_raw(max_retries=-1), "max_retries"),
+    (_raw(base_config="experiments/nope.yaml"), "does not exist"),
+    (_raw(tune={"params": {"lr": {"type": "float", "low": 1, "high": 0.1}}}), "low < high"),
+    (_raw(name="a b"), "simple name"),
+])
+def test_bad_sweep_yaml_clear_error(raw, needle):
+    with pytest.raises(SweepConfigError) as e:
+        parse_sweep(raw, src="x.yaml")
+    assert needle in str(e.value) and str(e.value).startswith("x.yaml: ")
+
+
+def test_bad_sweep_yaml_cli(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: bad\nbase_config: experiments/smoke.yaml\ngrid:\n  conv: [static, odconv9z]\n")
+    assert cli_main(["check", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "odconv9z" in err and "valid" in err
+    p.write_text("name: bad\n grid: [\n")
+    assert cli_main(["run", str(p)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert cli_main(["run", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_grid_keys_stable_and_canonical():
+    sw = parse_sweep(_raw(grid={"seed": [0], "conv": ["ODConv4x-kernel+channel"], "model.model_options": [{"width": 0.5}]}))
+    p = sw.points()[0]
+    assert p.params["model.conv"] == "odconv4x-channel+kernel"
+    assert p.key == grid_key(dict(reversed(list(p.params.items()))))
+    assert p.variant == "odconv4x-channel+kernel model_options={\"width\":0.5}"
+    assert "/" not in p.slug and len(p.slug) < 100
+
+
+# --- queue, reaping ------------------------------------------------------------------------
+
+def _study(tmp_path, raw=None):
+    sw = parse_sweep(raw or _raw())
+    storage = S.make_storage(None, sw.name, tmp_path)
+    return sw, S.create_study(storage, sw.name)
+
+
+def test_enqueue_once_and_pop_runs_nothing_when_empty(tmp_path):
+    sw, st = _study(tmp_path)
+    assert S.enqueue_grid(st, sw) == 4
+    assert S.enqueue_grid(st, sw) == 0  # a re-run enqueues nothing
+    popped = []
+    while (t := S.pop_waiting(st)) is not None:
+        popped.append(t.number)
+    assert sorted(popped) == [0, 1, 2, 3]
+    assert S.pop_waiting(st) is None
+    assert len(st.get_trials()) == 4  # a late pop created no trial
+
+
+def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
+    sw, st = _study(tmp_path, _raw(max_retries=1))
+    S.enqueue_grid(st, sw)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = S.pop_waiting(st)
+    for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid, "worker_start": "1"}.items():
+        st._storage.set_trial_user_attr(t._trial_id, k, v)
+    assert S.reap(st, sw, rdb=False) == [t.number]
+    assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
+    retry = [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t.number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.WAITING
+    assert retry[0].user_attrs["grid_key"] == st.trials[t.number].user_attrs["grid_key"]
+    assert retry[0].user_attrs["retries"] == 1
+    # the retry dies too: its budget (1) is spent, so it stays failed
+    others = []
+    t2 = S.pop_waiting(st)
+    while t2.number != retry[0].number:
+        others.append(t2)
+        t2 = S.pop_waiting(st)
+    for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid}.items():
+        st._storage.set_trial_user_attr(t2._trial_id, k, v)
+    assert S.reap(st, sw, rdb=False) == [t2.number]
+    assert st.trials[t2.number].user_attrs["final_failure"] is True
+    assert not [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t2.number]
+    # a live worker (this process) is not reaped, nor a fresh trial without worker attrs
+    t3 = others[0]
+    for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": os.getpid(), "worker_start": S.process_start_time(os.getpid())}.items():
+        st._storage.set_trial_user_attr(t3._trial_id, k, v)
+    assert S.reap(st, sw, rdb=False) == []
+
+
+def test_plan_slots():
+    assert [s.devices for s in plan_slots("0,1,2,3")] == ["0", "1", "2", "3"]
+    assert [s.devices for s in plan_slots("0,1,2,3", devices_per_trial=2)] == ["0,1", "2,3"]
+    cpu = plan_slots("cpu", workers=2, cpus=4)
+    assert [s.devices for s in cpu] == ["", ""] and [s.threads for s in cpu] == [2, 2]
+    with pytest.raises(ValueError, match="DEVICES_PER_TRIAL"):
+        plan_slots("0", devices_per_trial=2)
+
+
+# --- statistics and aggregation -----------------------------------------------------------
+
+def test_t_quantiles_match_tables():
+    for df, q in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423), (1000, 1.9623)]:
+        assert abs(t_ppf(0.975, df) - q) < 2e-3
+    d, lo, hi = welch_ci([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    assert d == pytest.approx(1.0) and lo < 0 < hi and hi - d == pytest.approx(d - lo)
+    assert math.isnan(welch_ci([1.0], [0.0, 1.0])[1])
+
+
+def _rec(sweep, conv, seed, value, params=1000, macs=10_000, tput=100.0, status="complete"):
+    p = {"model.conv": conv, "seed_everything": seed}
+    return TrialRecord(sweep=sweep, grid_key=grid_key(p), variant=conv, params=p, seed=seed, status=status,
+                       metric="test/acc_top1", value=value, test_top1=value, params_count=params, macs=macs,
+                       train_throughput=tput, latency_b1_ms=1.0, latency_b64_ms=10.0, peak_memory_mb=5.0,
+                       reason=None if status == "complete" else "diverged: nan")
+
+
+def test_aggregate_partial_sweep(tmp_path):
+    convs = ["static", "odconv1x-channel", "odconv1x", "odconv1x-filter+spatial", "odconv4x-kernel", "odconv4x"]
+    raw = _raw(name="agg", grid={"conv": convs, "seed": [0, 1, 2]})
+    sw = parse_sweep(raw)
+    (tmp_path / "agg").mkdir()
+    (tmp_path / "agg" / "sweep.json").write_text(json.dumps(sw.to_dict()))
+    acc = {"static": 0.70, "odconv1x-channel": 0.72, "odconv1x": 0.73, "odconv1x-filter+spatial": 0.71,
+           "odconv4x-kernel": 0.715, "odconv4x": 0.75}
+    for conv in convs:
+        for seed in (0, 1, 2):
+            if conv == "odconv4x" and seed == 2:
+                continue  # missing
+            status = "failed" if (conv == "odconv1x" and seed == 1) else "complete"
+            r = _rec("agg", conv, seed, acc[conv] + 0.01 * seed, params=1000 + 100 * len(conv), tput=100 - len(conv),
+                     status=status)
+            write_record(tmp_path / "agg" / "trials" / f"{r.grid_key.replace('=', '_')}.json", r)
+    out = aggregate("agg", tmp_path)
+    s = out["summary"].set_index("variant")
+    assert s.loc["static", "top1_mean"] == pytest.approx(71.0)
+    assert s.loc["static", "n_seeds"] == 3
+    assert s.loc["odconv4x", "n_seeds"] == 2 and s.loc["odconv4x", "missing_seeds"] == "2"
+    assert s.loc["odconv1x", "failed_seeds"] == "1"
+    assert s.loc["odconv4x", "delta_vs_static"] == pytest.approx(4.5)
+    assert s.loc["odconv4x", "delta_ci_low"] < 4.5 < s.loc["odconv4x", "delta_ci_high"]
+    assert s.loc["static", "throughput_ratio"] == pytest.approx(1.0)
+    a = out["attention"].set_index("attention")
+    # channel: static -> odconv1x-channel, odconv1x-filter+spatial -> odconv1x
+    assert a.loc["channel", "n_pairs"] == 2
+    assert a.loc["kernel", "n_pairs"] == 2  # static -> odconv4x-kernel, odconv1x -> odconv4x
+    assert a.loc["filter", "n_pairs"] == 0
+    md = (tmp_path / "agg" / "summary.md").read_text()
+    assert "partial sweep" in md and "missing 2" in md and "failed 1" in md and "diverged" in md
+    for f in ("summary.csv", "attention.csv", "attention.md", "accuracy_bars.png", "accuracy_vs_params.png",
+              "accuracy_vs_macs.png"):
+        assert (tmp_path / "agg" / f).stat().st_size > 0
+    # the CLI does the same
+    assert cli_main(["results", "agg", "--results-root", str(tmp_path)]) == 0
+
+
+def test_record_roundtrip_and_version(tmp_path):
+    r = _rec("x", "static", 0, 0.5)
+    write_record(tmp_path / "r.json", r)
+    assert read_record(tmp_path / "r.json") == r
+    assert r.version == RECORD_VERSION
+    d = r.to_dict()
+    d["version"] = RECORD_VERSION + 1
+    with pytest.raises(ValueError, match="version"):
+        TrialRecord.from_dict(d)
+    assert all(k.startswith("r.") for k in r.user_attrs())
+
+
+def test_aggregate_uses_records_in_the_study(tmp_path):
+    """Points run on another machine: their JSON is not here, the study has the record."""
+    sw, st = _study(tmp_path, _raw(name="remote"))
+    S.enqueue_grid(st, sw)
+    (tmp_path / "remote").mkdir(exist_ok=True)
+    (tmp_path / "remote" / "sweep.json").write_text(json.dumps(sw.to_dict()))
+    while (t := S.pop_waiting(st)) is not None:
+        p = json.loads(st.trials[t.number].user_attrs["grid_params"])
+        rec = _rec("remote", p["model.conv"], p["seed_everything"], 0.5 + 0.1 * p["seed_everything"])
+        st._storage.set_trial_user_attr(t._trial_id, "record", {k[2:]: v for k, v in rec.user_attrs().items()})
+        st.tell(t, rec.value)
+    s = aggregate("remote", tmp_path, study=st)["summary"].set_index("variant")
+    assert s.loc["odconv1x", "n_seeds"] == 2 and s.loc["odconv1x", "top1_mean"] == pytest.approx(55.0)
+    assert aggregate("remote", tmp_path)["summary"].set_index("variant").loc["odconv1x", "n_seeds"] == 0
+
+
+def test_stale_worker_attrs_copied_to_a_retry_are_not_trusted(tmp_path):
+    sw, st = _study(tmp_path)
+    S.enqueue_grid(st, sw)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = S.pop_waiting(st)
+    # attrs of an earlier owner (claimed long before this trial started): not this trial's worker
+    for k, v in {"claimed_at": time.time() - 3600, "worker_host": S.HOST, "worker_pid": dead.pid}.items():
+        st._storage.set_trial_user_attr(t._trial_id, k, v)
+    assert S.reap(st, sw, rdb=False) == []
+    assert S.reap(st, parse_sweep(_raw(stale_after_s=30)), rdb=False) == []  # started just now
