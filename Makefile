@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+# e.g. https://download.pytorch.org/whl/cu126 for a CUDA build (make setup TORCH_INDEX=...)
+TORCH_INDEX ?=
 PY     := $(VENV)/bin/python
 SWEEP  ?= ablation
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e ".[test]"
 	touch $@
 

@@ -308,7 +308,16 @@ def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, d
     if use_conv is None:
         use_conv = ho * wo >= FUSED_CONV_MIN_POSITIONS
     geom = ((kh, kw), s, p, d, ho, wo, groups, use_conv)
-    out = _PerExampleConv.apply(x.contiguous(), weight, channel, spatial, kernel, geom)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # The Function writes into preallocated outputs (no autocasting there): run it in the
+        # autocast dtype on inputs cast to it; the casts' backward restores parameter dtypes.
+        dtype = torch.get_autocast_dtype(device_type)
+        cast = [None if t is None else t.to(dtype) for t in (x, weight, channel, spatial, kernel)]
+        with torch.autocast(device_type, enabled=False):
+            out = _PerExampleConv.apply(cast[0].contiguous(), *cast[1:], geom)
+    else:
+        out = _PerExampleConv.apply(x.contiguous(), weight, channel, spatial, kernel, geom)
     return _finish(out, filter, bias, kernel)
 
 

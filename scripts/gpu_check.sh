@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-check`: the CUDA tests and a short CUDA benchmark, in a few minutes on one GPU.
 # Skips cleanly (exit 0) where no CUDA device is visible. Needs a CUDA build of torch in
-# the venv (e.g. `make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`).
+# the venv (e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126`).
 set -euo pipefail
 PY="${PY:-.venv/bin/python}"
 OUT="${OUT:-results/bench-gpu}"
