@@ -54,6 +54,7 @@ class TrialRecord:
     attempt: int = 0                       # 0 = first try; n = n-th retry
     trial_number: int | None = None
     synthetic: bool = False                # synthetic data: not a real benchmark result
+    placement: str | None = None           # where the conv spec goes: matched | paper (odconv.build_model)
     data: dict[str, Any] = field(default_factory=dict)      # the DataModule's describe()
     config: dict[str, Any] = field(default_factory=dict)    # full resolved LightningCLI config
     cli_args: list[str] = field(default_factory=list)

@@ -278,6 +278,7 @@ def run_trial(spec: dict[str, Any]) -> int:
         return 1
     rec.versions = library_versions()
     rec.config = _resolved_config(cli)
+    rec.placement = (rec.config.get("model") or {}).get("placement")
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     rec.synthetic = bool(getattr(dm, "synthetic", False) or "synthetic" in type(dm).__name__.lower())
     if hasattr(dm, "describe"):

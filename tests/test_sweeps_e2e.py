@@ -91,7 +91,7 @@ def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
         assert rec.final_val_top1 is not None and rec.best_val_top1 is not None and rec.best_val_top5 is not None
         assert rec.params_count > 0 and rec.macs > 0 and rec.train_throughput > 0 and rec.latency_b1_ms > 0
         assert rec.peak_memory_mb > 0 and rec.wall_time_s > 0 and rec.fit_time_s > 0
-        assert rec.config["model"]["conv"] == rec.params["model.conv"]
+        assert rec.config["model"]["conv"] == rec.params["model.conv"] and rec.placement == "matched"
         assert rec.config["seed_everything"] == rec.seed
         assert {"torch", "lightning", "optuna", "python"} <= set(rec.versions)
         assert rec.host and rec.git_commit is not None
