@@ -41,6 +41,17 @@ def _mixed_bias(bias: Optional[Tensor], kernel: Optional[Tensor], batch: int) ->
     return kernel @ bias
 
 
+def _finish(out: Tensor, filter: Optional[Tensor], bias: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
+    """Filter attention and the mixed bias on a (B, O, H', W') conv output (every strategy)."""
+    batch, out_ch = out.shape[:2]
+    if filter is not None:
+        out = out * filter.view(batch, out_ch, 1, 1)
+    mixed = _mixed_bias(bias, kernel, batch)
+    if mixed is not None:
+        out = out + mixed.reshape(batch, out_ch, 1, 1)
+    return out
+
+
 @register_strategy("grouped")
 def grouped_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], filter: Optional[Tensor],
                  spatial: Optional[Tensor], kernel: Optional[Tensor], bias: Optional[Tensor],
@@ -70,12 +81,7 @@ def grouped_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], filter: O
         out = F.conv2d(x.reshape(1, batch * in_ch, height, width), w, None, stride, padding, dilation,
                        groups * batch)
         out = out.view(batch, out_ch, out.shape[-2], out.shape[-1])
-    if filter is not None:
-        out = out * filter.view(batch, out_ch, 1, 1)
-    mixed = _mixed_bias(bias, kernel, batch)
-    if mixed is not None:
-        out = out + mixed.view(batch, out_ch, 1, 1)
-    return out
+    return _finish(out, filter, bias, kernel)
 
 
 def per_example_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor], batch: int) -> Tensor:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from .functional import _mixed_bias, register_strategy
+from .functional import _finish, register_strategy
 
 # Largest number of elements the fused strategy lets one batch chunk's per-example kernels,
 # unfolded input or output take (chunks are at least one example).
@@ -60,16 +60,6 @@ def _geometry(x: Tensor, weight: Tensor, stride, padding, dilation):
     ho = (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
     wo = (w + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
     return (kh, kw), s, p, d, ho, wo
-
-
-def _finish(out: Tensor, filter: Optional[Tensor], bias: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
-    batch, out_ch = out.shape[:2]
-    if filter is not None:
-        out = out * filter.view(batch, out_ch, 1, 1)
-    mixed = _mixed_bias(bias, kernel, batch)
-    if mixed is not None:
-        out = out + mixed.reshape(batch, out_ch, 1, 1)
-    return out
 
 
 def _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups) -> Tensor:

@@ -20,7 +20,8 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ..spec import ConvSpec
-from .placement import ModelPlan, SharedRouter, call_conv, init_static, make_classifier, plan_model
+from .placement import (ModelPlan, SharedRouter, call_conv, check_model_options, init_static, make_classifier,
+                        plan_model)
 from .registry import register_model
 
 # t (expansion), c (channels), n (blocks), s (stride of the first block)
@@ -103,12 +104,7 @@ class MobileNetV2(nn.Module):
                  placement: str = "matched", conv_options: Optional[dict] = None, small_input: bool = False,
                  dropout: float = 0.2, in_chans: int = 3, round_nearest: int = 8) -> None:
         super().__init__()
-        if not width > 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        check_model_options(width=width, dropout=dropout, in_chans=in_chans)
         setting = CIFAR_SETTING if small_input else IMAGENET_SETTING
         self.plan = plan_model("mobilenetv2", sum(n for _, _, n, _ in setting), conv, placement, conv_options)
         self.num_classes = num_classes

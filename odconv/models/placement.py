@@ -171,3 +171,13 @@ def init_static(model: nn.Module) -> None:
             visit(child)
 
     visit(model)
+
+
+def check_model_options(*, width: float, dropout: float, in_chans: int) -> None:
+    """The options every model builder shares: a clear ValueError for a bad value."""
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")

@@ -18,7 +18,8 @@ from typing import Optional, Sequence, Type, Union
 from torch import Tensor, nn
 
 from ..spec import ConvSpec
-from .placement import ModelPlan, SharedRouter, call_conv, init_static, make_classifier, plan_model
+from .placement import (ModelPlan, SharedRouter, call_conv, check_model_options, init_static, make_classifier,
+                        plan_model)
 from .registry import register_model
 
 
@@ -95,12 +96,7 @@ class ResNet(nn.Module):
                  placement: str = "matched", conv_options: Optional[dict] = None, small_input: bool = False,
                  width: float = 1.0, in_chans: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
-        if not width > 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        check_model_options(width=width, dropout=dropout, in_chans=in_chans)
         self.plan = plan_model("resnet", sum(layers), conv, placement, conv_options)
         self.num_classes = num_classes
         widths = [max(int(round(c * width)), 1) for c in (64, 128, 256, 512)]
