@@ -293,10 +293,12 @@ def test_dyconv_is_softmax_attention_over_kernels(geom, bias):
     if bias:
         nn.init.normal_(layer.bias)
     a = layer.attention
+    nn.init.normal_(a.fc1.bias, std=0.1)   # zero at init: make the attention biases matter
+    nn.init.normal_(a.fc2.bias, std=0.1)
     x = torch.randn(3, cin, 9, 9, requires_grad=True)
     outs = []
     for b in range(3):
-        hidden = torch.relu(a.fc1.weight.flatten(1) @ x[b].mean(dim=(1, 2)))
+        hidden = torch.relu(a.fc1.weight.flatten(1) @ x[b].mean(dim=(1, 2)) + a.fc1.bias)
         pi = torch.softmax((a.fc2.weight.flatten(1) @ hidden + a.fc2.bias) / 5.0, dim=0)
         kernel = sum(pi[i] * layer.weight[i] for i in range(4))
         bb = sum(pi[i] * layer.bias[i] for i in range(4)) if bias else None
