@@ -12,7 +12,7 @@ WORKERS           ?=
 GPUS              ?=
 DEVICES_PER_TRIAL ?= 1
 
-.PHONY: setup test test-slow bench ablation results gpu-check clean
+.PHONY: setup test test-slow bench ablation results estimate gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,10 @@ ablation: setup
 
 results: setup
 	STORAGE="$(STORAGE)" $(PY) -m sweeps results $(SWEEP)
+
+# Expected wall time of a sweep on this machine (measures each variant's throughput here)
+estimate: setup
+	WORKERS="$(WORKERS)" $(PY) -m sweeps estimate $(SWEEP) $(if $(DEVICE),--device $(DEVICE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -145,6 +145,9 @@ class ImageDataModule(L.LightningDataModule):
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     synthetic: bool = False
+    #: official split sizes (images), every class equally represented in order 0, 1, ...
+    train_images: int = 0
+    test_images: int = 0
 
     def __init__(self, data_dir: str = "data", batch_size: int = 128, num_workers: int = 0,
                  val_split: float = 0.1, seed: int | None = None, split_seed: int = 0,
@@ -186,6 +189,16 @@ class ImageDataModule(L.LightningDataModule):
     def has_test_set(self) -> bool:
         """True when the test split is distinct from the validation split."""
         return self.val_split > 0
+
+    def split_sizes(self) -> tuple[int, int, int]:
+        """(train, val, test) image counts of this configuration, from the official sizes and
+        ``val_split`` as :meth:`setup` splits them (``round(val_split * n_c)`` of each class),
+        without reading the data. With ``val_split=0`` val is the test set."""
+        c, n = self.num_classes, self.train_images
+        per_class = [n // c + (1 if k < n % c else 0) for k in range(c)]
+        val = sum(int(round(self.val_split * m)) for m in per_class) if self.val_split > 0 else self.test_images
+        train = n - val if self.val_split > 0 else n
+        return train, val, self.test_images
 
     @property
     def run_seed(self) -> int:
@@ -321,8 +334,8 @@ class SyntheticDataModule(ImageDataModule):
                              "num_test >= 1")
         self.num_classes = num_classes
         self.image_size = image_size
-        self.num_train = num_train
-        self.num_test = num_test
+        self.num_train = self.train_images = num_train
+        self.num_test = self.test_images = num_test
         self.noise = noise
 
     def _generate(self, n: int, g: torch.Generator, protos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,6 +420,7 @@ class CIFAR10DataModule(_CIFARBase):
 
     name = "cifar10"
     num_classes = 10
+    train_images, test_images = 50_000, 10_000
     image_size = 32
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
@@ -426,6 +440,7 @@ class CIFAR100DataModule(_CIFARBase):
 
     name = "cifar100"
     num_classes = 100
+    train_images, test_images = 50_000, 10_000
     image_size = 32
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
@@ -466,6 +481,7 @@ class TinyImageNetDataModule(ImageDataModule):
 
     name = "tinyimagenet"
     num_classes = 200
+    train_images, test_images = 100_000, 10_000
     image_size = 64
     mean = (0.4802, 0.4481, 0.3975)
     std = (0.2770, 0.2691, 0.2821)

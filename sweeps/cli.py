@@ -26,6 +26,14 @@ def _env_int(name: str) -> int | None:
     return int(v) if v else None
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="odconv-sweep", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -57,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
     c = sub.add_parser("check", help="validate a sweep file and list its grid points")
     c.add_argument("sweep")
+    e = sub.add_parser("estimate", help="expected wall time of a sweep here, from throughput measured on the device")
+    e.add_argument("sweep")
+    e.add_argument("--device", default=os.environ.get("DEVICE") or ("cuda" if _cuda() else "cpu"),
+                   help="cpu or cuda[:i] (default: cuda when available)")
+    e.add_argument("--workers", type=int, default=_env_int("WORKERS") or 1,
+                   help="workers sharing the sweep (e.g. the number of GPUs over all machines)")
+    e.add_argument("--overhead", type=float, default=None,
+                   help="seconds per trial beyond fit and eval (start-up, checkpoints, cost measurements); default 25")
+    e.add_argument("--repeats", type=int, default=5, help="timed steps per measurement")
     d = sub.add_parser("dashboard", help="print the optuna-dashboard command for a sweep's storage")
     d.add_argument("sweep")
     d.add_argument("--storage", default=os.environ.get("STORAGE") or None)
@@ -126,6 +143,9 @@ def main(args: list[str] | None = None) -> int:
             for p in pts:
                 print("  " + p.key)
             return 0
+        if a.cmd == "estimate":
+            from .estimate import main as estimate_main
+            return estimate_main(load_sweep(a.sweep), a.device, a.workers, a.overhead, a.repeats)
         if a.cmd == "dashboard":
             from . import study as S
             name = _sweep_name(a.sweep, a.results_root)
