@@ -65,14 +65,20 @@ class Worker:
         self.devices_per_trial = devices_per_trial
         self.worker_index = worker_index
         self.res_dir = S.results_dir(sweep.name, results_root)
-        self.git = git_commit()
         self.pid = os.getpid()
         self.start = S.process_start_time(self.pid)
         self.stop = False
         self._first_signal = 0.0
         self.child: subprocess.Popen | None = None
 
+    @property
+    def git(self) -> str | None:
+        """The commit (``-dirty`` with uncommitted changes) when a trial is handed out, not when
+        the worker started: code changed during a long sweep is recorded as what the trial ran."""
+        return git_commit()
+
     # -- signals ---------------------------------------------------------------------------
+
     def _on_signal(self, signum, frame):
         """First signal: stop after the running trial, passing SIGINT on to it (Lightning shuts
         down gracefully). Second signal: kill the trial. Never raises inside storage writes."""
@@ -258,7 +264,7 @@ class Worker:
                     sweep=self.sweep.name, grid_key=spec["grid_key"], variant=spec["variant"],
                     params=json.loads(attrs["grid_params"]), seed=spec["seed"], status="failed", reason=reason,
                     attempt=spec["attempt"], trial_number=trial.number, host=S.HOST, cli_args=spec["cli_args"],
-                    git_commit=self.git))
+                    git_commit=spec.get("git_commit")))
         log.warning("trial %d failed: %s", trial.number, reason)
         return "failed"
 
