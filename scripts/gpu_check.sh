@@ -15,4 +15,6 @@ fi
 "$PY" -m pytest -q tests/test_strategies.py tests/test_export.py
 # 2. the benchmark on CUDA (same tables as `make bench`, marked with the GPU's name)
 "$PY" -m odconv.bench --device cuda --out "$OUT" --repeats 5 --max-seconds 2 "$@"
-echo "gpu-check: tables in $OUT (layers.md, models.md)"
+# 3. the full ablation's expected wall time on this GPU, from its measured throughput
+"$PY" -m sweeps estimate ablation --device cuda --repeats 5 | tee "$OUT/ablation_estimate.md"
+echo "gpu-check: tables in $OUT (layers.md, models.md, ablation_estimate.md)"

@@ -150,6 +150,8 @@ def format_estimate(sweep: SweepDef, rows: list[VariantEstimate], device: str, w
 
 
 def main(sweep: SweepDef, device: str, workers: int, overhead_s: Optional[float], repeats: int) -> int:
-    rows = estimate_sweep(sweep, device, DEFAULT_OVERHEAD_S if overhead_s is None else overhead_s, repeats)
+    import sys
+    rows = estimate_sweep(sweep, device, DEFAULT_OVERHEAD_S if overhead_s is None else overhead_s, repeats,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_estimate(sweep, rows, device, workers))
     return 0
