@@ -7,6 +7,7 @@ same run on the same machine.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable
@@ -129,7 +130,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device 
             fn()
         _sync(device)
         first[name] = (time.perf_counter() - start) / max(1, warmup)
-    wanted = {name: min(repeats, int(max_seconds // max(first[name], 1e-9))) for name in fns}
+    # (inf // x is nan in Python: without a bound every entry gets all its repeats)
+    wanted = {name: repeats if math.isinf(max_seconds) else min(repeats, int(max_seconds // max(first[name], 1e-9)))
+              for name in fns}
     times: dict[str, list[float]] = {name: ([] if wanted[name] else [first[name]]) for name in fns}
     for r in range(max(wanted.values())):
         for name, fn in fns.items():
