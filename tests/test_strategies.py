@@ -233,6 +233,10 @@ def test_auto_rule():
     # pointwise: batched matmul over per-example (O x C) kernels
     w1 = torch.randn(4, 64, 64, 1, 1)
     assert choose_strategy(torch.randn(8, 64, 16, 16), w1, kernel=kern) == "bmm"
+    # ... except inference on small maps: chunked fused_bmm
+    assert choose_strategy(torch.randn(8, 64, 8, 8), w1, kernel=kern) == "fused_bmm"
+    w1g = w1.clone().requires_grad_(True)
+    assert choose_strategy(torch.randn(8, 64, 8, 8), w1g, kernel=kern) == "bmm"
     # depthwise: the reference grouped conv
     wd = torch.randn(4, 64, 1, 3, 3)
     assert choose_strategy(torch.randn(8, 64, 8, 8), wd, kernel=kern, padding=1, groups=64) == "grouped"
