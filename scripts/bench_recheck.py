@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import platform
 import sys
 from pathlib import Path
 
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from odconv.bench import REFERENCE, _layer_callables, layer_shapes  # noqa: E402
 from odconv.timing import time_interleaved  # noqa: E402
+from sweeps.trial import git_commit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -35,9 +38,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [r for r in csv.DictReader(open(args.csv))
             if r["strategy"] == "auto" and float(r["time_vs_reference"]) > args.above]
     shapes = {(s.model, s.name): s for s in layer_shapes()}
+    missing = sorted({f"{r['model']}:{r['layer']}" for r in rows} - {f"{m}:{n}" for m, n in shapes})
+    if missing:
+        p.error(f"{args.csv}: layers not among the benchmark's ODConv-4x layer shapes: {', '.join(missing)}")
     out = []
-    from sweeps.trial import git_commit
-    import datetime, platform
     print(f"# Re-timed rows of `{args.csv}` where auto/reference > {args.above}\n")
     print(f"Command: `python scripts/bench_recheck.py --above {args.above} --repeats {args.repeats}`; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
@@ -47,10 +51,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = shapes[(r["model"], r["layer"])]
-        fns, chosen = _layer_callables(s, int(r["batch"]), torch.device("cpu"), r["mode"] == "fwd+bwd", (REFERENCE,))
-        fns = {REFERENCE: fns[REFERENCE]} if chosen == REFERENCE else {
-            REFERENCE: fns[REFERENCE], chosen: _layer_callables(s, int(r["batch"]), torch.device("cpu"),
-                                                                r["mode"] == "fwd+bwd", (chosen,))[0][chosen]}
+        batch, grad = int(r["batch"]), r["mode"] == "fwd+bwd"
+        chosen = _layer_callables(s, batch, torch.device("cpu"), grad, ())[1]
+        fns = _layer_callables(s, batch, torch.device("cpu"), grad, (REFERENCE, chosen))[0]
+        fns.pop("static")
         t = time_interleaved(fns, "cpu", warmup=2, repeats=args.repeats)
         ratio = t[chosen] / t[REFERENCE]
         out.append({**r, "recheck": ratio, "recheck_runs": chosen})
