@@ -12,7 +12,7 @@ WORKERS           ?=
 GPUS              ?=
 DEVICES_PER_TRIAL ?= 1
 
-.PHONY: setup test test-slow bench ablation results estimate gpu-check clean
+.PHONY: setup test lint test-slow bench ablation results estimate gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
