@@ -5,13 +5,15 @@ from .factory import make_conv
 from .functional import STRATEGIES, dynamic_conv2d, per_example_kernels
 from .layers import CondConv2d, DynamicConvBase, DyConv2d, ODConv2d
 from .spec import ATTENTIONS, ConvSpec, parse_conv_spec
-from .autotune import choose_strategy, set_strategy, use_strategy
-from .utils import dynamic_layers, load_checkpoint, set_temperature, strip_prefix
+from .autotune import choose_strategy, set_auto_mode, use_strategy
+from .ops.registry import EXPORTABLE_STRATEGIES, valid_strategies
+from .utils import dynamic_layers, load_checkpoint, set_strategy, set_temperature, strip_prefix
 
 __all__ = [
     "ATTENTIONS", "ConvSpec", "parse_conv_spec", "make_conv", "dynamic_conv2d", "per_example_kernels",
     "STRATEGIES", "ODConv2d", "CondConv2d", "DyConv2d", "DynamicConvBase", "dynamic_layers",
     "set_temperature", "load_checkpoint", "strip_prefix", "use_strategy", "set_strategy", "choose_strategy",
+    "set_auto_mode", "EXPORTABLE_STRATEGIES", "valid_strategies",
 ]
 
 from .models import build_model, list_models, register_model  # noqa: E402

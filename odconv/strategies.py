@@ -1,15 +1,19 @@
-"""Exact execution strategies of :func:`odconv.functional.dynamic_conv2d`.
+"""Exact execution strategies of :func:`odconv.functional.dynamic_conv2d`, registered in
+:data:`odconv.ops.registry.STRATEGIES` on import.
 
-All compute the same function (see :mod:`odconv.functional`); they differ in how the work
-is laid out. Notation: batch B, input channels C, output channels O, groups g,
-Cg = C/g, Og = O/g, kernel taps kk = k*k, output positions L = H'*W', n kernels,
+All compute the same function (see :mod:`odconv.functional`) for a kernel that varies per
+example (``dynamic_conv2d`` runs the shared-kernel case itself); they differ in how the
+work is laid out. Notation: batch B, input channels C, output channels O, groups g,
+Cg = C/g, Og = O/g, kernel taps kk = kh*kw, output positions L = H'*W', n kernels,
 per-example kernel size X = O*Cg*kk.
 
-``grouped`` (reference, in functional.py)
-    aggregate one kernel per example, then one conv with ``groups = g*B``.
+``grouped`` (the reference algorithm)
+    aggregate one kernel per example, then one conv with ``groups = g*B``. Not exportable:
+    ``torch.export`` keeps the batch symbolic in ``groups``, but ONNX needs a constant group
+    count.
 ``bmm``
     aggregate per-example kernels, unfold the input (im2col) and run one batched matmul
-    ``(B, g, Og, Cg*kk) @ (B, g, Cg*kk, L)``. Plain autograd; batch-agnostic (exportable).
+    ``(B, g, Og, Cg*kk) @ (B, g, Cg*kk, L)``. Plain autograd; exportable.
 ``mix``
     never builds a per-example kernel: run the n stacked static kernels as one conv with
     n*O output channels on the channel-attended input, then mix the n outputs of every
@@ -17,9 +21,9 @@ per-example kernel size X = O*Cg*kk.
     applied per example to the unfolded input patches, which then go through a 1x1 conv
     with the stacked kernels. n times the conv FLOPs, but one large GEMM with a shared
     weight (its gradient is one reduction over the batch). Best when n is small against L,
-    and always for n = 1 (ODConv-1x). Batch-agnostic.
+    and always for n = 1 (ODConv-1x). Exportable.
 ``mix_cl``
-    ``mix`` with the input in channels-last memory format.
+    ``mix`` with the input in channels-last memory format. Exportable.
 ``fused``
     a custom autograd Function over per-example kernels that stores only its inputs (x, the
     n kernels, the attentions): per-example kernels, unfolded input and the per-example
@@ -28,11 +32,13 @@ per-example kernel size X = O*Cg*kk.
     they nor their gradients are ever materialised for the whole batch. Memory of a static
     conv; the per-example-kernel FLOPs of the reference. Inside, each chunk runs as one
     grouped conv (groups = g * chunk) when L >= FUSED_CONV_MIN_POSITIONS, else as patches
-    + batched matmul. Loops over batch chunks (not for torch.export with a dynamic batch).
+    + batched matmul. Loops over batch chunks in Python: not exportable (``torch.export``
+    specialises the batch).
 ``fused_bmm``
-    ``fused`` always with the patches + batched-matmul inner kernel.
+    ``fused`` always with the patches + batched-matmul inner kernel. Not exportable.
 ``compiled``
-    ``bmm`` through ``torch.compile`` (optional; compiled lazily on first use).
+    ``bmm`` through ``torch.compile`` (compiled lazily on first use). Exportable (tracing
+    goes through to ``bmm``).
 """
 
 from __future__ import annotations
@@ -42,92 +48,48 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
-from .functional import _finish, register_strategy
+from .ops.helpers import ConvGeometry, aggregate_kernels, conv_geometry, finish, patches, scale_channels, unpatch
+from .ops.registry import register_strategy
 
 # Largest number of elements the fused strategy lets one batch chunk's per-example kernels,
 # unfolded input or output take (chunks are at least one example).
 FUSED_CHUNK_ELEMENTS = 1 << 23
 
-
-def _geometry(x: Tensor, weight: Tensor, stride, padding, dilation):
-    if isinstance(padding, str):
-        raise ValueError("string padding is only supported by the 'grouped' strategy; pass integers")
-    kh, kw = weight.shape[-2:]
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
-    h, w = x.shape[-2:]
-    ho = (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
-    wo = (w + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
-    return (kh, kw), s, p, d, ho, wo
+# Output positions from which the fused strategy runs each chunk as one grouped conv
+# (groups = g * chunk, mkldnn) rather than as patches + batched matmul (measured: the
+# grouped conv and its backward are efficient when every example has many positions).
+FUSED_CONV_MIN_POSITIONS = 256
 
 
-def _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups) -> Tensor:
-    """No attention varies the kernel: one plain conv (shared by every strategy)."""
-    if channel is not None:
-        x = x * channel.view(x.shape[0], x.shape[1], 1, 1)
-    return _finish(F.conv2d(x, weight[0], None, stride, padding, dilation, groups), filter, bias, kernel)
-
-
-def _aggregate(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor], batch: int):
-    """Per-example kernels (batch, O*Cg, kk), and the kernel-attention mix before the spatial
-    attention (batch, O*Cg, kk) (the same tensor when there is no spatial attention)."""
-    n = weight.shape[0]
-    kk = weight.shape[-1] * weight.shape[-2]
-    w2 = weight.reshape(n, -1)
-    if kernel is not None:
-        a = kernel @ w2  # (batch, X)
-    else:
-        a = w2[0].expand(batch, -1)
-    a = a.reshape(batch, -1, kk)
-    if spatial is None:
-        return a, a
-    return a * spatial.reshape(batch, 1, kk), a
-
-
-def _patches(x: Tensor, kh: int, kw: int, s, p, d, ho: int, wo: int) -> Tensor:
-    """im2col by strided slicing: (B, C, H, W) -> (B, C, kh*kw, ho, wo), the layout of
-    ``F.unfold`` (channel-major, then tap), several times faster than ``F.unfold`` on CPU."""
-    if p[0] or p[1]:
-        x = F.pad(x, (p[1], p[1], p[0], p[0]))
-    cols = x.new_empty(x.shape[0], x.shape[1], kh * kw, ho, wo)
-    t = 0
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, t] = x[:, :, i * d[0]: i * d[0] + s[0] * (ho - 1) + 1: s[0],
-                              j * d[1]: j * d[1] + s[1] * (wo - 1) + 1: s[1]]
-            t += 1
-    return cols
-
-
-def _unpatch(cols: Tensor, h: int, w: int, kh: int, kw: int, s, p, d, ho: int, wo: int) -> Tensor:
-    """The adjoint of :func:`_patches` (col2im): (B, C, kh*kw, ho, wo) -> (B, C, H, W)."""
-    batch, ch = cols.shape[:2]
-    out = cols.new_zeros(batch, ch, h + 2 * p[0], w + 2 * p[1])
-    t = 0
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i * d[0]: i * d[0] + s[0] * (ho - 1) + 1: s[0],
-                j * d[1]: j * d[1] + s[1] * (wo - 1) + 1: s[1]] += cols[:, :, t]
-            t += 1
-    return out[:, :, p[0]: p[0] + h, p[1]: p[1] + w]
+# ----------------------------------------------------------------------------- grouped
+@register_strategy("grouped", exportable=False)
+def grouped_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], filter: Optional[Tensor],
+                 spatial: Optional[Tensor], kernel: Optional[Tensor], bias: Optional[Tensor],
+                 stride, padding, dilation, groups: int) -> Tensor:
+    """The reference algorithm: one aggregated kernel per example, then one conv with
+    ``groups = groups * batch`` (accepts string padding, as ``F.conv2d``)."""
+    batch, in_ch, height, width = x.shape
+    out_ch = weight.shape[1]
+    k, _ = aggregate_kernels(weight, spatial, kernel, batch)
+    k = k.reshape(batch * out_ch, *weight.shape[2:])
+    out = F.conv2d(scale_channels(x, channel).reshape(1, batch * in_ch, height, width), k, None, stride, padding,
+                   dilation, groups * batch)
+    return finish(out.view(batch, out_ch, out.shape[-2], out.shape[-1]), filter, bias, kernel)
 
 
 # --------------------------------------------------------------------------------- bmm
-@register_strategy("bmm")
+@register_strategy("bmm", exportable=True)
 def bmm_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
-    if kernel is None and spatial is None:
-        return _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups)
-    batch, in_ch = x.shape[:2]
-    n, out_ch, cg = weight.shape[:3]
-    (kh, kw), s, p, d, ho, wo = _geometry(x, weight, stride, padding, dilation)
-    if channel is not None:
-        x = x * channel.view(batch, in_ch, 1, 1)
-    k, _ = _aggregate(weight, spatial, kernel, batch)
-    k = k.reshape(batch, groups, out_ch // groups, cg * kh * kw)
-    cols = _patches(x, kh, kw, s, p, d, ho, wo).view(batch, groups, cg * kh * kw, ho * wo)
-    out = torch.matmul(k, cols).view(batch, out_ch, ho, wo)
-    return _finish(out, filter, bias, kernel)
+    """Per-example kernels times the unfolded input, one batched matmul (plain autograd)."""
+    batch = x.shape[0]
+    out_ch, cg = weight.shape[1:3]
+    g = conv_geometry(x, weight, stride, padding, dilation)
+    kk = g.kernel[0] * g.kernel[1]
+    k, _ = aggregate_kernels(weight, spatial, kernel, batch)
+    cols = patches(scale_channels(x, channel), g).view(batch, groups, cg * kk, g.positions)
+    out = torch.matmul(k.reshape(batch, groups, out_ch // groups, cg * kk), cols)
+    return finish(out.view(batch, out_ch, *g.out_hw), filter, bias, kernel)
 
 
 # --------------------------------------------------------------------------------- mix
@@ -141,27 +103,24 @@ def _stacked(weight: Tensor, groups: int) -> Tensor:
 
 def _mix(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups,
          channels_last: bool = False) -> Tensor:
-    if kernel is None and spatial is None:
-        return _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups)
     batch, in_ch = x.shape[:2]
     n, out_ch, cg = weight.shape[:3]
-    (kh, kw), s, p, d, ho, wo = _geometry(x, weight, stride, padding, dilation)
-    if channels_last and kh * kw == 1 and max(s) > 1:
+    g = conv_geometry(x, weight, stride, padding, dilation)
+    kk = g.kernel[0] * g.kernel[1]
+    if channels_last and kk == 1 and max(g.stride) > 1:
         # torch 2.13 CPU: the backward of a channels-last 1x1 stride-2 conv corrupted the heap
         # in our test suite (a later allocation aborted with "corrupted size vs. prev_size");
         # that one case stays in the default layout.
         channels_last = False
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    if channel is not None:
-        x = x * channel.view(batch, in_ch, 1, 1)
+    x = scale_channels(x, channel)
     w = _stacked(weight, groups)
     if spatial is None:
-        y = F.conv2d(x, w, None, s, p, d, groups)
+        y = F.conv2d(x, w, None, g.stride, g.padding, g.dilation, groups)
     else:
-        kk = kh * kw
-        cols = _patches(x, kh, kw, s, p, d, ho, wo)
-        cols = (cols * spatial.reshape(batch, 1, kk, 1, 1)).reshape(batch, in_ch * kk, ho, wo)
+        cols = patches(x, g)
+        cols = (cols * spatial.reshape(batch, 1, kk, 1, 1)).reshape(batch, in_ch * kk, *g.out_hw)
         if channels_last:
             cols = cols.contiguous(memory_format=torch.channels_last)
         # The unfolded patches of group j are channels [j*Cg*kk, (j+1)*Cg*kk): a grouped 1x1 conv.
@@ -169,19 +128,21 @@ def _mix(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dil
     if kernel is None:  # n == 1 with spatial attention only
         out = y
     else:
-        y = y.reshape(batch, groups, n, (out_ch // groups) * ho * wo)
-        out = torch.matmul(kernel.view(batch, 1, 1, n), y).view(batch, out_ch, ho, wo)
-    return _finish(out, filter, bias, kernel)
+        y = y.reshape(batch, groups, n, (out_ch // groups) * g.positions)
+        out = torch.matmul(kernel.view(batch, 1, 1, n), y).view(batch, out_ch, *g.out_hw)
+    return finish(out, filter, bias, kernel)
 
 
-@register_strategy("mix")
+@register_strategy("mix", exportable=True)
 def mix_outputs(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
+    """Outputs of the n stacked kernels, mixed per example by the kernel attention."""
     return _mix(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups)
 
 
-@register_strategy("mix_cl")
+@register_strategy("mix_cl", exportable=True)
 def mix_outputs_channels_last(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation,
                               groups) -> Tensor:
+    """``mix`` in channels-last memory format."""
     return _mix(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups,
                 channels_last=True)
 
@@ -191,50 +152,43 @@ def _chunk_size(batch: int, *sizes: int) -> int:
     return max(1, min(batch, FUSED_CHUNK_ELEMENTS // max(1, *sizes)))
 
 
-# Output positions from which the fused strategy runs each chunk as one grouped conv
-# (groups = g * chunk, mkldnn) rather than as patches + batched matmul (measured: the
-# grouped conv and its backward are efficient when every example has many positions).
-FUSED_CONV_MIN_POSITIONS = 256
-
-
 class _PerExampleConv(torch.autograd.Function):
     """y_b = conv(channel_b * x_b, (sum_i kernel_b,i W_i) * spatial_b), per-example kernels
     built and consumed chunk by chunk; only the inputs are saved for backward, which
     rebuilds the chunk's kernels and reduces the per-example kernel gradients at once."""
 
     @staticmethod
-    def forward(ctx, x, weight, channel, spatial, kernel, geom):
-        (kh, kw), s, p, d, ho, wo, groups, use_conv = geom
+    def forward(ctx, x, weight, channel, spatial, kernel, g: ConvGeometry, groups: int, use_conv: bool):
         batch, in_ch, h, w = x.shape
         n, out_ch, cg = weight.shape[:3]
-        og, kk, L = out_ch // groups, kh * kw, ho * wo
+        (kh, kw), s, p, d, (ho, wo) = g
+        og, kk, L = out_ch // groups, kh * kw, g.positions
         out = x.new_empty(batch, out_ch, ho, wo)
         step = _chunk_size(batch, out_ch * cg * kk, in_ch * kk * L)
         for b0 in range(0, batch, step):
             b1 = min(batch, b0 + step)
             cb = b1 - b0
-            xc = x[b0:b1]
-            if channel is not None:
-                xc = xc * channel[b0:b1].view(cb, in_ch, 1, 1)
-            k, _ = _aggregate(weight, None if spatial is None else spatial[b0:b1],
-                              None if kernel is None else kernel[b0:b1], cb)
+            xc = scale_channels(x[b0:b1], None if channel is None else channel[b0:b1])
+            k, _ = aggregate_kernels(weight, None if spatial is None else spatial[b0:b1],
+                                     None if kernel is None else kernel[b0:b1], cb)
             if use_conv:
                 out[b0:b1] = F.conv2d(xc.reshape(1, cb * in_ch, h, w), k.reshape(cb * out_ch, cg, kh, kw), None,
                                       s, p, d, groups * cb).view(cb, out_ch, ho, wo)
             else:
-                cols = _patches(xc, kh, kw, s, p, d, ho, wo).view(cb, groups, cg * kk, L)
+                cols = patches(xc, g).view(cb, groups, cg * kk, L)
                 torch.matmul(k.view(cb, groups, og, cg * kk), cols, out=out[b0:b1].view(cb, groups, og, L))
-        ctx.geom = geom
+        ctx.geometry, ctx.groups, ctx.use_conv = g, groups, use_conv
         ctx.save_for_backward(x, weight, channel, spatial, kernel)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, channel, spatial, kernel = ctx.saved_tensors
-        (kh, kw), s, p, d, ho, wo, groups, use_conv = ctx.geom
+        g, groups, use_conv = ctx.geometry, ctx.groups, ctx.use_conv
         batch, in_ch, h, w = x.shape
         n, out_ch, cg = weight.shape[:3]
-        og, kk, L = out_ch // groups, kh * kw, ho * wo
+        (kh, kw), s, p, d, (ho, wo) = g
+        og, kk, L = out_ch // groups, kh * kw, g.positions
         need_x, need_w, need_c, need_s, need_k = ctx.needs_input_grad[:5]
         need_cols = need_x or need_c
         need_kgrad = need_w or need_s or need_k
@@ -249,10 +203,10 @@ class _PerExampleConv(torch.autograd.Function):
             b1 = min(batch, b0 + step)
             cb = b1 - b0
             xb = x[b0:b1]
-            xc = xb * channel[b0:b1].view(cb, in_ch, 1, 1) if channel is not None else xb
+            xc = scale_channels(xb, None if channel is None else channel[b0:b1])
             sb = None if spatial is None else spatial[b0:b1]
             kb = None if kernel is None else kernel[b0:b1]
-            k, a = _aggregate(weight, sb, kb, cb)
+            k, a = aggregate_kernels(weight, sb, kb, cb)
             gxc = gkern = None
             if use_conv:
                 gxc, gkern, _ = torch.ops.aten.convolution_backward(
@@ -267,10 +221,10 @@ class _PerExampleConv(torch.autograd.Function):
                 gy = grad_out[b0:b1].view(cb, groups, og, L)
                 if need_cols:
                     gcols = torch.matmul(k.view(cb, groups, og, cg * kk).transpose(-1, -2), gy)
-                    gxc = _unpatch(gcols.view(cb, in_ch, kk, ho, wo), h, w, kh, kw, s, p, d, ho, wo)
+                    gxc = unpatch(gcols.view(cb, in_ch, kk, ho, wo), (h, w), g)
                     del gcols
                 if need_kgrad:
-                    cols = _patches(xc, kh, kw, s, p, d, ho, wo).view(cb, groups, cg * kk, L)
+                    cols = patches(xc, g).view(cb, groups, cg * kk, L)
                     gkern = torch.matmul(gy, cols.transpose(-1, -2)).view(cb, out_ch * cg, kk)  # per-example dL/dK
                     del cols
             if need_x:
@@ -290,17 +244,14 @@ class _PerExampleConv(torch.autograd.Function):
                         gw.addmm_(kb.t(), ga)
                     else:
                         gw[0] += ga.sum(dim=0)
-        return gx, None if gw is None else gw.view_as(weight), gc, gs, gk, None
+        return gx, None if gw is None else gw.view_as(weight), gc, gs, gk, None, None, None
 
 
 def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups,
            use_conv: Optional[bool]) -> Tensor:
-    if kernel is None and spatial is None:
-        return _static_path(x, weight, channel, filter, kernel, bias, stride, padding, dilation, groups)
-    (kh, kw), s, p, d, ho, wo = _geometry(x, weight, stride, padding, dilation)
+    g = conv_geometry(x, weight, stride, padding, dilation)
     if use_conv is None:
-        use_conv = ho * wo >= FUSED_CONV_MIN_POSITIONS
-    geom = ((kh, kw), s, p, d, ho, wo, groups, use_conv)
+        use_conv = g.positions >= FUSED_CONV_MIN_POSITIONS
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         # The Function writes into preallocated outputs (no autocasting there): run it in the
@@ -308,21 +259,21 @@ def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, d
         dtype = torch.get_autocast_dtype(device_type)
         cast = [None if t is None else t.to(dtype) for t in (x, weight, channel, spatial, kernel)]
         with torch.autocast(device_type, enabled=False):
-            out = _PerExampleConv.apply(cast[0].contiguous(), *cast[1:], geom)
+            out = _PerExampleConv.apply(cast[0].contiguous(), *cast[1:], g, groups, use_conv)
     else:
-        out = _PerExampleConv.apply(x.contiguous(), weight, channel, spatial, kernel, geom)
-    return _finish(out, filter, bias, kernel)
+        out = _PerExampleConv.apply(x.contiguous(), weight, channel, spatial, kernel, g, groups, use_conv)
+    return finish(out, filter, bias, kernel)
 
 
-@register_strategy("fused")
+@register_strategy("fused", exportable=False)
 def fused_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
     """Custom autograd Function; inner kernel: grouped conv when L >= FUSED_CONV_MIN_POSITIONS, else bmm."""
     return _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, None)
 
 
-@register_strategy("fused_bmm")
+@register_strategy("fused_bmm", exportable=False)
 def fused_bmm_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
-    """``fused`` always with the patches + batched-matmul inner kernel (batch-agnostic: exportable)."""
+    """``fused`` always with the patches + batched-matmul inner kernel."""
     return _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, False)
 
 
@@ -330,7 +281,7 @@ def fused_bmm_conv(x, weight, channel, filter, spatial, kernel, bias, stride, pa
 _COMPILED: dict[str, object] = {}
 
 
-@register_strategy("compiled")
+@register_strategy("compiled", exportable=True)
 def compiled_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
     """``bmm`` through ``torch.compile`` (compiled lazily; recompiles per shape)."""
     fn = _COMPILED.get("bmm")

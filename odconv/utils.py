@@ -1,4 +1,5 @@
-"""Model-level helpers: temperature, dynamic-layer discovery, checkpoint loading."""
+"""Model-level helpers: temperature and execution strategy of every dynamic layer, dynamic-layer
+discovery, checkpoint loading."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from .layers import DynamicConvBase
+from .ops.registry import check_strategy
 
 
 def dynamic_layers(model: nn.Module) -> list[tuple[str, DynamicConvBase]]:
@@ -22,6 +24,16 @@ def set_temperature(model: nn.Module, temperature: float) -> int:
     layers = dynamic_layers(model)
     for _, layer in layers:
         layer.update_temperature(temperature)
+    return len(layers)
+
+
+def set_strategy(model: nn.Module, name: str) -> int:
+    """Set ``strategy`` on every dynamic conv layer of ``model`` (``"auto"`` or a registered
+    name; ValueError listing the valid ones otherwise). Returns the number of layers changed."""
+    check_strategy(name)
+    layers = dynamic_layers(model)
+    for _, layer in layers:
+        layer.strategy = name
     return len(layers)
 
 

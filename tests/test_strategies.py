@@ -1,7 +1,8 @@
-"""Every execution strategy of dynamic_conv2d computes the same function as the reference
-("grouped"): outputs and all gradients (input, weight, every attention, bias), for every
-ODConv attention subset, CondConv and DyConv, across conv geometries; float64 gradcheck of
-each strategy on a tiny case; the "auto" choice and its overrides."""
+"""Every execution strategy of dynamic_conv2d computes the same function as every other and as
+an explicit per-example loop of plain convs: outputs and all gradients (input, weight, every
+attention, bias), for every ODConv attention subset, CondConv and DyConv, across conv
+geometries; in bfloat16 against the float32 result; float64 gradcheck of each strategy on a
+tiny case; the "auto" choice and its overrides."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import odconv.strategies as S
 from odconv import CondConv2d, DyConv2d, ODConv2d, set_strategy, use_strategy
@@ -17,6 +19,7 @@ from odconv.functional import STRATEGIES, dynamic_conv2d, valid_strategies
 
 EXACT = [s for s in sorted(STRATEGIES) if s != "compiled"]  # compiled: see test_compiled (slow)
 SUBSETS = [frozenset(c) for r in range(1, 5) for c in itertools.combinations("cfsk", r)]
+LOOP = "per-example loop"  # the independent formulation every strategy is compared with
 # (batch, in, out, k, groups, stride, padding, dilation, H, W)
 GEOMETRIES = {
     "plain": (3, 4, 6, 3, 1, 1, 1, 1, 7, 6),
@@ -62,15 +65,37 @@ def _inputs(geom, subset, n, bias=False, dtype=torch.float32, seed=0):
     return x, weight, att, dict(stride=s, padding=p, dilation=d, groups=g)
 
 
+def per_example_loop(x, weight, channel=None, filter=None, spatial=None, kernel=None, bias=None, *, stride, padding,
+                     dilation, groups):
+    """The op written out per example: its own kernel, then a plain conv (independent of the package)."""
+    outs = []
+    for b in range(x.shape[0]):
+        k = sum((kernel[b, i] if kernel is not None else 1.0) * weight[i] for i in range(weight.shape[0]))
+        if spatial is not None:
+            k = k * spatial[b]
+        bb = None
+        if bias is not None:
+            bb = sum((kernel[b, i] if kernel is not None else 1.0) * bias[i] for i in range(bias.shape[0]))
+        xb = x[b:b + 1] if channel is None else x[b:b + 1] * channel[b].view(1, -1, 1, 1)
+        yb = F.conv2d(xb, k, None, stride, padding, dilation, groups)
+        if filter is not None:
+            yb = yb * filter[b].view(1, -1, 1, 1)
+        outs.append(yb if bb is None else yb + bb.view(1, -1, 1, 1))
+    return torch.cat(outs)
+
+
 def _run(strategy, x, weight, att, geo, grad_out=None):
-    out = dynamic_conv2d(x, weight, **att, **geo, strategy=strategy)
+    if strategy == LOOP:
+        out = per_example_loop(x, weight, **att, **geo)
+    else:
+        out = dynamic_conv2d(x, weight, **att, **geo, strategy=strategy)
     if grad_out is None:
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
     grads = torch.autograd.grad(out, [x, weight, *att.values()], grad_out)
     return out, grads, grad_out
 
 
-def _assert_all_agree(x, weight, att, geo, names=EXACT, rtol=1e-4, atol=1e-5):
+def _assert_all_agree(x, weight, att, geo, names=(LOOP, *EXACT), rtol=1e-4, atol=1e-5):
     results = {}
     grad_out = None
     for name in names:
@@ -85,12 +110,13 @@ def _assert_all_agree(x, weight, att, geo, names=EXACT, rtol=1e-4, atol=1e-5):
                                        msg=lambda m: f"{a} vs {b}, {label}: {m}")
 
 
-@pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "".join(sorted(s)))
-@pytest.mark.parametrize("geom", list(GEOMETRIES), ids=str)
-def test_odconv_subsets_agree(subset, geom):
+# spatial attention is never built for a pointwise conv: those pairs are not cases
+CASES = [(g, s) for g in GEOMETRIES for s in SUBSETS if not ("s" in s and GEOMETRIES[g][3] == 1)]
+
+
+@pytest.mark.parametrize("geom, subset", CASES, ids=[f"{g}-{''.join(sorted(s))}" for g, s in CASES])
+def test_odconv_subsets_agree(geom, subset):
     g = GEOMETRIES[geom]
-    if "s" in subset and g[3] == 1:
-        pytest.skip("no spatial attention on a pointwise conv")
     n = 3 if "k" in subset else 1
     x, w, att, geo = _inputs(g, subset, n)
     _assert_all_agree(x, w, att, geo)
@@ -117,13 +143,42 @@ def test_gradcheck_float64(strategy):
         assert torch.autograd.gradcheck(f, (x, w, *att.values()), eps=1e-6, atol=1e-6)
 
 
+# (geometry, attentions, n): every kind of conv the models use
+BF16_CASES = [("plain", "cfsk", 3), ("stride2", "cs", 1), ("groups2", "fk", 4), ("depthwise", "csk", 3),
+              ("pointwise", "cfk", 4), ("plain", "k", 4)]
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "autocast"])
+@pytest.mark.parametrize("strategy", EXACT)
+def test_bfloat16_matches_float32(strategy, mode):
+    """bfloat16 tensors, or float32 tensors under bfloat16 autocast: output and all gradients
+    match the float32 per-example loop within bfloat16 precision (8-bit mantissa)."""
+    for geom, subset, n in BF16_CASES:
+        x, w, att, geo = _inputs(GEOMETRIES[geom], subset, n, bias="k" == subset)
+        ref, ref_grads, grad_out = _run(LOOP, x, w, att, geo)
+        if mode == "bfloat16":
+            args = [t.detach().bfloat16().requires_grad_() for t in (x, w, *att.values())]
+            out = dynamic_conv2d(args[0], args[1], **dict(zip(att, args[2:])), **geo, strategy=strategy)
+            assert out.dtype == torch.bfloat16
+            grads = torch.autograd.grad(out, args, grad_out.bfloat16())
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = dynamic_conv2d(x, w, **att, **geo, strategy=strategy)
+            grads = torch.autograd.grad(out, [x, w, *att.values()], grad_out.to(out.dtype))
+            assert all(g.dtype == torch.float32 for g in grads)  # gradients in the parameters' dtype
+        for label, a, b in zip(["output", "input", "weight", *att], (out, *grads), (ref, *ref_grads)):
+            scale = b.abs().max().item()
+            torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=2e-2 * scale,
+                                       msg=lambda m: f"{geom}-{subset} {label}: {m}")
+
+
 def test_fused_inner_kernels_and_chunking_agree(monkeypatch):
     x, w, att, geo = _inputs((5, 4, 6, 3, 2, 1, 1, 1, 6, 6), "cfsk", 3)
     for min_positions in (1, 10 ** 9):  # grouped-conv inner kernel, then patches + bmm
         monkeypatch.setattr(S, "FUSED_CONV_MIN_POSITIONS", min_positions)
         for chunk in (1, 200, 10 ** 9):
             monkeypatch.setattr(S, "FUSED_CHUNK_ELEMENTS", chunk)
-            _assert_all_agree(x, w, att, geo, names=["grouped", "fused"])
+            _assert_all_agree(x, w, att, geo, names=[LOOP, "fused"])
 
 
 def test_partial_requires_grad():
@@ -201,8 +256,7 @@ def test_overrides(monkeypatch):
     assert layer.strategy == "auto"
     x = torch.randn(2, 4, 6, 6)
     layer(x)
-    assert calls[-1] == choose_strategy(x, layer.weight, channel=torch.ones(2, 4), kernel=torch.ones(2, 4),
-                                        spatial=torch.ones(2, 3, 3), padding=1)
+    assert calls == ["mix"]  # auto: n * L = 4 * 36 is below MIX_MAX_NL (the rule, test_auto_rule)
     layer.strategy = "bmm"
     layer(x)
     assert calls[-1] == "bmm"
@@ -267,4 +321,4 @@ def test_tune_mode_caches(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_compiled_strategy_agrees():
     x, w, att, geo = _inputs(GEOMETRIES["plain"], "cfsk", 2)
-    _assert_all_agree(x, w, att, geo, names=["grouped", "compiled"])
+    _assert_all_agree(x, w, att, geo, names=[LOOP, "compiled"])

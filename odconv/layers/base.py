@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import check_strategy, conv_output_hw
+from ..ops.helpers import conv_output_hw
+from ..ops.registry import check_strategy
 
 
 class TemperatureBuffer(nn.Module):

@@ -141,9 +141,7 @@ class ODConv2d(DynamicConvBase):
             self.attention.update_temperature(temperature)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.attention is None:
-            return F.conv2d(x, self.weight[0], None, self.stride, self.padding, self.dilation, self.groups)
-        att = self.attention(x)
+        att = self.attention(x) if self.attention is not None else {}
         return dynamic_conv2d(x, self.weight, **att, stride=self.stride, padding=self.padding,
                               dilation=self.dilation, groups=self.groups, strategy=self.strategy)
 
