@@ -1,20 +1,27 @@
-"""Benchmark of the dynamic conv execution strategies (``make bench``).
+"""Benchmark of dynamic convolution against static convolution (``make bench``).
 
-    python -m odconv.bench [--quick] [--device cpu|cuda] [--out results/bench]
+    python -m odconv.bench [--quick] [--device cpu|cuda] [--out results/bench] [--sections ...]
 
-Writes ``layers.csv|md`` and ``models.csv|md`` under ``--out``:
+Sections (``--sections``, default all that apply to the device), each writing ``NAME.csv``
+and ``NAME.md`` under ``--out``:
 
-* layers: every distinct dynamic-conv shape of CIFAR ResNet-18 and CIFAR MobileNetV2 (as
-  ODConv-4x places it), at batch 1, 64 and 128, forward (no grad) and forward+backward:
-  time and peak memory of the static conv, of every strategy and of the ``auto`` choice,
-  as ratios to the static conv and to the reference ("grouped") measured in the same run.
-* models: ``cifar_resnet18`` (width 1 and 0.25) and ``cifar_mobilenetv2`` with static,
-  odconv1x, odconv4x, dyconv4x and condconv8x convs: training step time (batch
-  ``--model-batch``), batch-1 inference latency and training peak memory, as ratios to the
-  static model; dynamic models both with the default (``auto``) and the reference strategy.
+* ``layers``: the dynamic-conv shapes of CIFAR ResNet-18 and CIFAR MobileNetV2 (as ODConv-4x
+  places them), forward (no grad) and forward+backward: time and peak memory of the static
+  conv, of every strategy and of the ``auto`` choice, as ratios to the static conv, to the
+  reference strategy (``grouped``) and to the fastest strategy of the same row. A recheck
+  pass re-times, with more rounds, any row where ``auto`` looks slower than the reference
+  or than the fastest strategy beyond the tolerances; the table marks those rows.
+* ``models``: ``cifar_resnet18`` at widths 0.125, 0.5 and 1 with static, odconv1x, odconv4x,
+  dyconv4x and condconv8x convs: training step time (batch 128), batch-1 inference latency
+  and training peak memory, as ratios to the static model of the same run, in fp32 and under
+  bf16 autocast (``bf16-mixed``; the static model in bf16 is then the reference).
+* ``workers`` (CPU only): training throughput of the sweeps' small CPU model with P worker
+  processes of one thread each against one process of P threads (P = the CPU cores).
 
-Timings are medians of round-robin repeats (see :func:`odconv.timing.time_interleaved`);
-compare ratios within one run only.
+``targets.md|csv`` then states every target of the issue (model time, memory and latency
+ratios, the default strategy against the reference and the fastest strategy), what this run
+measured and whether it is met. Timings are medians of interleaved rounds
+(:func:`odconv.timing.time_rounds`); compare ratios within one run only.
 """
 
 from __future__ import annotations
@@ -22,26 +29,45 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import multiprocessing as mp
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autotune import choose_strategy, set_strategy
-from .functional import STRATEGIES, dynamic_conv2d
-from .timing import make_train_step, peak_memory, time_interleaved
+import odconv
+from .timing import autocast, make_train_step, median_ratio, peak_memory, time_rounds
 
 REFERENCE = "grouped"
-DEFAULT_STRATEGIES = ("grouped", "bmm", "mix", "mix_cl", "fused", "fused_bmm")
+# torch.compile: minutes of compilation per shape, and not an eager strategy to choose.
+NOT_TIMED_BY_DEFAULT = ("compiled",)
 MODEL_CONVS = ("static", "odconv1x", "odconv4x", "dyconv4x", "condconv8x")
-MODELS = (("cifar_resnet18", 1.0), ("cifar_resnet18", 0.25), ("cifar_mobilenetv2", 1.0))
+MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5), ("cifar_resnet18", 1.0))
+PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
+SECTIONS = ("layers", "models", "workers")
+
+# The issue's targets (model training step of cifar_resnet18, batch 128): time of each
+# variant's step over the static model's, peak training memory over static's, batch-1
+# latency of ODConv-4x over static's, and the default strategy per layer row.
+TIME_TARGETS = {"odconv4x": 2.0, "odconv1x": 1.5, "dyconv4x": 1.8, "condconv8x": 1.8}
+MEMORY_TARGET = 1.5
+LATENCY_TARGETS = {"odconv4x": 1.5}
+BEST_TOLERANCE = 0.10        # auto at most 10% slower than the fastest single strategy
+REFERENCE_TOLERANCE = 0.05   # "at or below the reference within noise"
+
+
+def default_strategies() -> list[str]:
+    """Every registered strategy except those in ``NOT_TIMED_BY_DEFAULT``, reference first."""
+    names = [s for s in odconv.STRATEGIES if s not in NOT_TIMED_BY_DEFAULT]
+    return sorted(names, key=lambda s: s != REFERENCE)
 
 
 # ----------------------------------------------------------------------------- machine
@@ -64,7 +90,7 @@ def machine_info(device: torch.device) -> dict[str, str]:
     try:
         info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                             timeout=5).stdout.strip() or "n/a"
-    except Exception:  # pragma: no cover
+    except (OSError, subprocess.SubprocessError):
         info["git_commit"] = "n/a"
     return info
 
@@ -78,6 +104,16 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _warm_then_measure_memory(fns: dict[str, Callable[[], object]], device: torch.device) -> dict[str, int]:
+    """Peak memory of one call of each entry. On CPU that call (under the profiler) is also the
+    entry's warm-up; on CUDA one plain call comes first, so that one-time allocations (library
+    handles, workspaces) stay out of the peak."""
+    if device.type == "cuda":
+        for fn in fns.values():
+            fn()
+    return {name: peak_memory(fn, device) for name, fn in fns.items()}
 
 
 # ------------------------------------------------------------------------------ layers
@@ -108,19 +144,16 @@ class LayerShape:
 
 
 def layer_shapes(model_names=("cifar_resnet18", "cifar_mobilenetv2"), conv: str = "odconv4x",
-                 all_shapes: bool = True) -> list[LayerShape]:
-    """Distinct dynamic-conv shapes (first occurrence) of the models built with ``conv``.
-    ``all_shapes=False`` keeps, per model, the first layer of each kind (depthwise,
-    pointwise, other), input resolution and stride: one of each per stage."""
-    from .models import build_model
-    from .layers import DynamicConvBase
-
+                 all_shapes: bool = False) -> list[LayerShape]:
+    """Dynamic-conv shapes (first occurrence) of the models built with ``conv``. By default,
+    per model, the first layer of each kind (depthwise, pointwise, other), input resolution
+    and stride: one of each per stage. ``all_shapes=True``: every distinct shape."""
     shapes: dict[tuple, LayerShape] = {}
     for model_name in model_names:
-        model = build_model(model_name, num_classes=10, conv=conv).eval()
-        seen: list[tuple[str, DynamicConvBase, int]] = []
+        model = odconv.build_model(model_name, num_classes=10, conv=conv).eval()
+        seen: list[tuple[str, odconv.DynamicConvBase, int]] = []
         hooks = [m.register_forward_pre_hook(lambda m, a, name=name: seen.append((name, m, a[0].shape[-1])))
-                 for name, m in model.named_modules() if isinstance(m, DynamicConvBase)]
+                 for name, m in model.named_modules() if isinstance(m, odconv.DynamicConvBase)]
         with torch.no_grad():
             model(torch.randn(1, 3, 32, 32))
         for h in hooks:
@@ -151,7 +184,11 @@ def _layer_inputs(s: LayerShape, batch: int, device, grad: bool):
     return x, w, att, static_w
 
 
-def _layer_callables(s: LayerShape, batch: int, device, grad: bool, strategies):
+def layer_callables(s: LayerShape, batch: int, device: torch.device, grad: bool,
+                    names: Sequence[str]) -> tuple[dict[str, Callable[[], None]], str]:
+    """One call each of the static conv (``"static"``) and of the strategies ``names`` on the
+    shape ``s`` at ``batch`` (inputs (B, I, hw, hw), fixed seed), with ``grad`` a backward of
+    ones too; and the strategy ``auto`` chooses for that call."""
     x, w, att, static_w = _layer_inputs(s, batch, device, grad)
     geo = dict(stride=s.stride, padding=s.padding, dilation=s.dilation, groups=s.groups)
 
@@ -161,107 +198,282 @@ def _layer_callables(s: LayerShape, batch: int, device, grad: bool, strategies):
                 if name == "static":
                     out = F.conv2d(x, static_w, None, s.stride, s.padding, s.dilation, s.groups)
                 else:
-                    out = dynamic_conv2d(x, w, **att, **geo, strategy=name)
+                    out = odconv.dynamic_conv2d(x, w, **att, **geo, strategy=name)
                 if grad:
                     out.backward(torch.ones_like(out))
         return call
 
     with torch.set_grad_enabled(grad):
-        chosen = choose_strategy(x, w, **att, **geo)
-    return {name: make(name) for name in ("static", *strategies)}, chosen
+        chosen = odconv.choose_strategy(x, w, **att, **geo)
+    return {name: make(name) for name in names}, chosen
 
 
-def bench_layers(shapes, batches, strategies, device, repeats: int, max_seconds: float, log=print) -> list[dict]:
+def _fmt_samples(samples: list[float]) -> str:
+    return ";".join(f"{t * 1e3:.4g}" for t in samples)
+
+
+def bench_layers(shapes: Sequence[LayerShape], batches: Sequence[int], strategies: Sequence[str], device: torch.device,
+                 rounds: int, keep_within: float, log=print) -> list[dict]:
+    """First pass over every (shape, batch, mode): one row per timed entry (static, each
+    strategy) plus an ``auto`` row (the chosen strategy's figures, and its ratio to the
+    fastest strategy). Entries slower than ``keep_within`` x the fastest after the first
+    round are timed once (see :func:`odconv.timing.time_rounds`); ``samples`` says how often."""
     rows: list[dict] = []
     for s in shapes:
         for batch in batches:
             for mode, grad in (("fwd", False), ("fwd+bwd", True)):
-                fns, chosen = _layer_callables(s, batch, device, grad, strategies)
-                times = time_interleaved(fns, device, warmup=1, repeats=repeats, max_seconds=max_seconds)
-                mems = {name: peak_memory(fn, device) for name, fn in fns.items()}
+                fns, chosen = layer_callables(s, batch, device, grad, ("static", *strategies))
+                mems = _warm_then_measure_memory(fns, device)
+                samples = time_rounds(fns, device, rounds=rounds, keep_within=keep_within,
+                                      keep=("static", REFERENCE, chosen))
+                times = {name: statistics.median(t) for name, t in samples.items()}
+                best = min(strategies, key=lambda n: times[n])
                 t_static, t_ref = times["static"], times[REFERENCE]
                 m_static, m_ref = max(mems["static"], 1), max(mems[REFERENCE], 1)
+                base = dict(model=s.model, layer=s.name, shape=s.label(), in_ch=s.in_ch, out_ch=s.out_ch, k=s.k,
+                            stride=s.stride, groups=s.groups, hw=s.hw, n=s.n, attentions=s.attentions, batch=batch,
+                            mode=mode)
                 for name in (*fns, "auto"):
                     src = chosen if name == "auto" else name
                     rows.append(dict(
-                        model=s.model, layer=s.name, shape=s.label(), in_ch=s.in_ch, out_ch=s.out_ch, k=s.k,
-                        stride=s.stride, groups=s.groups, hw=s.hw, n=s.n, attentions=s.attentions, batch=batch,
-                        mode=mode, strategy=name, runs=src, time_ms=round(times[src] * 1e3, 3),
-                        peak_mb=round(mems[src] / 2 ** 20, 3), time_vs_static=round(times[src] / t_static, 3),
-                        time_vs_reference=round(times[src] / t_ref, 3), mem_vs_static=round(mems[src] / m_static, 3),
-                        mem_vs_reference=round(mems[src] / m_ref, 3)))
+                        base, strategy=name, runs=src, samples=len(samples[src]), time_ms=round(times[src] * 1e3, 4),
+                        samples_ms=_fmt_samples(samples[src]), peak_mb=round(mems[src] / 2 ** 20, 3),
+                        time_vs_static=round(times[src] / t_static, 3), time_vs_reference=round(times[src] / t_ref, 3),
+                        mem_vs_static=round(mems[src] / m_static, 3), mem_vs_reference=round(mems[src] / m_ref, 3),
+                        best=best if name == "auto" else "",
+                        time_vs_best=round(times[src] / times[best], 3) if name == "auto" else "",
+                        rechecked="", recheck_rounds="", recheck_vs_reference="", recheck_vs_best=""))
                 log(f"  {s.label():28s} B={batch:<3d} {mode:7s} static {t_static * 1e3:8.2f} ms | "
                     + " ".join(f"{n} {times[n] / t_static:.2f}" for n in strategies)
-                    + f" | auto={chosen} {times[chosen] / t_ref:.2f}x ref")
+                    + f" | auto={chosen} {times[chosen] / t_ref:.2f}x ref, {times[chosen] / times[best]:.2f}x best")
     return rows
+
+
+def needs_recheck(row: dict, ref_tol: float = REFERENCE_TOLERANCE, best_tol: float = BEST_TOLERANCE) -> list[str]:
+    """The contenders an ``auto`` row must be re-timed against: the reference if ``auto``
+    looked slower than it beyond ``ref_tol``, the fastest strategy if beyond ``best_tol``."""
+    against = []
+    if row["runs"] != REFERENCE and float(row["time_vs_reference"]) > 1 + ref_tol:
+        against.append(REFERENCE)
+    if row["runs"] != row["best"] and float(row["time_vs_best"]) > 1 + best_tol and row["best"] not in against:
+        against.append(row["best"])
+    return against
+
+
+def recheck_layers(rows: list[dict], make_fns: Callable[[dict, Sequence[str]], dict[str, Callable[[], object]]],
+                   device: torch.device, rounds: int, ref_tol: float = REFERENCE_TOLERANCE,
+                   best_tol: float = BEST_TOLERANCE, log=print) -> int:
+    """The recheck pass: every ``auto`` row of ``rows`` that :func:`needs_recheck` flags is
+    re-timed with only its contenders (the chosen strategy and the reference and/or the
+    fastest strategy), ``rounds`` interleaved rounds after one warm-up, and the row gets the
+    median per-round ratios (``recheck_vs_reference``/``recheck_vs_best``; unflagged
+    comparisons keep the first pass's figure). ``make_fns(row, names)`` builds the callables
+    of that row's shape. Updates ``rows`` in place; returns the number of rows rechecked."""
+    count = 0
+    for row in rows:
+        if row["strategy"] != "auto":
+            continue
+        against = needs_recheck(row, ref_tol, best_tol)
+        if not against:
+            continue
+        chosen = row["runs"]
+        fns = make_fns(row, (chosen, *against))
+        samples = time_rounds(fns, device, rounds=rounds, warmup=1)
+        row["rechecked"] = "yes"
+        row["recheck_rounds"] = rounds
+        row["recheck_vs_reference"] = round(median_ratio(samples, chosen, REFERENCE), 3) if REFERENCE in against \
+            else row["time_vs_reference"]
+        row["recheck_vs_best"] = round(median_ratio(samples, chosen, row["best"]), 3) if row["best"] in against \
+            else row["time_vs_best"]
+        count += 1
+        log(f"  recheck {row['shape']:28s} B={row['batch']:<3} {row['mode']:7s} auto={chosen}: "
+            f"vs reference {float(row['time_vs_reference']):.2f} -> {float(row['recheck_vs_reference']):.2f}, "
+            f"vs best ({row['best']}) {float(row['time_vs_best']):.2f} -> {float(row['recheck_vs_best']):.2f}")
+    return count
+
+
+def final_ratios(row: dict) -> tuple[float, float]:
+    """An ``auto`` row's (time / reference, time / fastest strategy): the recheck's if rechecked."""
+    if row["rechecked"]:
+        return float(row["recheck_vs_reference"]), float(row["recheck_vs_best"])
+    return float(row["time_vs_reference"]), float(row["time_vs_best"])
 
 
 # ------------------------------------------------------------------------------ models
-def bench_models(models, convs, batch: int, device, repeats: int, max_seconds: float, reference: str = "all",
+def bench_models(models: Sequence[tuple[str, float]], convs: Sequence[str], batch: int, device: torch.device,
+                 precision: str, train_rounds: int, latency_rounds: int, reference_strategy: bool = False,
                  log=print) -> list[dict]:
-    from .models import build_model
-
+    """Per (model, width): every conv's training step (forward + backward + SGD step at
+    ``batch``, inputs (batch, 3, 32, 32)), batch-1 eval latency and training peak memory under
+    ``precision`` (``fp32``, or ``bf16`` autocast); ratios to the static model are medians of
+    per-round ratios. Dynamic models run the default strategy (``auto``), and with
+    ``reference_strategy`` the reference too."""
+    dtype = PRECISIONS[precision]
     rows: list[dict] = []
     for model_name, width in models:
-        entries = []
-        with_ref = reference == "all" or (reference == "small" and width < 1)
-        for conv in convs:
-            strategies = ["auto"] + ([REFERENCE] if with_ref and conv != "static" else [])
-            for strategy in strategies:
-                entries.append((conv, strategy if conv != "static" else "-"))
-        train_fns, infer_fns, models_ = {}, {}, {}
+        entries = [(conv, s) for conv in convs
+                   for s in (("-",) if conv == "static" else (("auto", REFERENCE) if reference_strategy else ("auto",)))]
+        train_fns, infer_fns, params = {}, {}, {}
         for conv, strategy in entries:
             torch.manual_seed(0)
-            model = build_model(model_name, num_classes=10, conv=conv, width=width).to(device)
+            model = odconv.build_model(model_name, num_classes=10, conv=conv, width=width).to(device)
             if conv != "static":
-                set_strategy(model, strategy)
+                odconv.set_strategy(model, strategy)
             x = torch.randn(batch, 3, 32, 32, device=device)
             y = torch.randint(0, 10, (batch,), device=device)
             key = f"{conv}|{strategy}"
-            models_[key] = model
-            train_fns[key] = _train_fn(model, x, y)
-            infer_fns[key] = _infer_fn(model, torch.randn(1, 3, 32, 32, device=device))
-        t_train = time_interleaved(train_fns, device, warmup=1, repeats=repeats, max_seconds=max_seconds)
-        t_infer = time_interleaved(infer_fns, device, warmup=2, repeats=max(repeats, 5), max_seconds=max_seconds)
-        mem = {key: peak_memory(fn, device) for key, fn in train_fns.items()}
+            params[key] = sum(p.numel() for p in model.parameters())
+            train_fns[key] = _train_fn(model, x, y, dtype)
+            infer_fns[key] = _infer_fn(model, torch.randn(1, 3, 32, 32, device=device), dtype)
         base = "static|-"
+        mem = _warm_then_measure_memory(train_fns, device)
+        t_train = time_rounds(train_fns, device, rounds=train_rounds)
+        t_infer = time_rounds(infer_fns, device, rounds=latency_rounds, warmup=2)
         for conv, strategy in entries:
             key = f"{conv}|{strategy}"
             rows.append(dict(
-                model=model_name, width=width, conv=conv, strategy=strategy, batch=batch,
-                params_m=round(sum(p.numel() for p in models_[key].parameters()) / 1e6, 3),
-                train_step_ms=round(t_train[key] * 1e3, 2), latency_b1_ms=round(t_infer[key] * 1e3, 3),
+                model=model_name, width=width, precision=precision, conv=conv, strategy=strategy, batch=batch,
+                params_m=round(params[key] / 1e6, 3),
+                train_step_ms=round(statistics.median(t_train[key]) * 1e3, 3),
+                latency_b1_ms=round(statistics.median(t_infer[key]) * 1e3, 4),
                 train_peak_mb=round(mem[key] / 2 ** 20, 2),
-                train_vs_static=round(t_train[key] / t_train[base], 3),
-                latency_vs_static=round(t_infer[key] / t_infer[base], 3),
-                mem_vs_static=round(mem[key] / max(mem[base], 1), 3)))
+                train_vs_static=round(median_ratio(t_train, key, base), 3),
+                latency_vs_static=round(median_ratio(t_infer, key, base), 3),
+                mem_vs_static=round(mem[key] / max(mem[base], 1), 3),
+                train_samples_ms=_fmt_samples(t_train[key]), latency_samples_ms=_fmt_samples(t_infer[key])))
             r = rows[-1]
-            log(f"  {model_name} w{width} {conv:10s} {strategy:8s} train {r['train_step_ms']:9.1f} ms "
+            log(f"  {model_name} w{width} {precision} {conv:10s} {strategy:8s} train {r['train_step_ms']:9.1f} ms "
                 f"({r['train_vs_static']:.2f}x)  latency {r['latency_b1_ms']:7.2f} ms ({r['latency_vs_static']:.2f}x)  "
                 f"mem {r['train_peak_mb']:8.1f} MB ({r['mem_vs_static']:.2f}x)")
-        for model in models_.values():
-            model.cpu()
+        del train_fns, infer_fns
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
-def _train_fn(model: nn.Module, x, y):
+def _train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: Optional[torch.dtype]):
     model.train()
-    step = make_train_step(model, x, y)
-    return step
+    return make_train_step(model, x, y, autocast_dtype=dtype)
 
 
-def _infer_fn(model: nn.Module, x):
+def _infer_fn(model: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype]):
     def call():
         was = model.training
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(x.device.type, dtype):
             model(x)
         model.train(was)
     return call
 
 
+# ----------------------------------------------------------------------------- workers
+def _layout_worker(model_name: str, width: float, convs: Sequence[str], batch: int, threads: int, seconds: float,
+                   barrier, queue) -> None:
+    """One worker process of the layout measurement: for each conv, build the model, warm up,
+    wait for the other workers, then train for ``seconds`` and report the steps it made."""
+    torch.set_num_threads(threads)
+    for conv in convs:
+        torch.manual_seed(0)
+        model = odconv.build_model(model_name, num_classes=10, conv=conv, width=width).train()
+        step = make_train_step(model, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
+        for _ in range(2):
+            step()
+        barrier.wait()
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            step()
+            steps += 1
+        queue.put(dict(conv=conv, pid=os.getpid(), threads=torch.get_num_threads(), steps=steps,
+                       seconds=time.perf_counter() - start))
+
+
+def run_layout(procs: int, threads: int, model_name: str, width: float, convs: Sequence[str], batch: int,
+               seconds: float) -> dict[str, list[dict]]:
+    """``procs`` fresh processes of ``threads`` threads each, training side by side (each its
+    own model, as sweep workers do); per conv, every process's report."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=_layout_worker, args=(model_name, width, tuple(convs), batch, threads, seconds,
+                                                        barrier, queue)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    reports = [queue.get(timeout=600) for _ in range(procs * len(convs))]
+    for w in workers:
+        w.join(timeout=60)
+        if w.exitcode != 0:
+            raise RuntimeError(f"layout worker exited with {w.exitcode}")
+    return {conv: [r for r in reports if r["conv"] == conv] for conv in convs}
+
+
+def bench_workers(cores: int, model_name: str, width: float, convs: Sequence[str], batch: int, seconds: float,
+                  repeats: int, log=print) -> list[dict]:
+    """Training throughput (images/s, all processes together) of ``cores`` processes x 1
+    thread against 1 process x ``cores`` threads; the layouts alternate over ``repeats``
+    (A B, B A, ...) and each row is the median over repeats."""
+    layouts = [(cores, 1), (1, cores)]
+    per: dict[tuple[str, int, int], list[float]] = {}
+    seen_threads: dict[tuple[str, int, int], set[int]] = {}
+    for rep in range(repeats):
+        for procs, threads in (layouts if rep % 2 == 0 else layouts[::-1]):
+            reports = run_layout(procs, threads, model_name, width, convs, batch, seconds)
+            for conv, rs in reports.items():
+                ips = sum(r["steps"] * batch / r["seconds"] for r in rs)
+                per.setdefault((conv, procs, threads), []).append(ips)
+                seen_threads.setdefault((conv, procs, threads), set()).update(r["threads"] for r in rs)
+                log(f"  {conv:10s} {procs} proc x {threads} thread(s): {ips:8.1f} images/s "
+                    f"({', '.join(str(r['steps']) for r in rs)} steps in {seconds:g} s)")
+    rows = []
+    for conv in convs:
+        one = statistics.median(per[(conv, 1, cores)])
+        for procs, threads in layouts:
+            ips = statistics.median(per[(conv, procs, threads)])
+            rows.append(dict(model=model_name, width=width, conv=conv, batch=batch, processes=procs,
+                             threads_per_process=threads,
+                             threads_seen=",".join(str(t) for t in sorted(seen_threads[(conv, procs, threads)])),
+                             images_per_s=round(ips, 1), vs_one_process=round(ips / one, 3),
+                             samples=";".join(f"{v:.1f}" for v in per[(conv, procs, threads)])))
+    return rows
+
+
+# ----------------------------------------------------------------------------- targets
+def evaluate_targets(model_rows: Sequence[dict], layer_rows: Sequence[dict], ref_tol: float = REFERENCE_TOLERANCE,
+                     best_tol: float = BEST_TOLERANCE) -> list[dict]:
+    """The issue's targets against this run: one row per (target, precision, model, width)
+    for the model targets (``auto`` strategy rows), and one per layer target over all rows."""
+    out: list[dict] = []
+    static = {(r["model"], r["width"], r["precision"]): r for r in model_rows if r["conv"] == "static"}
+    auto = [r for r in model_rows if r["conv"] != "static" and r["strategy"] == "auto"]
+    for r in auto:
+        where = dict(precision=r["precision"], model=r["model"], width=r["width"])
+        if (r["model"], r["width"], r["precision"]) not in static:
+            continue
+        if r["conv"] in TIME_TARGETS:
+            out.append(dict(where, target=f"{r['conv']} train step / static", limit=TIME_TARGETS[r["conv"]],
+                            measured=float(r["train_vs_static"])))
+        out.append(dict(where, target=f"{r['conv']} train peak memory / static", limit=MEMORY_TARGET,
+                        measured=float(r["mem_vs_static"])))
+        if r["conv"] in LATENCY_TARGETS:
+            out.append(dict(where, target=f"{r['conv']} batch-1 latency / static", limit=LATENCY_TARGETS[r["conv"]],
+                            measured=float(r["latency_vs_static"])))
+    auto_layers = [r for r in layer_rows if r["strategy"] == "auto"]
+    if auto_layers:
+        ratios = [(final_ratios(r), r) for r in auto_layers]
+        for i, (name, tol) in enumerate((("layer rows: auto / reference (worst row)", ref_tol),
+                                         ("layer rows: auto / fastest strategy (worst row)", best_tol))):
+            worst, row = max(ratios, key=lambda p: p[0][i])
+            over = sum(1 for p, _ in ratios if p[i] > 1 + tol)
+            out.append(dict(precision="fp32", model="layers", width="", target=name, limit=round(1 + tol, 3),
+                            measured=worst[i],
+                            note=f"{len(ratios) - over}/{len(ratios)} rows within; worst {row['shape']} "
+                                 f"B={row['batch']} {row['mode']} ({row['runs']})"))
+    for t in out:
+        t["met"] = t["measured"] <= t["limit"]
+        t.setdefault("note", "")
+    return out
+
+
 # ------------------------------------------------------------------------------ output
-def write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: Sequence[dict]) -> None:
     if not rows:
         return
     with open(path, "w", newline="") as f:
@@ -276,134 +488,293 @@ def _md_table(header: list[str], lines: list[list]) -> str:
     return "\n".join(out)
 
 
-def _md_header(title: str, info: dict[str, str], args) -> str:
-    lines = [f"# {title}", "", f"Command: `python -m odconv.bench {' '.join(args)}`".rstrip(), ""]
+def _md_header(title: str, info: dict[str, str], argv: Sequence[str]) -> str:
+    lines = [f"# {title}", "", f"Command: `python -m odconv.bench {' '.join(argv)}`".rstrip(), ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     return "\n".join(lines) + "\n"
 
 
-def layers_markdown(rows: list[dict], strategies, info, argv) -> str:
+def layers_markdown(rows: list[dict], strategies: Sequence[str], info, argv, rounds: int, keep_within: float,
+                    ref_tol: float, best_tol: float, recheck_rounds: int) -> str:
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         keyed.setdefault((r["model"], r["shape"], r["attentions"], r["n"], r["batch"], r["mode"]), {})[r["strategy"]] = r
-    md = [_md_header("Dynamic conv layers: strategies against the static conv and the reference", info, argv)]
-    md.append("Each row: one dynamic-conv shape (ODConv-4x attentions as the model builds them: c=channel, "
-              "f=filter, s=spatial, k=kernel; n kernels), batch B, forward (no grad) or forward+backward. "
-              "Strategy columns are time (then peak memory) as a multiple of the static conv of the same shape; "
-              "`auto` is the default's choice and its multiple of the reference (`grouped`).\n")
-    for what, key, ref_key in (("Time", "time_vs_static", "time_vs_reference"),
-                               ("Peak memory", "mem_vs_static", "mem_vs_reference")):
-        header = ["model", "shape", "att", "B", "mode", "static " + ("ms" if what == "Time" else "MB"),
-                  *strategies, "auto", "auto / ref"]
-        lines = []
-        for (model, shape, att, n, batch, mode), d in keyed.items():
-            st = d["static"]
-            lines.append([model.replace("cifar_", ""), shape, f"{att} n{n}", batch, mode,
-                          st["time_ms"] if what == "Time" else st["peak_mb"],
-                          *[f"{d[s][key]:.2f}" for s in strategies], d["auto"]["runs"],
-                          f"{d['auto'][ref_key]:.2f}"])
-        md.append(f"## {what} (x static)\n\n" + _md_table(header, lines) + "\n")
-    worst = max((r["time_vs_reference"] for r in rows if r["strategy"] == "auto"), default=float("nan"))
-    md.append(f"Largest time of `auto` relative to the reference over all rows: {worst:.2f}x.\n")
+    md = [_md_header("Dynamic conv layers: strategies against the static conv, the reference and each other",
+                     info, argv)]
+    md.append(
+        "Each row: one dynamic-conv shape (ODConv-4x attentions as the model builds them: c=channel, f=filter, "
+        "s=spatial, k=kernel; n kernels), batch B, forward (no grad) or forward+backward. Strategy columns: time "
+        "(then peak memory) as a multiple of the static conv of the same shape. `auto` is the strategy the default "
+        "chooses; `/ ref` its time over the reference (`grouped`), `/ best` over the fastest strategy of the row. "
+        f"Times are medians of {rounds} interleaved rounds; strategies slower than {keep_within:g}x the fastest after "
+        f"the first round are timed once. Rows where `auto` looked slower than the reference by more than "
+        f"{ref_tol:.0%} or than the fastest strategy by more than {best_tol:.0%} were re-timed with only those "
+        f"contenders ({recheck_rounds} rounds, median of per-round ratios): `recheck` shows the first pass's "
+        "ratios, and the `/ ref`, `/ best` columns the rechecked ones.\n")
+    header = ["model", "shape", "att", "B", "mode", "static ms", *strategies, "auto", "/ ref", "/ best", "recheck"]
+    lines = []
+    for (model, shape, att, n, batch, mode), d in keyed.items():
+        a = d["auto"]
+        vs_ref, vs_best = final_ratios(a)
+        first = f"yes (was {float(a['time_vs_reference']):.2f} / {float(a['time_vs_best']):.2f})" if a["rechecked"] else ""
+        lines.append([model.replace("cifar_", ""), shape, f"{att} n{n}", batch, mode, d["static"]["time_ms"],
+                      *[f"{d[s]['time_vs_static']:.2f}" for s in strategies], a["runs"], f"{vs_ref:.2f}",
+                      f"{vs_best:.2f}", first])
+    md.append("## Time (x static)\n\n" + _md_table(header, lines) + "\n")
+    header = ["model", "shape", "att", "B", "mode", "static MB", *strategies, "auto", "auto / ref"]
+    lines = [[model.replace("cifar_", ""), shape, f"{att} n{n}", batch, mode, d["static"]["peak_mb"],
+              *[f"{d[s]['mem_vs_static']:.2f}" for s in strategies], d["auto"]["runs"],
+              f"{d['auto']['mem_vs_reference']:.2f}"] for (model, shape, att, n, batch, mode), d in keyed.items()]
+    md.append("## Peak memory (x static)\n\n" + _md_table(header, lines) + "\n")
     return "\n".join(md)
 
 
-def models_markdown(rows: list[dict], info, argv) -> str:
+def models_markdown(rows: list[dict], info, argv, train_rounds: int, latency_rounds: int) -> str:
     md = [_md_header("Whole models: dynamic convs against the static model", info, argv)]
     md.append("Training step (forward + backward + SGD step, batch B, train mode), batch-1 inference latency "
-              "(eval, inference mode) and training peak memory, each also as a multiple of the static model. "
-              "`auto` is the default strategy choice; `grouped` the reference algorithm.\n")
+              "(eval, inference mode) and training peak memory, each also as a multiple of the static model of the "
+              "same precision in the same run (times: median of the per-round ratios over "
+              f"{train_rounds} interleaved rounds for training, {latency_rounds} for latency). `auto` is the "
+              "default strategy choice; `grouped` the reference algorithm. bf16: the forward pass under "
+              "`torch.autocast(dtype=torch.bfloat16)` (Lightning's `bf16-mixed`), fp32 weights and optimizer.\n")
     header = ["model", "width", "conv", "strategy", "B", "params (M)", "train step ms", "x static",
               "latency ms", "x static", "train peak MB", "x static"]
-    lines = [[r["model"], r["width"], r["conv"], r["strategy"], r["batch"], r["params_m"], r["train_step_ms"],
-              f"{r['train_vs_static']:.2f}", r["latency_b1_ms"], f"{r['latency_vs_static']:.2f}", r["train_peak_mb"],
-              f"{r['mem_vs_static']:.2f}"] for r in rows]
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        lines = [[r["model"], r["width"], r["conv"], r["strategy"], r["batch"], r["params_m"], r["train_step_ms"],
+                  f"{r['train_vs_static']:.2f}", r["latency_b1_ms"], f"{r['latency_vs_static']:.2f}",
+                  r["train_peak_mb"], f"{r['mem_vs_static']:.2f}"] for r in rows if r["precision"] == precision]
+        md.append(f"## {precision}\n\n" + _md_table(header, lines) + "\n")
+    return "\n".join(md)
+
+
+def workers_markdown(rows: list[dict], info, argv, seconds: float, repeats: int) -> str:
+    md = [_md_header("Worker layout: P processes x 1 thread against 1 process x P threads", info, argv)]
+    md.append("Training throughput (forward + backward + SGD step, images/s of all processes together) of the "
+              "sweeps' small CPU model, each process training its own model side by side as sweep workers do: "
+              f"{seconds:g} s windows started together, median over {repeats} alternating repeats. `threads seen` "
+              "is what each worker's torch reported.\n")
+    header = ["model", "width", "conv", "B", "processes", "threads each", "threads seen", "images/s",
+              "x 1 process"]
+    lines = [[r["model"], r["width"], r["conv"], r["batch"], r["processes"], r["threads_per_process"],
+              r["threads_seen"], r["images_per_s"], f"{r['vs_one_process']:.2f}"] for r in rows]
     md.append(_md_table(header, lines) + "\n")
+    md.append(workers_advice(rows) + "\n")
+    return "\n".join(md)
+
+
+def workers_advice(rows: list[dict]) -> str:
+    """One sentence: which layout trained more images/s for every conv measured."""
+    multi = [r for r in rows if r["processes"] > 1]
+    if not multi:
+        return ""
+    gains = ", ".join(f"{r['conv']} {r['vs_one_process']:.2f}x" for r in multi)
+    p = multi[0]["processes"]
+    if all(r["vs_one_process"] > 1 for r in multi):
+        return (f"{p} single-thread processes trained more images/s than one {p}-thread process ({gains}): "
+                f"on this machine a CPU sweep finishes sooner with `WORKERS={p}`.")
+    if all(r["vs_one_process"] < 1 for r in multi):
+        return (f"One {p}-thread process trained more images/s than {p} single-thread processes ({gains}): "
+                f"on this machine a CPU sweep finishes sooner with one worker.")
+    return f"Mixed result ({p} processes against one: {gains}): the layouts are within noise of each other."
+
+
+def targets_markdown(targets: list[dict], info, argv) -> str:
+    md = [_md_header("Targets: measured against the issue's limits", info, argv)]
+    md.append("Model targets: `cifar_resnet18` training step at the models table's batch, the default strategy, "
+              "as multiples of the static model of the same precision in the same run (`models.md`). Layer targets: "
+              "over every row of `layers.md`, the default strategy's time against the reference and against the "
+              "fastest single strategy, after the recheck pass. A target is met when measured <= limit.\n")
+    header = ["target", "precision", "model", "width", "limit", "measured", "met", "note"]
+    lines = [[t["target"], t["precision"], t["model"].replace("cifar_", ""), t["width"], f"{t['limit']:g}",
+              f"{t['measured']:.2f}", "met" if t["met"] else "**not met**", t["note"]] for t in targets]
+    md.append(_md_table(header, lines) + "\n")
+    met = sum(t["met"] for t in targets)
+    md.append(f"{met} of {len(targets)} met.\n")
     return "\n".join(md)
 
 
 # -------------------------------------------------------------------------------- main
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _parse_list(p: argparse.ArgumentParser, option: str, text: str, valid: Sequence[str]) -> list[str]:
+    items = [s for s in text.split(",") if s]
+    bad = [s for s in items if s not in valid]
+    if bad or not items:
+        p.error(f"{option}: {', '.join(map(repr, bad)) or 'nothing given'}; valid: {', '.join(valid)}")
+    return items
+
+
+def _parse_models(p: argparse.ArgumentParser, text: str) -> tuple[tuple[str, float], ...]:
+    known = odconv.list_models()
+    out = []
+    for item in (s for s in text.split(",") if s):
+        name, _, width = item.partition(":")
+        if name not in known:
+            p.error(f"--models: unknown model {name!r}; valid: {', '.join(sorted(known))}")
+        try:
+            out.append((name, float(width) if width else 1.0))
+        except ValueError:
+            p.error(f"--models: width {width!r} of {name} is not a number (name:width, e.g. cifar_resnet18:0.5)")
+    return tuple(out)
+
+
+def _int_list(p: argparse.ArgumentParser, option: str, text: str) -> list[int]:
+    try:
+        values = [int(b) for b in text.split(",") if b]
+    except ValueError:
+        p.error(f"{option}: {text!r} is not a comma-separated list of positive integers")
+    if not values or min(values) < 1:
+        p.error(f"{option}: {text!r} is not a comma-separated list of positive integers")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m odconv.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: two tiny layer shapes and one tiny model")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run in seconds: two tiny layer shapes, the smallest model at batch 8, 1 s workers")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--out", default="results/bench", help="output directory")
-    p.add_argument("--batches", default=None, help="layer batch sizes, comma-separated (default 1,64,128)")
-    p.add_argument("--model-batch", type=int, default=None, help="training batch of the model benchmark (64)")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
-                   help=f"strategies to time (always with the reference); available: {', '.join(sorted(STRATEGIES))}")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per entry")
-    p.add_argument("--max-seconds", type=float, default=6.0,
-                   help="time budget per entry; slower entries get fewer repeats (at least one)")
-    p.add_argument("--all-shapes", action="store_true",
-                   help="every distinct layer shape (36) instead of one per kind, resolution and stride (21)")
-    p.add_argument("--skip-layers", action="store_true")
-    p.add_argument("--skip-models", action="store_true")
-    p.add_argument("--reference-models", default="small", choices=("small", "all", "none"),
-                   help="also time dynamic models with the reference strategy: for models of width < 1 only "
-                        "(default; the reference is slow), for all, or none")
-    p.add_argument("--models", default=None,
-                   help="models as name:width, comma-separated (default cifar_resnet18:1,cifar_resnet18:0.25,"
-                        "cifar_mobilenetv2:1)")
-    p.add_argument("--convs", default=None, help=f"model conv specs, comma-separated (default {','.join(MODEL_CONVS)})")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--sections", default=None,
+                   help=f"comma-separated, of {', '.join(SECTIONS)} (default: all; workers on CPU only)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    g = p.add_argument_group("layers")
+    g.add_argument("--batches", default=None, help="layer batch sizes, comma-separated (default 1,64)")
+    g.add_argument("--strategies", default=None,
+                   help="strategies to time, comma-separated (the reference is always timed; default: every "
+                        f"registered one except {', '.join(NOT_TIMED_BY_DEFAULT)})")
+    g.add_argument("--all-shapes", action="store_true",
+                   help="every distinct layer shape (36) instead of one per kind, resolution and stride (22)")
+    g.add_argument("--repeats", type=int, default=5, help="timed rounds per layer row and for latency (x2)")
+    g.add_argument("--keep-within", type=float, default=2.0,
+                   help="after the first round, time further only strategies within this multiple of the fastest")
+    g.add_argument("--recheck-repeats", type=int, default=15, help="rounds of the recheck pass")
+    g.add_argument("--tolerance", type=float, default=REFERENCE_TOLERANCE,
+                   help="auto may exceed the reference by this fraction before a row is rechecked / not met")
+    g = p.add_argument_group("models")
+    g.add_argument("--models", default=None,
+                   help="models as name:width, comma-separated (default "
+                        + ",".join(f"{m}:{w:g}" for m, w in MODELS) + ")")
+    g.add_argument("--convs", default=None, help=f"model conv specs, comma-separated (default {','.join(MODEL_CONVS)}; "
+                                                 "static is always added)")
+    g.add_argument("--model-batch", type=int, default=None, help="training batch of the model benchmark (128)")
+    g.add_argument("--precisions", default=None, help=f"of {', '.join(PRECISIONS)} (default both)")
+    g.add_argument("--train-repeats", type=int, default=3, help="timed rounds of the training steps")
+    g.add_argument("--reference-models", action="store_true",
+                   help="also time each dynamic model with the reference strategy (slow at width 1)")
+    g = p.add_argument_group("workers")
+    g.add_argument("--workers-model", default="cifar_resnet18:0.125", help="model:width of the layout measurement")
+    g.add_argument("--workers-convs", default=None, help="convs of the layout measurement (default static,odconv4x)")
+    g.add_argument("--workers-batch", type=int, default=None, help="training batch (128)")
+    g.add_argument("--workers-seconds", type=float, default=None, help="length of each timed window (6)")
+    g.add_argument("--workers-repeats", type=int, default=None, help="repeats of each layout (2)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
     args = p.parse_args(argv)
 
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device: {args.device!r} is not a device; valid: cpu, cuda, cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device: {args.device!r}; valid: cpu, cuda, cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available: nothing to benchmark on", device, file=sys.stderr)
+        print(f"error: CUDA is not available to torch {torch.__version__}: nothing to benchmark on {device}",
+              file=sys.stderr)
         return 2
+    for option in ("repeats", "recheck_repeats", "train_repeats"):
+        if getattr(args, option) < 1:
+            p.error(f"--{option.replace('_', '-')}: must be >= 1, got {getattr(args, option)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    strategies = [s for s in args.strategies.split(",") if s]
-    for s in strategies:
-        if s not in STRATEGIES:
-            raise SystemExit(f"unknown strategy {s!r}; valid: {', '.join(sorted(STRATEGIES))}")
+    sections = _parse_list(p, "--sections", args.sections or ",".join(SECTIONS), SECTIONS)
+    if device.type != "cpu" and "workers" in sections:
+        if args.sections:
+            p.error("--sections: workers measures CPU worker processes; it runs with --device cpu only")
+        sections.remove("workers")
+    strategies = _parse_list(p, "--strategies", args.strategies or ",".join(default_strategies()),
+                             sorted(odconv.STRATEGIES))
     if REFERENCE not in strategies:
         strategies.insert(0, REFERENCE)
+    precisions = _parse_list(p, "--precisions", args.precisions or ",".join(PRECISIONS), list(PRECISIONS))
+    convs = tuple(c for c in (args.convs or ",".join(MODEL_CONVS)).split(",") if c)
+    if "static" not in convs:
+        convs = ("static", *convs)
+    w_model = _parse_models(p, args.workers_model)
+    if len(w_model) != 1:
+        p.error(f"--workers-model: one model:width, got {args.workers_model!r}")
+    w_convs = [c for c in (args.workers_convs or ("static" if args.quick else "static,odconv4x")).split(",") if c]
+
+    if args.quick:
+        batches = _int_list(p, "--batches", args.batches or "2")
+        model_batch = args.model_batch or 8
+        models = _parse_models(p, args.models) if args.models else (("cifar_resnet18", 0.125),)
+        if not args.convs:
+            convs = ("static", "odconv4x")
+        rounds, train_rounds, recheck_rounds = 2, 2, 3
+        w_batch, w_seconds, w_repeats = args.workers_batch or 8, args.workers_seconds or 1.0, args.workers_repeats or 1
+    else:
+        batches = _int_list(p, "--batches", args.batches or "1,64")
+        model_batch = args.model_batch or 128
+        models = _parse_models(p, args.models) if args.models else MODELS
+        rounds, train_rounds, recheck_rounds = args.repeats, args.train_repeats, args.recheck_repeats
+        w_batch, w_seconds, w_repeats = args.workers_batch or 128, args.workers_seconds or 6.0, args.workers_repeats or 2
+    latency_rounds = 2 * rounds
+
     os.makedirs(args.out, exist_ok=True)
     info = machine_info(device)
     started = time.perf_counter()
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    layer_rows: list[dict] = []
+    model_rows: list[dict] = []
 
-    if args.quick:
-        batches = [int(b) for b in (args.batches or "2").split(",")]
-        model_batch = args.model_batch or 4
-        models, convs = (("cifar_resnet18", 0.125),), ("static", "odconv4x")
-        args.max_seconds = min(args.max_seconds, 2.0)
-        repeats = 1
-    else:
-        batches = [int(b) for b in (args.batches or "1,64,128").split(",")]
-        model_batch = args.model_batch or 64
-        models, convs = MODELS, MODEL_CONVS
-        repeats = args.repeats
-    if args.models:
-        models = tuple((m.split(":")[0], float(m.split(":")[1]) if ":" in m else 1.0) for m in args.models.split(","))
-    if args.convs:
-        convs = tuple(c for c in args.convs.split(",") if c)
-        if "static" not in convs:
-            convs = ("static", *convs)
-
-    if not args.skip_layers:
+    if "layers" in sections:
         shapes = layer_shapes(all_shapes=args.all_shapes)
         if args.quick:
             shapes = [shapes[0], next(s for s in shapes if s.groups > 1)]
             shapes = [LayerShape(s.model, s.name, min(s.in_ch, 16), min(s.out_ch, 16), s.k, s.stride, s.padding,
                                  s.dilation, min(s.groups, 16), 8, s.attentions, s.n) for s in shapes]
-        print(f"layers: {len(shapes)} shapes x batches {batches} x (fwd, fwd+bwd) x {strategies}", flush=True)
-        rows = bench_layers(shapes, batches, strategies, device, repeats, args.max_seconds,
-                            log=lambda m: print(m, flush=True))
-        write_csv(os.path.join(args.out, "layers.csv"), rows)
+        say(f"layers: {len(shapes)} shapes x batches {batches} x (fwd, fwd+bwd) x {strategies}")
+        layer_rows = bench_layers(shapes, batches, strategies, device, rounds, args.keep_within, log=say)
+        by_key = {(s.model, s.name): s for s in shapes}
+
+        def make_fns(row, names):
+            s = by_key[(row["model"], row["layer"])]
+            return layer_callables(s, int(row["batch"]), device, row["mode"] == "fwd+bwd", names)[0]
+
+        n = recheck_layers(layer_rows, make_fns, device, recheck_rounds, args.tolerance, BEST_TOLERANCE, log=say)
+        say(f"layers: {n} row(s) rechecked")
+        write_csv(os.path.join(args.out, "layers.csv"), layer_rows)
         with open(os.path.join(args.out, "layers.md"), "w") as f:
-            f.write(layers_markdown(rows, strategies, info, argv))
-    if not args.skip_models:
-        print(f"models: {models} x {convs}, train batch {model_batch}", flush=True)
-        rows = bench_models(models, convs, model_batch, device, repeats, args.max_seconds,
-                            reference=args.reference_models, log=lambda m: print(m, flush=True))
-        write_csv(os.path.join(args.out, "models.csv"), rows)
+            f.write(layers_markdown(layer_rows, strategies, info, argv, rounds, args.keep_within, args.tolerance,
+                                    BEST_TOLERANCE, recheck_rounds))
+    if "models" in sections:
+        for precision in precisions:
+            say(f"models ({precision}): {models} x {convs}, train batch {model_batch}")
+            model_rows += bench_models(models, convs, model_batch, device, precision, train_rounds, latency_rounds,
+                                       args.reference_models, log=say)
+        write_csv(os.path.join(args.out, "models.csv"), model_rows)
         with open(os.path.join(args.out, "models.md"), "w") as f:
-            f.write(models_markdown(rows, info, argv))
-    print(f"done in {time.perf_counter() - started:.0f} s; results in {args.out}", flush=True)
+            f.write(models_markdown(model_rows, info, argv, train_rounds, latency_rounds))
+    if "workers" in sections:
+        cores = os.cpu_count() or 1
+        if cores < 2:
+            say("workers: one CPU core: no layout to compare")
+        else:
+            say(f"workers: {cores} processes x 1 thread against 1 process x {cores} threads, {w_model[0]}, {w_convs}")
+            rows = bench_workers(cores, w_model[0][0], w_model[0][1], w_convs, w_batch, w_seconds, w_repeats, log=say)
+            write_csv(os.path.join(args.out, "workers.csv"), rows)
+            with open(os.path.join(args.out, "workers.md"), "w") as f:
+                f.write(workers_markdown(rows, info, argv, w_seconds, w_repeats))
+            say("workers: " + workers_advice(rows))
+    if layer_rows or model_rows:
+        targets = evaluate_targets(model_rows, layer_rows, args.tolerance, BEST_TOLERANCE)
+        write_csv(os.path.join(args.out, "targets.csv"), targets)
+        with open(os.path.join(args.out, "targets.md"), "w") as f:
+            f.write(targets_markdown(targets, info, argv))
+        say(f"targets: {sum(t['met'] for t in targets)} of {len(targets)} met")
+    say(f"done in {time.perf_counter() - started:.0f} s; results in {args.out}")
     return 0
 
 

@@ -7,10 +7,11 @@ same run on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -70,14 +71,28 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
     return peak
 
 
-def make_train_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
-    """A closure running one forward + backward + SGD step (lr 0 keeps the weights fixed)."""
+def autocast(device_type: str, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device_type, dtype)``, or a no-op context for ``dtype=None`` (fp32)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+
+def make_train_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                    autocast_dtype: Optional[torch.dtype] = None) -> Callable[[], None]:
+    """A closure running one forward + backward + SGD step (lr 0 keeps the weights fixed).
+
+    ``inputs``: (B, C, H, W) on the model's device; ``targets``: (B,) class indices. With
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) the forward pass and loss run under
+    ``torch.autocast`` on the inputs' device type, as Lightning's ``bf16-mixed`` does.
+    """
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     loss_fn = nn.CrossEntropyLoss()
+    device_type = inputs.device.type
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(inputs), targets).backward()
+        with autocast(device_type, autocast_dtype):
+            loss = loss_fn(model(inputs), targets)
+        loss.backward()
         opt.step()
 
     return step
@@ -143,3 +158,46 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device 
             _sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *, rounds: int = 3,
+                warmup: int = 0, keep_within: float = float("inf"), keep: Sequence[str] = ()) -> dict[str, list[float]]:
+    """Seconds of every call of every callable in ``fns``, timed in interleaved rounds.
+
+    Each round calls every entry once; the order alternates (forward, then reversed) from
+    round to round, so a load change or a cache effect of the previous entry hits all alike.
+    Round 0 times every entry; from round 1 on only the *contenders* are timed: the entries
+    named in ``keep`` and those whose round-0 time is within ``keep_within`` times the
+    fastest round-0 time. So a contender has ``rounds`` samples, index ``r`` taken in round
+    ``r`` (samples of two contenders with the same index are paired); any other entry has one.
+    ``warmup`` untimed calls of every entry come first.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    unknown = sorted(set(keep) - set(fns))
+    if unknown:
+        raise ValueError(f"keep names {unknown} that are not among the timed entries {sorted(fns)}")
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds):
+        if r == 1:
+            fastest = min(s[0] for s in samples.values())
+            order = [n for n in order if n in keep or samples[n][0] <= keep_within * fastest]
+        for name in (order if r % 2 == 0 else order[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def median_ratio(samples: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of the per-round ratio ``num / den`` of :func:`time_rounds` samples
+    (the rounds both were timed in): a drift in load between rounds cancels in each ratio."""
+    n = min(len(samples[num]), len(samples[den]))
+    return statistics.median(samples[num][i] / samples[den][i] for i in range(n))
