@@ -1,136 +1,46 @@
 """Aggregate a sweep's trial records into tables and plots (``odconv-sweep results <sweep>``).
 
-Writes under ``results/<sweep>/``:
+Writes under ``results/<sweep>/`` (how to read each: ``docs/results.md``):
 
-- ``summary.csv`` / ``summary.md``: one row per variant: top-1 mean ± std over seeds (in %),
-  n seeds done of n in the grid (missing and failed seeds named), delta vs ``static`` (the
-  variant with the same other axes and ``conv=static``) with a 95% Welch t confidence
-  interval, params, MACs, and train-throughput / latency / peak-memory ratios vs ``static``.
-- ``attention.csv`` / ``attention.md``: the effect of switching each ODConv attention on
-  (channel, filter, spatial, kernel), averaged over every pair of grid variants that differ
-  only in that attention (``static`` counts as ODConv with no attention; switching ``kernel``
-  on goes from 1 kernel to n kernels).
-- ``accuracy_bars.png``, ``accuracy_vs_params.png``, ``accuracy_vs_macs.png``.
+- ``summary.csv`` / ``summary.md``: the design's precision at the top (pooled seed-to-seed
+  standard deviation, smallest detectable difference), then one row per variant: top-1 mean ±
+  std over seeds (in %), seeds done of the grid's (missing and failed seeds named), the
+  **paired** difference vs ``static`` (the variant with the same other axes and
+  ``conv=static``; runs with the same seed are pairs) with its t interval and Holm-adjusted
+  p-value, the Welch (unpaired) difference and interval beside it, params, MACs, and cost
+  ratios vs ``static`` (from ``results/bench/models.csv`` when it has the variant's model and
+  width, else from the trials' own measurements, with their host names).
+- ``effects.csv`` / ``effects.md`` / ``effects.png``: when the grid holds the full 2^4
+  factorial of ODConv's attentions (channel, filter, spatial, kernel), the main effects and
+  two-way interactions from a linear model with seed as a block.
+- ``attention.csv`` / ``attention.md``: the effect of switching each ODConv attention on,
+  averaged over every pair of grid variants that differ only in that attention (any grid).
+- ``accuracy_bars.png``, ``accuracy_vs_params.png``, ``accuracy_vs_train_time.png`` (Pareto
+  fronts marked), ``accuracy_vs_macs.png``.
 
 Partial sweeps aggregate too: seeds not (yet) done are listed in the ``missing`` column.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .definition import CONV_KEY, SEED_KEY, SweepDef, find_sweep_file, grid_key, load_sweep, variant_label
 from .record import TrialRecord, read_records
+from .stats import t_ppf, welch_ci
 
 ATTS = ("channel", "filter", "spatial", "kernel")
-
-
-# --- Student t quantiles without scipy -----------------------------------------------------
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (Numerical Recipes, Lentz)."""
-    tiny, eps = 1e-300, 3e-16
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        de = d * c
-        h *= de
-        if abs(de - 1.0) < eps:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1) / (a + b + 2):
-        return math.exp(lbeta) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(lbeta) * _betacf(b, a, 1 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    x = df / (df + t * t)
-    p = 0.5 * _betainc(df / 2, 0.5, x)
-    return 1 - p if t > 0 else p
-
-
-def t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t (scipy's ``t.ppf`` when scipy is installed, else bisection)."""
-    try:
-        from scipy.stats import t as _t  # type: ignore
-        return float(_t.ppf(q, df))
-    except ImportError:
-        pass
-    if not 0 < q < 1 or not df > 0:
-        return float("nan")
-    if q < 0.5:
-        return -t_ppf(1 - q, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < q:
-        hi *= 2
-        if hi > 1e12:
-            return float("inf")
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if t_cdf(mid, df) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2
-
-
-def welch_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), CI low, CI high) with Welch's t; NaN bounds when a side has < 2 values."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) == 0 or len(b) == 0:
-        return float("nan"), float("nan"), float("nan")
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return diff, float("nan"), float("nan")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
-    df = (va + vb) ** 2 / ((va ** 2) / (len(a) - 1) + (vb ** 2) / (len(b) - 1))
-    h = t_ppf(0.5 + level / 2, df) * se
-    return diff, diff - h, diff + h
-
-
-def mean_ci(x: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    x = np.asarray(x, float)
-    if len(x) == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    h = t_ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return m, m - h, m + h
+ALPHA, POWER = 0.05, 0.8
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -157,19 +67,37 @@ def records_from_study(study) -> list[TrialRecord]:
     return out
 
 
+def _model_of(config: dict[str, Any]) -> tuple[str | None, float | None]:
+    """(model name, width) of a record's resolved config; width None when the model has none."""
+    m = (config or {}).get("model") or {}
+    name = m.get("model") if isinstance(m, dict) else None
+    if not isinstance(name, str):
+        return None, None
+    opts = m.get("model_options") or {}
+    width = opts.get("width") if isinstance(opts, dict) else None
+    if width is None:
+        try:
+            from odconv.models import model_options
+            width = model_options(name).get("width")
+        except (ImportError, ValueError):
+            width = None
+    return name, (float(width) if width is not None else None)
+
+
 def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
                   extra: list[TrialRecord] | None = None) -> pd.DataFrame:
+    """One row per grid point (its record's scalar fields, plus ``model_name`` and
+    ``model_width`` from the resolved config); a complete record wins over a failed one."""
     by_key = {r.grid_key: r for r in read_records(Path(results_root) / sweep_name / "trials")}
     # a point's record from the study when its file is not here (or only a failed one is)
     for r in extra or []:
         cur = by_key.get(r.grid_key)
         if cur is None or (cur.status != "complete" and r.status == "complete"):
             by_key[r.grid_key] = r
-    recs = list(by_key.values())
     rows = []
-    for r in recs:
+    for r in by_key.values():
         d = r.to_dict()
-        d.pop("config", None)
+        d["model_name"], d["model_width"] = _model_of(d.pop("config", None) or {})
         d.pop("val_history", None)
         d.pop("cli_args", None)
         d.pop("data", None)
@@ -178,30 +106,78 @@ def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
     return pd.DataFrame(rows)
 
 
-def _conv_of(params: dict[str, Any]) -> str | None:
-    return params.get(CONV_KEY)
-
-
 def _other_axes(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in (SEED_KEY, CONV_KEY)}
 
 
+def _complete(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "complete"] if len(df) and "status" in df.columns else df.iloc[0:0]
+
+
+def _seed_values(df: pd.DataFrame, col: str = "value", scale: float = 100.0) -> dict[str, dict[Any, float]]:
+    """variant -> {seed: scale * col} over the complete records with a finite value."""
+    out: dict[str, dict[Any, float]] = {}
+    c = _complete(df)
+    for _, r in c.iterrows():
+        x = pd.to_numeric(r.get(col), errors="coerce")
+        if pd.notna(x) and math.isfinite(float(x)):
+            out.setdefault(r["variant"], {})[r["seed"]] = scale * float(x)
+    return out
+
+
+def load_bench(path: str | os.PathLike | None) -> pd.DataFrame | None:
+    """``results/bench/models.csv`` (``make bench``) or None when it is absent or lacks the
+    columns used here (model, width, conv, strategy, train_vs_static, latency_vs_static,
+    mem_vs_static)."""
+    if path is None or not Path(path).exists():
+        return None
+    b = pd.read_csv(path)
+    need = {"model", "width", "conv", "strategy", "train_vs_static", "latency_vs_static", "mem_vs_static"}
+    return b if need <= set(b.columns) else None
+
+
+def _bench_row(bench: pd.DataFrame | None, model: Any, width: Any, conv: Any) -> pd.Series | None:
+    """The bench row of (model, width, conv) with the default strategy (``auto``; ``-`` for static)."""
+    if bench is None or not isinstance(model, str) or width is None or pd.isna(width) or conv is None:
+        return None
+    try:
+        from odconv import parse_conv_spec
+        conv = str(parse_conv_spec(str(conv)))
+    except (ImportError, ValueError):
+        return None
+    m = bench[(bench["model"] == model) & np.isclose(bench["width"].astype(float), float(width))
+              & (bench["conv"].astype(str) == conv) & bench["strategy"].astype(str).isin(["auto", "-"])]
+    return m.iloc[0] if len(m) else None
+
+
 # --- tables ----------------------------------------------------------------------------
 
-def summary_table(sweep: SweepDef, df: pd.DataFrame) -> pd.DataFrame:
-    points = sweep.points()
+def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per grid variant (grid order): accuracy over seeds, paired and Welch differences
+    vs its ``static`` reference, Holm-adjusted paired p-values across the rows, cost columns.
+
+    ``df``: :func:`records_frame`; ``bench``: :func:`load_bench` (cost ratios from one
+    ``make bench`` run where it has the variant's model, width and conv)."""
     variants: dict[str, dict[str, Any]] = {}
-    for p in points:
-        v = variants.setdefault(p.variant, {"params": {k: x for k, x in p.params.items() if k != SEED_KEY}, "seeds": []})
+    for p in sweep.points():
+        v = variants.setdefault(p.variant, {"params": {k: x for k, x in p.params.items() if k != SEED_KEY},
+                                            "seeds": []})
         v["seeds"].append(p.seed)
-    complete = df[df["status"] == "complete"] if len(df) else df
+    complete = _complete(df)
     failed = df[df["status"] != "complete"] if len(df) else df
+    by_seed = _seed_values(df)
 
     def vals(label: str, col: str) -> list[float]:
-        if not len(complete):
+        if not len(complete) or col not in complete.columns:
             return []
-        s = complete[complete["variant"] == label][col]
-        return [float(x) for x in s if x is not None and not (isinstance(x, float) and math.isnan(x))]
+        s = pd.to_numeric(complete[complete["variant"] == label][col], errors="coerce")
+        return [float(x) for x in s if pd.notna(x) and math.isfinite(float(x))]
+
+    def first(label: str, col: str) -> Any:
+        if not len(complete) or col not in complete.columns:
+            return None
+        s = complete[complete["variant"] == label][col].dropna()
+        return s.iloc[0] if len(s) else None
 
     def ref_label(vparams: dict[str, Any]) -> str | None:
         if CONV_KEY not in vparams:
@@ -213,11 +189,14 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for label, v in variants.items():
-        top1 = [100 * x for x in vals(label, "value")]
+        seeds = by_seed.get(label, {})
+        top1 = list(seeds.values())
         done_seeds = set(complete[complete["variant"] == label]["seed"]) if len(complete) else set()
         failed_seeds = set(failed[failed["variant"] == label]["seed"]) - done_seeds if len(failed) else set()
         missing = [s for s in v["seeds"] if s not in done_seeds]
         ref = ref_label(v["params"])
+        hosts = sorted({str(h) for h in complete[complete["variant"] == label]["host"].dropna()}) \
+            if len(complete) and "host" in complete.columns else []
         row: dict[str, Any] = {
             "variant": label, "conv": v["params"].get(CONV_KEY),
             "top1_mean": np.mean(top1) if top1 else np.nan,
@@ -226,6 +205,8 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame) -> pd.DataFrame:
             "missing_seeds": ",".join(str(s) for s in missing if s not in failed_seeds),
             "failed_seeds": ",".join(str(s) for s in sorted(failed_seeds, key=str)),
             "reference": ref,
+            "model_name": first(label, "model_name"), "model_width": first(label, "model_width"),
+            "hosts": ",".join(hosts),
         }
         for col, name in (("best_val_top1", "best_val_top1_mean"), ("final_val_top1", "val_top1_mean"),
                           ("test_top5", "top5_test_mean"), ("final_val_top5", "val_top5_mean")):
@@ -235,22 +216,56 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame) -> pd.DataFrame:
                     "wall_time_s"):
             xs = vals(label, col)
             row[col] = float(np.median(xs)) if xs else np.nan
-        if ref is not None:
-            rtop1 = [100 * x for x in vals(ref, "value")]
-            d, lo, hi = welch_ci(top1, rtop1)
-            row.update(delta_vs_static=d, delta_ci_low=lo, delta_ci_high=hi)
+        tp = [x for x in vals(label, "train_throughput") if x > 0]
+        row["train_ms_per_image"] = float(np.median([1000.0 / x for x in tp])) if tp else np.nan
+        paired = stats.Paired(0, np.nan, np.nan, np.nan, np.nan, np.nan)
+        d = lo = hi = wp = np.nan
+        if ref is not None and ref != label:
+            rseeds = by_seed.get(ref, {})
+            paired = stats.paired_diff(seeds, rseeds)
+            d, lo, hi = welch_ci(top1, list(rseeds.values()))
+            wp = stats.welch_p(top1, list(rseeds.values()))
+        row.update(paired_n=paired.n, paired_delta=paired.mean, paired_sd=paired.sd, paired_ci_low=paired.ci_low,
+                   paired_ci_high=paired.ci_high, paired_p=paired.p,
+                   delta_vs_static=d, delta_ci_low=lo, delta_ci_high=hi, welch_p=wp)
         rows.append(row)
     out = pd.DataFrame(rows)
     if not len(out):
         return out
+    out.insert(out.columns.get_loc("paired_p") + 1, "paired_p_holm", stats.holm(out["paired_p"]))
     by = out.set_index("variant")
-    for col, ratio in (("params_count", "params_ratio"), ("macs", "macs_ratio"), ("train_throughput", "throughput_ratio"),
-                       ("latency_b1_ms", "latency_b1_ratio"), ("latency_b64_ms", "latency_b64_ratio"),
-                       ("peak_memory_mb", "memory_ratio")):
-        out[ratio] = [
-            (r[col] / by.loc[r["reference"], col]) if r.get("reference") and r["reference"] in by.index
-            and by.loc[r["reference"], col] and not pd.isna(by.loc[r["reference"], col]) else np.nan
-            for _, r in out.iterrows()]
+
+    def ratio(r: pd.Series, col: str, invert: bool = False) -> float:
+        ref = r.get("reference")
+        if not ref or ref not in by.index:
+            return np.nan
+        a, b = r[col], by.loc[ref, col]
+        if pd.isna(a) or pd.isna(b) or not a or not b:
+            return np.nan
+        return float(b / a) if invert else float(a / b)
+
+    for col, name in (("params_count", "params_ratio"), ("macs", "macs_ratio"), ("train_throughput", "throughput_ratio"),
+                      ("train_ms_per_image", "train_time_ratio"), ("latency_b1_ms", "latency_b1_ratio"),
+                      ("latency_b64_ms", "latency_b64_ratio"), ("peak_memory_mb", "memory_ratio")):
+        out[name] = [ratio(r, col) for _, r in out.iterrows()]
+    # cost ratios of the published table: one `make bench` run (same machine, same moment) when it
+    # has both the variant and its static reference; else the trials' own medians
+    bench_cols = {"bench_train_time_ratio": "train_vs_static", "bench_latency_b1_ratio": "latency_vs_static",
+                  "bench_memory_ratio": "mem_vs_static"}
+    for c in bench_cols:
+        out[c] = np.nan
+    out["cost_source"] = "trials"
+    for i, r in out.iterrows():
+        ref = r.get("reference")
+        if not ref or ref not in by.index:
+            out.at[i, "cost_source"] = ""
+            continue
+        b = _bench_row(bench, r["model_name"], r["model_width"], r["conv"])
+        b_ref = _bench_row(bench, by.loc[ref, "model_name"], by.loc[ref, "model_width"], by.loc[ref, "conv"])
+        if b is not None and b_ref is not None and float(b_ref["train_vs_static"]) == 1.0:
+            for c, bc in bench_cols.items():
+                out.at[i, c] = float(b[bc])
+            out.at[i, "cost_source"] = "bench"
     return out
 
 
@@ -261,7 +276,7 @@ def _spec_atts(conv: str | None) -> tuple[int, frozenset[str]] | None:
     try:
         from odconv import parse_conv_spec
         s = parse_conv_spec(conv)
-    except Exception:  # noqa: BLE001
+    except (ImportError, ValueError):
         return None
     if s.kind == "static":
         return 1, frozenset()
@@ -276,7 +291,8 @@ def _nanmean(xs: list[float]) -> float:
 
 
 def attention_table(sweep: SweepDef, summary: pd.DataFrame) -> pd.DataFrame:
-    """Effect of switching each attention on, averaged over the grid pairs differing only in it."""
+    """Effect of switching each attention on, averaged over the grid pairs differing only in it
+    (CI: one-sample t over the pairs' differences of means)."""
     if not len(summary):
         return pd.DataFrame()
     info = []
@@ -304,7 +320,7 @@ def attention_table(sweep: SweepDef, summary: pd.DataFrame) -> pd.DataFrame:
                 pairs.append((la, lb, ra, rb))
         effects = [rb["top1_mean"] - ra["top1_mean"] for _, _, ra, rb in pairs
                    if not pd.isna(rb["top1_mean"]) and not pd.isna(ra["top1_mean"])]
-        m, lo, hi = mean_ci(effects)
+        m, lo, hi = stats.mean_ci(effects)
         dparams = [rb["params_count"] - ra["params_count"] for _, _, ra, rb in pairs]
         pmacs = [rb["macs"] / ra["macs"] for _, _, ra, rb in pairs if ra["macs"] and not pd.isna(ra["macs"])]
         tput = [rb["train_throughput"] / ra["train_throughput"] for _, _, ra, rb in pairs
@@ -318,24 +334,225 @@ def attention_table(sweep: SweepDef, summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# --- the 2^4 factorial of ODConv's attentions -------------------------------------------------
+
+Cell = tuple[bool, bool, bool, bool]  # channel, filter, spatial, kernel on
+
+
+def _cell_of(conv: Any) -> tuple[Cell, int] | None:
+    """(factor levels, kernel count) of a conv spec: ``static`` is the all-off cell; ODConv with
+    n kernels has kernel on iff n >= 2; CondConv / DyConv are no cell (None)."""
+    sa = _spec_atts(None if conv is None else str(conv))
+    if sa is None:
+        return None
+    n, atts = sa
+    return (("channel" in atts), ("filter" in atts), ("spatial" in atts), n >= 2), n
+
+
+def _cell_spec(cell: Cell, n: int) -> str:
+    atts = [a for a, on in zip(ATTS, cell) if on]
+    if not atts:
+        return "static"
+    num = n if cell[3] else 1
+    from odconv.spec import ConvSpec
+    return str(ConvSpec("odconv", num, frozenset(atts)))
+
+
+@dataclass
+class FactorialGroup:
+    """The 16 grid variants of one full factorial: ``label`` names the other axes and the
+    kernel count of the kernel-on cells; ``variants`` maps a variant label to its cell."""
+
+    label: str
+    kernels: int
+    variants: dict[str, Cell]
+
+
+def factorial_groups(sweep: SweepDef) -> tuple[list[FactorialGroup], str]:
+    """The full 2^4 factorials in the grid (one per combination of the other axes and per
+    kernel count n >= 2), and, when there are none, why (the cells the nearest one lacks)."""
+    by_other: dict[str, dict[str, tuple[Cell, int]]] = {}
+    other_label: dict[str, str] = {}
+    for p in sweep.points():
+        c = _cell_of(p.params.get(CONV_KEY))
+        if c is None:
+            continue
+        k = json.dumps(_other_axes(p.params), sort_keys=True)
+        by_other.setdefault(k, {})[p.variant] = c
+        other_label[k] = variant_label(_other_axes(p.params)) if _other_axes(p.params) else ""
+    groups: list[FactorialGroup] = []
+    best_missing: list[str] | None = None
+    all_cells = list(itertools.product([False, True], repeat=4))
+    for k, cells in by_other.items():
+        ns = sorted({n for cell, n in cells.values() if cell[3]}) or [4]
+        for n in ns:
+            chosen = {lab: cell for lab, (cell, m) in cells.items() if not cell[3] or m == n}
+            have = set(chosen.values())
+            if len(have) == 16 and len(chosen) == 16:
+                lab = " ".join(x for x in (other_label[k], f"kernels={n}") if x)
+                groups.append(FactorialGroup(lab, n, chosen))
+            else:
+                missing = [_cell_spec(c, n) for c in all_cells if c not in have]
+                if best_missing is None or len(missing) < len(best_missing):
+                    best_missing = missing
+    if groups:
+        return groups, ""
+    if best_missing is None:
+        return [], "the grid has no ODConv or static variant"
+    shown = ", ".join(best_missing[:8]) + (f", ... ({len(best_missing)} in all)" if len(best_missing) > 8 else "")
+    return [], f"the grid lacks {len(best_missing)} of the 16 cells: {shown}"
+
+
+EFFECT_TABLE_COLUMNS = ["group", "term", "estimate", "ci_low", "ci_high", "se", "p_value", "df_resid", "n_obs",
+                        "resid_sd", "n_cells_with_data"]
+
+
+@dataclass
+class EffectsResult:
+    """``table``: the effects (``EFFECT_TABLE_COLUMNS``); ``notes``: one line per factorial
+    group (or why there is none); ``fits``: group label -> the statsmodels fit summary."""
+
+    table: pd.DataFrame
+    notes: list[str]
+    fits: dict[str, stats.FactorialFit]
+    groups: list[FactorialGroup]
+
+
+def effects_table(sweep: SweepDef, df: pd.DataFrame) -> EffectsResult:
+    """Main effects and two-way interactions of ODConv's four attentions on top-1 (pp), from
+    :func:`sweeps.stats.factorial_effects` on every complete trial of each full factorial."""
+    groups, why = factorial_groups(sweep)
+    if not groups:
+        return EffectsResult(pd.DataFrame(columns=EFFECT_TABLE_COLUMNS), [f"n/a: {why}"], {}, [])
+    by_seed = _seed_values(df)
+    frames, notes, fits = [], [], {}
+    for g in groups:
+        rows = [{"y": y, "seed": seed, **dict(zip(ATTS, cell))}
+                for lab, cell in g.variants.items() for seed, y in by_seed.get(lab, {}).items()]
+        data = pd.DataFrame(rows, columns=["y", "seed", *ATTS])
+        n_cells = len({tuple(r[a] for a in ATTS) for r in rows})
+        fit = stats.factorial_effects(data, ATTS, response="y", block="seed") if len(data) else None
+        name = g.label or "all"
+        if fit is None:
+            notes.append(f"{name}: n/a: {len(data)} results in {n_cells}/16 cells cannot estimate 4 main effects, "
+                         "6 interactions and the seed blocks with a residual degree of freedom left")
+            continue
+        fits[g.label] = fit
+        t = fit.effects.copy()
+        t.insert(0, "group", g.label)
+        t["df_resid"], t["n_obs"], t["resid_sd"], t["n_cells_with_data"] = fit.df_resid, fit.n_obs, fit.resid_sd, n_cells
+        frames.append(t)
+        notes.append(f"{name}: {fit.n_obs} results in {n_cells}/16 cells, residual SD {fit.resid_sd:.2f} pp on "
+                     f"{fit.df_resid:g} df")
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EFFECT_TABLE_COLUMNS)
+    return EffectsResult(table[EFFECT_TABLE_COLUMNS], notes, fits, groups)
+
+
+# --- precision of the design ----------------------------------------------------------------
+
+def _grid_seeds(sweep: SweepDef) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for p in sweep.points():
+        out.setdefault(p.variant, []).append(p.seed)
+    return out
+
+
+def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effects: EffectsResult) -> dict[str, Any]:
+    """Seed-to-seed spread and the smallest differences this design detects (80% power,
+    two-sided 5%): a row vs ``static`` for each number of seeds a row shares with its
+    reference in the grid (paired, and unpaired), and a main effect of the factorial as the
+    grid plans it (every cell at its grid seeds), with the fit's residual SD."""
+    by_seed = _seed_values(df)
+    grid_seeds = _grid_seeds(sweep)
+    sd, sd_df = stats.pooled_sd(list(s.values()) for s in by_seed.values())
+    diffs, shared = [], set()
+    if len(summary):
+        for _, r in summary.iterrows():
+            ref = r.get("reference")
+            if ref and ref != r["variant"]:
+                a, b = by_seed.get(r["variant"], {}), by_seed.get(ref, {})
+                diffs.append([a[s] - b[s] for s in a if s in b])
+                shared.add(len(set(grid_seeds.get(r["variant"], [])) & set(grid_seeds.get(ref, []))))
+    sd_diff, sd_diff_df = stats.pooled_sd(diffs)
+    out: dict[str, Any] = {"pooled_sd": sd, "pooled_sd_df": sd_df, "paired_diff_sd": sd_diff,
+                           "paired_diff_sd_df": sd_diff_df,
+                           "n_seeds": sorted({len(v) for v in grid_seeds.values()}),
+                           "mdd_rows": {n: (stats.mdd_paired(sd_diff, n, ALPHA, POWER),
+                                            stats.mdd_two_sample(sd, n, ALPHA, POWER)) for n in sorted(shared)},
+                           "mdd_main_effect": np.nan, "effect_sd": np.nan, "effect_n_obs": 0, "effect_df": np.nan}
+    if effects.groups:
+        g = effects.groups[0]
+        design = pd.DataFrame([{"seed": seed, **dict(zip(ATTS, cell))}
+                               for lab, cell in g.variants.items() for seed in grid_seeds.get(lab, [])])
+        planned = stats.effect_standard_errors(design, ATTS, block="seed")
+        fit = effects.fits.get(g.label)
+        e_sd = fit.resid_sd if fit is not None else sd
+        if planned is not None:
+            se_unit, df_res = planned
+            out.update(effect_sd=e_sd, effect_n_obs=len(design), effect_df=df_res,
+                       mdd_main_effect=stats.mdd_t(e_sd * float(se_unit[list(ATTS)].max()), df_res, ALPHA, POWER))
+    return out
+
+
 # --- markdown --------------------------------------------------------------------------
 
-def _f(x: Any, fmt: str = "{:.2f}", nan: str = "–") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+def _f(x: Any, fmt: str = "{:.2f}", nan: str = "n/a") -> str:
+    if x is None or (isinstance(x, (float, np.floating)) and math.isnan(x)):
         return nan
     return fmt.format(x)
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def _md(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table of ``frame`` (strings as given; pandas + tabulate)."""
+    return frame.to_markdown(index=False, disable_numparse=True)
 
 
-def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, df: pd.DataFrame, metric: str) -> str:
+def _ci(m: Any, lo: Any, hi: Any) -> str:
+    if m is None or pd.isna(m):
+        return "n/a"
+    return f"{_f(m, '{:+.2f}')} [{_f(lo, '{:+.2f}')}, {_f(hi, '{:+.2f}')}]"
+
+
+def _p(p: Any) -> str:
+    if p is None or pd.isna(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
+    ns = pw["n_seeds"]
+    lines = ["## Precision of this design", ""]
+    lines.append(f"- seeds per variant in the grid: {', '.join(str(n) for n in ns) or 'none'}")
+    lines.append(f"- pooled seed-to-seed standard deviation of top-1: {_f(pw['pooled_sd'])} pp "
+                 f"({pw['pooled_sd_df']} df" + (", no variant has 2 results" if not pw["pooled_sd_df"] else "") + ")")
+    sdd = ("" if pd.isna(pw["paired_diff_sd"]) else
+           f"; SD of the paired differences {_f(pw['paired_diff_sd'])} pp ({pw['paired_diff_sd_df']} df)")
+    for n, (paired, unpaired) in pw["mdd_rows"].items():
+        lines.append(f"- smallest difference a row vs `static` detects with {n} seed(s) on both (80% power, "
+                     f"two-sided 5%): paired {_f(paired)} pp, unpaired {_f(unpaired)} pp")
+    if sdd:
+        lines[-1] += sdd
+    if effects.groups:
+        lines.append(f"- smallest main effect the factorial detects (80% power, two-sided 5%; {pw['effect_n_obs']} "
+                     f"planned results, {_f(pw['effect_df'], '{:g}')} residual df, residual SD "
+                     f"{_f(pw['effect_sd'])} pp): {_f(pw['mdd_main_effect'])} pp")
+    else:
+        lines.append(f"- smallest main effect: n/a ({effects.notes[0][5:] if effects.notes else 'no factorial'})")
+    if ns and max(ns) < 2:
+        lines.append("- one seed per variant: no interval, p-value or detectable difference for a row; read "
+                     "differences as single runs")
+    lines.append("")
+    return lines
+
+
+def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, df: pd.DataFrame, metric: str,
+                     effects: EffectsResult | None = None, power: dict[str, Any] | None = None) -> str:
+    """``summary.md``: precision, the per-variant table, attention pairs, factorial effects,
+    failed trials, plots."""
+    effects = effects or EffectsResult(pd.DataFrame(columns=EFFECT_TABLE_COLUMNS), [], {}, [])
     n_points = len(sweep.points())
     n_done = int((df["status"] == "complete").sum()) if len(df) else 0
-    synthetic = bool(len(df) and df.get("synthetic", pd.Series([False])).fillna(False).astype(bool).any())
+    synthetic = bool(len(df) and "synthetic" in df.columns and df["synthetic"].fillna(False).astype(bool).any())
     parts = [f"# Sweep `{sweep.name}`", ""]
     if sweep.description:
         parts += [sweep.description, ""]
@@ -344,102 +561,121 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
               ""]
     if synthetic:
         parts += ["> **Synthetic data**: these numbers test the machinery; they are not benchmark results.", ""]
+    if power is not None:
+        parts += _precision_lines(power, effects)
     rows = []
     for _, r in summary.iterrows():
-        ci = (f"{_f(r.get('delta_vs_static'), '{:+.2f}')} [{_f(r.get('delta_ci_low'), '{:+.2f}')}, "
-              f"{_f(r.get('delta_ci_high'), '{:+.2f}')}]") if r.get("reference") and r["variant"] != r.get("reference") else "–"
+        is_ref = not r.get("reference") or r["variant"] == r.get("reference")
         miss = ", ".join(x for x in (f"missing {r['missing_seeds']}" if r["missing_seeds"] else "",
                                      f"failed {r['failed_seeds']}" if r["failed_seeds"] else "") if x)
-        rows.append([f"`{r['variant']}`",
-                     f"{_f(r['top1_mean'])} ± {_f(r['top1_std'])}",
-                     f"{r['n_seeds']}/{r['n_grid_seeds']}" + (f" ({miss})" if miss else ""),
-                     ci,
-                     _f(r["params_count"] / 1e6 if not pd.isna(r["params_count"]) else np.nan, "{:.3f}"),
-                     _f(r["macs"] / 1e6 if not pd.isna(r["macs"]) else np.nan, "{:.1f}"),
-                     _f(r.get("throughput_ratio"), "{:.2f}x"), _f(r.get("latency_b1_ratio"), "{:.2f}x"),
-                     _f(r.get("latency_b64_ratio"), "{:.2f}x"), _f(r.get("memory_ratio"), "{:.2f}x")])
-    parts += [_md_table(["variant", "top-1 %", "seeds", "Δ vs static [95% CI]", "params (M)", "MACs (M)",
-                         "train img/s vs static", "latency b1 vs static", "latency b64 vs static", "peak mem vs static"],
-                        rows), ""]
-    parts += ["Δ: difference of means vs the `static` variant with the same other axes; 95% CI from Welch's t "
-              "(– with fewer than 2 seeds on a side). Ratios: medians over seeds, measured in each trial's process "
-              "(compare within one machine only); throughput > 1x is faster, latency > 1x is slower.", ""]
+        bench = r.get("cost_source") == "bench"
+        tr = r.get("bench_train_time_ratio") if bench else r.get("train_time_ratio")
+        lat = r.get("bench_latency_b1_ratio") if bench else r.get("latency_b1_ratio")
+        mem = r.get("bench_memory_ratio") if bench else r.get("memory_ratio")
+        rows.append({
+            "variant": f"`{r['variant']}`",
+            "top-1 %": f"{_f(r['top1_mean'])} ± {_f(r['top1_std'])}",
+            "seeds": f"{r['n_seeds']}/{r['n_grid_seeds']}" + (f" ({miss})" if miss else ""),
+            "paired Δ vs static [95% CI]": "reference" if is_ref else
+            _ci(r["paired_delta"], r["paired_ci_low"], r["paired_ci_high"]) + f" (n={r['paired_n']})",
+            "Holm p": "" if is_ref else _p(r["paired_p_holm"]),
+            "Welch Δ [95% CI]": "" if is_ref else _ci(r["delta_vs_static"], r["delta_ci_low"], r["delta_ci_high"]),
+            "params (M)": _f(r["params_count"] / 1e6 if not pd.isna(r["params_count"]) else np.nan, "{:.3f}"),
+            "MACs (M)": _f(r["macs"] / 1e6 if not pd.isna(r["macs"]) else np.nan, "{:.1f}"),
+            "train ms/img": _f(r.get("train_ms_per_image"), "{:.3f}"),
+            "train time vs static": _f(tr, "{:.2f}x"), "latency b1 vs static": _f(lat, "{:.2f}x"),
+            "peak mem vs static": _f(mem, "{:.2f}x"), "cost from": r.get("cost_source") or ""})
+    if rows:
+        parts += [_md(pd.DataFrame(rows)), ""]
+    hosts = sorted({h for hs in summary.get("hosts", pd.Series(dtype=str)).fillna("") for h in str(hs).split(",") if h})
+    n_sig = int((summary["paired_p_holm"] < ALPHA).sum()) if len(summary) else 0
+    parts += ["**Reading.** Paired Δ: mean over the seeds both have of (row − `static` with the same other axes), "
+              "in percentage points, with its paired-t 95% interval (n = pairs); a seed fixes data order and "
+              "augmentation for every variant. Holm p: the paired t-test's p-value, Holm-adjusted across the rows. "
+              "Welch Δ: difference of means with Welch's unpaired interval, for comparison. n/a: fewer than 2 "
+              f"pairs (or seeds on a side). {n_sig} row(s) differ from `static` at Holm-adjusted 5%; the order of the "
+              "other rows is not supported by these data.", ""]
+    parts += ["**Cost.** train ms/img: median over seeds of 1000 / the trial's measured training throughput "
+              "(forward + backward + step) on the host it ran on"
+              + (f" ({', '.join(hosts)})" if hosts else "") + ". Ratios vs `static` (> 1x is slower / larger): "
+              "`cost from` bench = `results/bench/models.csv`, one `make bench` run on one machine (training step, "
+              "batch-1 latency, training peak memory); trials = ratio of the trials' medians"
+              + (" — trials ran on several hosts, compare with care" if len(hosts) > 1 else "") + ".", ""]
     if len(att):
         parts += ["## Effect of each attention", ""]
-        arows = [[r["attention"], f"{r['n_pairs_with_results']}/{r['n_pairs']}",
-                  f"{_f(r['effect_mean'], '{:+.2f}')} [{_f(r['effect_ci_low'], '{:+.2f}')}, {_f(r['effect_ci_high'], '{:+.2f}')}]",
-                  f"{_f(r['effect_min'], '{:+.2f}')} … {_f(r['effect_max'], '{:+.2f}')}",
-                  _f(r["params_delta_mean"] / 1e6 if not pd.isna(r["params_delta_mean"]) else np.nan, "{:+.3f}"),
-                  _f(r["macs_ratio_mean"], "{:.3f}x"), _f(r["throughput_ratio_mean"], "{:.2f}x"), r["pairs"]]
+        arows = [{"attention": r["attention"], "pairs": f"{r['n_pairs_with_results']}/{r['n_pairs']}",
+                  "top-1 effect (pp) [95% CI over pairs]": _ci(r["effect_mean"], r["effect_ci_low"], r["effect_ci_high"]),
+                  "range": f"{_f(r['effect_min'], '{:+.2f}')} … {_f(r['effect_max'], '{:+.2f}')}",
+                  "Δ params (M)": _f(r["params_delta_mean"] / 1e6 if not pd.isna(r["params_delta_mean"]) else np.nan,
+                                     "{:+.3f}"),
+                  "MACs ratio": _f(r["macs_ratio_mean"], "{:.3f}x"),
+                  "train img/s ratio": _f(r["throughput_ratio_mean"], "{:.2f}x"), "pairs (off -> on)": r["pairs"]}
                  for _, r in att.iterrows()]
-        parts += [_md_table(["attention", "pairs", "top-1 effect (pp) [95% CI over pairs]", "range", "Δ params (M)",
-                             "MACs ratio", "train img/s ratio", "pairs (off -> on)"], arows), ""]
+        parts += [_md(pd.DataFrame(arows)), ""]
         parts += ["Each pair is two variants that differ only in that attention (same other axes); `static` counts as "
-                  "ODConv with no attention, and switching `kernel` on goes from 1 to n kernels.", ""]
+                  "ODConv with no attention, and switching `kernel` on goes from 1 to n kernels. The interval is a "
+                  "one-sample t over the pairs' differences of means (n/a with one pair); the factorial effects "
+                  "below (when the grid has the full factorial) use every trial and the seed pairing.", ""]
+    parts += ["## Factorial effects of the attentions", ""] + _effects_body(effects)
     if len(df):
         bad = df[df["status"] != "complete"]
         if len(bad):
             parts += ["## Failed / pruned trials", ""]
-            parts += [_md_table(["variant", "seed", "status", "reason"],
-                                [[f"`{r['variant']}`", str(r["seed"]), r["status"], str(r["reason"] or "").replace("|", "/")]
-                                 for _, r in bad.iterrows()]), ""]
-    parts += ["## Plots", "", "![accuracy](accuracy_bars.png)", "", "![accuracy vs params](accuracy_vs_params.png)", "",
-              "![accuracy vs MACs](accuracy_vs_macs.png)", ""]
+            parts += [_md(pd.DataFrame([{"variant": f"`{r['variant']}`", "seed": str(r["seed"]), "status": r["status"],
+                                         "reason": str(r["reason"] or "").replace("|", "/")}
+                                        for _, r in bad.iterrows()])), ""]
+    parts += ["## Plots", "", "![accuracy](accuracy_bars.png)", "",
+              "![accuracy vs train time per image](accuracy_vs_train_time.png)", "",
+              "![accuracy vs params](accuracy_vs_params.png)", "", "![accuracy vs MACs](accuracy_vs_macs.png)", ""]
+    if len(effects.table):
+        parts += ["![factorial effects](effects.png)", ""]
     return "\n".join(parts)
 
 
-# --- plots -----------------------------------------------------------------------------
+EFFECTS_DEFINITION = (
+    "Linear model (statsmodels OLS) of top-1 (%) on the four attentions, each coded −1 (off) / +1 (on), "
+    "and their six two-way interactions, with the seed as a block (a categorical term: a seed's data order "
+    "and augmentation shift every variant alike). `static` is the cell with all four off; `kernel` on is n "
+    "kernels with kernel attention, off is 1 kernel. **Main effect** = 2 × coefficient = the average change "
+    "in top-1 (percentage points) from switching that attention on, averaged over the other attentions' "
+    "settings. **Interaction `a:b`** = 2 × coefficient = half the difference between a's effect with b on "
+    "and a's effect with b off. Three- and four-way interactions are left in the residual. 95% CI: t "
+    "interval on the residual degrees of freedom; p: two-sided t-test of effect = 0 (not adjusted).")
 
-def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    paths = []
-    s = summary.dropna(subset=["top1_mean"])
-    # bars with error bars
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(summary) + 2), 4.2))
-    colors = ["#888888" if str(c) == "static" else "#1f77b4" if str(c).startswith("odconv") else "#ff7f0e"
-              for c in summary["conv"]]
-    ax.bar(range(len(summary)), summary["top1_mean"].fillna(0), yerr=summary["top1_std"].fillna(0), capsize=3,
-           color=colors)
-    ax.set_xticks(range(len(summary)))
-    ax.set_xticklabels([str(v) + ("*" if n < g else "") for v, n, g in
-                        zip(summary["variant"], summary["n_seeds"], summary["n_grid_seeds"])], rotation=60, ha="right",
-                       fontsize=8)
-    if len(s):
-        lo, hi = (s["top1_mean"] - s["top1_std"].fillna(0)).min(), (s["top1_mean"] + s["top1_std"].fillna(0)).max()
-        pad = max(0.5, 0.15 * (hi - lo))
-        ax.set_ylim(max(0, lo - pad), min(100, hi + pad))
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{title}: mean ± std over seeds (* = seeds missing)")
-    fig.tight_layout()
-    paths.append(out_dir / "accuracy_bars.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    for col, scale, label, fname in (("params_count", 1e6, "params (M)", "accuracy_vs_params.png"),
-                                     ("macs", 1e6, "MACs per image (M)", "accuracy_vs_macs.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.6))
-        t = s.dropna(subset=[col])
-        ax.errorbar(t[col] / scale, t["top1_mean"], yerr=t["top1_std"].fillna(0), fmt="o", capsize=3)
-        for _, r in t.iterrows():
-            ax.annotate(str(r["variant"]), (r[col] / scale, r["top1_mean"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"{metric} (%)")
-        ax.set_title(f"{title}: accuracy vs {label.split(' ')[0]}")
-        if not len(t):
-            ax.text(0.5, 0.5, f"no {label} recorded", transform=ax.transAxes, ha="center")
-        fig.tight_layout()
-        paths.append(out_dir / fname)
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
+def _effects_body(effects: EffectsResult) -> list[str]:
+    lines = [EFFECTS_DEFINITION, ""]
+    if not len(effects.table):
+        return lines + [f"{effects.notes[0] if effects.notes else 'n/a'}", ""]
+    for g in effects.groups:
+        note = next((x for x in effects.notes if x.startswith((g.label or "all") + ":")), "")
+        t = effects.table[effects.table["group"] == g.label]
+        lines += [f"### {g.label or 'all'}", "", note, ""]
+        if len(t):
+            lines += [_md(pd.DataFrame([{"term": r["term"], "effect (pp) [95% CI]": _ci(r["estimate"], r["ci_low"],
+                                                                                       r["ci_high"]),
+                                         "SE": _f(r["se"]), "p": _p(r["p_value"])} for _, r in t.iterrows()])), ""]
+    return lines
+
+
+def effects_markdown(sweep: SweepDef, effects: EffectsResult, power: dict[str, Any]) -> str:
+    """``effects.md``: definition, precision and one table per factorial group (or why n/a)."""
+    parts = [f"# Sweep `{sweep.name}`: factorial effects of the ODConv attentions", ""]
+    parts += _effects_body(effects)
+    if effects.groups:
+        parts += [f"Smallest effect this design detects (80% power, two-sided 5%): "
+                  f"{_f(power.get('mdd_main_effect'))} pp.", ""]
+    if len(effects.table):
+        parts += ["![factorial effects](effects.png)", ""]
+    return "\n".join(parts)
 
 
 def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", sweep: SweepDef | None = None,
-              study=None) -> dict[str, Any]:
-    """Write the tables and plots; ``study``: also use records stored in the Optuna study."""
+              study=None, bench_csv: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the tables and plots; ``study``: also use records stored in the Optuna study;
+    ``bench_csv``: the ``make bench`` table for cost ratios (default ``<results_root>/bench/models.csv``)."""
+    from .plots import effects_plot, make_plots
+
     sweep = sweep or load_sweep_for_results(sweep_name, results_root)
     out_dir = Path(results_root) / sweep.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -447,21 +683,40 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     keys = {p.key for p in sweep.points()}
     if len(df):
         df = df[df["grid_key"].isin(keys)].copy()
+    else:
+        df = pd.DataFrame(columns=["variant", "status", "seed", "value", "grid_key", "host", "reason"])
     metric = (df[df["status"] == "complete"]["metric"].dropna().iloc[0]
               if len(df) and (df["status"] == "complete").any() else (sweep.metric or "top-1"))
-    summary = summary_table(sweep, df if len(df) else pd.DataFrame(columns=["variant", "status", "seed", "value"]))
+    bench = load_bench(bench_csv if bench_csv is not None else Path(results_root) / "bench" / "models.csv")
+    summary = summary_table(sweep, df, bench)
+    if len(summary):
+        summary["pareto_train_time"] = stats.pareto_front(summary["train_ms_per_image"], summary["top1_mean"])
+        summary["pareto_params"] = stats.pareto_front(summary["params_count"], summary["top1_mean"])
     att = attention_table(sweep, summary)
+    effects = effects_table(sweep, df)
+    power = power_summary(sweep, df, summary, effects)
     summary.to_csv(out_dir / "summary.csv", index=False)
     att.to_csv(out_dir / "attention.csv", index=False)
-    md = summary_markdown(sweep, summary, att, df, metric)
+    effects.table.to_csv(out_dir / "effects.csv", index=False)
+    md = summary_markdown(sweep, summary, att, df, metric, effects, power)
     (out_dir / "summary.md").write_text(md)
     if len(att):
         amd = md.split("## Effect of each attention", 1)[1].split("## ", 1)[0]
         (out_dir / "attention.md").write_text(f"# Sweep `{sweep.name}`: effect of each attention\n" + amd)
-    plots = make_plots(summary, out_dir, sweep.name, metric)
+    (out_dir / "effects.md").write_text(effects_markdown(sweep, effects, power))
+    hosts = sorted({h for hs in summary.get("hosts", pd.Series(dtype=str)).fillna("") for h in str(hs).split(",") if h})
+    plots = make_plots(summary, out_dir, sweep.name, metric,
+                       time_note=f"measured in the trials on {', '.join(hosts)}" if hosts else "") if len(summary) else []
+    stale = out_dir / "effects.png"
+    if len(effects.table):
+        plots.append(effects_plot(effects.table, stale, sweep.name))
+    elif stale.exists():
+        stale.unlink()  # from an earlier run that had a factorial: no longer describes these results
     return {"summary_csv": out_dir / "summary.csv", "summary_md": out_dir / "summary.md",
-            "attention_csv": out_dir / "attention.csv", "plots": plots, "summary": summary, "attention": att,
-            "records": df}
+            "attention_csv": out_dir / "attention.csv", "effects_csv": out_dir / "effects.csv",
+            "effects_md": out_dir / "effects.md", "plots": plots, "summary": summary, "attention": att,
+            "effects": effects.table, "power": power, "records": df}
 
 
-__all__ = ["aggregate", "summary_table", "attention_table", "t_ppf", "welch_ci", "grid_key"]
+__all__ = ["aggregate", "load_sweep_for_results", "records_frame", "summary_table", "attention_table",
+           "effects_table", "factorial_groups", "power_summary", "load_bench", "t_ppf", "welch_ci", "grid_key"]

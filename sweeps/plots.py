@@ -1,0 +1,120 @@
+"""Plots of ``odconv-sweep results`` (matplotlib, Agg backend), drawn from the tables that
+:mod:`sweeps.aggregate` computed; nothing is computed here but the layout.
+
+- ``accuracy_bars.png``: top-1 mean ± std over seeds per variant (``*``: seeds missing).
+- ``accuracy_vs_params.png`` / ``accuracy_vs_train_time.png``: top-1 against parameters and
+  against measured training time per image, the Pareto front (no other variant is both at
+  least as accurate and at most as costly) drawn as a line through ringed points.
+- ``accuracy_vs_macs.png``: top-1 against MACs per image.
+- ``effects.png``: each factorial effect with its 95% interval (:func:`effects_plot`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _bars(summary: pd.DataFrame, path: Path, title: str, metric: str) -> None:
+    plt = _plt()
+    s = summary.dropna(subset=["top1_mean"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(summary) + 2), 4.2))
+    colors = ["#888888" if str(c) == "static" else "#1f77b4" if str(c).startswith("odconv") else "#ff7f0e"
+              for c in summary["conv"]]
+    ax.bar(range(len(summary)), summary["top1_mean"].fillna(0), yerr=summary["top1_std"].fillna(0), capsize=3,
+           color=colors)
+    ax.set_xticks(range(len(summary)))
+    ax.set_xticklabels([str(v) + ("*" if n < g else "") for v, n, g in
+                        zip(summary["variant"], summary["n_seeds"], summary["n_grid_seeds"])], rotation=60, ha="right",
+                       fontsize=8)
+    if len(s):
+        lo, hi = (s["top1_mean"] - s["top1_std"].fillna(0)).min(), (s["top1_mean"] + s["top1_std"].fillna(0)).max()
+        pad = max(0.5, 0.15 * (hi - lo))
+        ax.set_ylim(max(0, lo - pad), min(100, hi + pad))
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{title}: mean ± std over seeds (* = seeds missing)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: Path, title: str, metric: str,
+             pareto_col: str | None = None, note: str = "") -> None:
+    plt = _plt()
+    t = summary.dropna(subset=["top1_mean", col])
+    fig, ax = plt.subplots(figsize=(6.6, 4.8))
+    ax.errorbar(t[col] / scale, t["top1_mean"], yerr=t["top1_std"].fillna(0), fmt="o", capsize=3, zorder=2)
+    for _, r in t.iterrows():
+        ax.annotate(str(r["variant"]), (r[col] / scale, r["top1_mean"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    if pareto_col and pareto_col in t.columns:
+        front = t[t[pareto_col].astype(bool)].sort_values(col)
+        if len(front):
+            ax.plot(front[col] / scale, front["top1_mean"], "-", color="#d62728", lw=1, zorder=1)
+            ax.scatter(front[col] / scale, front["top1_mean"], s=140, facecolors="none", edgecolors="#d62728",
+                       label="Pareto front", zorder=3)
+            ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} (%, mean ± std)")
+    ax.set_title(f"{title}: accuracy vs {xlabel}" + (f"\n{note}" if note else ""), fontsize=10)
+    if not len(t):
+        ax.text(0.5, 0.5, f"no {xlabel} recorded", transform=ax.transAxes, ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, time_note: str = "") -> list[Path]:
+    """Write the accuracy plots of ``summary`` (a :func:`sweeps.aggregate.summary_table`) to
+    ``out_dir``; ``time_note`` is printed under the training-time plot's title (e.g. the hosts)."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / "accuracy_bars.png"]
+    _bars(summary, paths[-1], title, metric)
+    for col, scale, label, fname, front, note in (
+            ("params_count", 1e6, "params (M)", "accuracy_vs_params.png", "pareto_params", ""),
+            ("train_ms_per_image", 1.0, "train time per image (ms)", "accuracy_vs_train_time.png",
+             "pareto_train_time", time_note),
+            ("macs", 1e6, "MACs per image (M)", "accuracy_vs_macs.png", None, "")):
+        if col not in summary.columns:
+            continue
+        paths.append(out_dir / fname)
+        _scatter(summary, col, scale, label, paths[-1], title, metric, front, note)
+    return paths
+
+
+def effects_plot(effects: pd.DataFrame, path: Path, title: str) -> Path:
+    """Horizontal interval plot of ``effects`` (columns ``term, estimate, ci_low, ci_high`` and
+    optionally ``group``): one row per term, one marker per group, a line at zero."""
+    plt = _plt()
+    terms = list(dict.fromkeys(effects["term"]))
+    groups = list(dict.fromkeys(effects["group"])) if "group" in effects.columns else [""]
+    fig, ax = plt.subplots(figsize=(6.6, 0.38 * len(terms) * max(1, len(groups)) + 1.6))
+    step = 0.8 / max(1, len(groups))
+    for gi, g in enumerate(groups):
+        e = effects[effects["group"] == g] if "group" in effects.columns else effects
+        y = [terms.index(t) + (gi - (len(groups) - 1) / 2) * step for t in e["term"]]
+        ax.errorbar(e["estimate"], y, xerr=[e["estimate"] - e["ci_low"], e["ci_high"] - e["estimate"]], fmt="o",
+                    capsize=3, label=g or None)
+    ax.axvline(0, color="#888888", lw=1)
+    ax.set_yticks(range(len(terms)))
+    ax.set_yticklabels(terms, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("effect on top-1 (percentage points), 95% CI")
+    ax.set_title(f"{title}: factorial effects of the ODConv attentions", fontsize=10)
+    if len(groups) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["make_plots", "effects_plot"]

@@ -1,0 +1,271 @@
+"""`odconv-sweep results` on synthetic trial records (no training): paired differences, Holm,
+factorial effects, power, cost and Pareto fronts against independent computations, and honest
+output for sweeps without a factorial, with one seed, with missing cells and failed trials."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as ss
+
+from sweeps.aggregate import aggregate, factorial_groups
+from sweeps.cli import main as cli_main
+from sweeps.definition import grid_key, load_sweep, parse_sweep
+from sweeps.record import TrialRecord, write_record
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = str(ROOT / "experiments" / "smoke.yaml")
+ATTS = ("channel", "filter", "spatial", "kernel")
+# the 16 cells of the attention factorial, as conv specs (kernel on = 4 kernels)
+CELLS = {cell: ("static" if not any(cell) else
+                ("odconv4x" if cell[3] else "odconv1x") + ("" if cell[:3] == (1, 1, 1) else
+                                                           "-" + "+".join(a for a, on in zip(ATTS, cell) if on)))
+         for cell in itertools.product([0, 1], repeat=4)}
+MAIN = {"channel": 1.0, "filter": 0.5, "spatial": -0.3, "kernel": 2.0}
+INTER = {("channel", "kernel"): -0.6}
+SEED_SHIFT = {0: 0.0, 1: 0.8, 2: -0.5}
+
+
+def _rec(sweep: str, conv: str, seed: int, top1_pct: float | None, status: str = "complete", tput: float = 100.0,
+         params: int = 1000, host: str = "hostA", width: float = 0.25, synthetic: bool = False) -> TrialRecord:
+    p = {"model.conv": conv, "seed_everything": seed}
+    return TrialRecord(sweep=sweep, grid_key=grid_key(p), variant=conv, params=p, seed=seed, status=status,
+                       reason=None if status == "complete" else "diverged: nan", metric="test/acc_top1",
+                       value=None if top1_pct is None else top1_pct / 100, params_count=params, macs=10_000,
+                       train_throughput=tput, latency_b1_ms=1.0, latency_b64_ms=10.0, peak_memory_mb=5.0,
+                       host=host, synthetic=synthetic,
+                       config={"model": {"model": "cifar_resnet18", "model_options": {"width": width}}})
+
+
+def _write(root: Path, name: str, grid: dict, recs: list[TrialRecord]):
+    sw = parse_sweep({"name": name, "base_config": BASE, "grid": grid})
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / "sweep.json").write_text(json.dumps(sw.to_dict()))
+    for r in recs:
+        write_record(root / name / "trials" / f"{r.grid_key.replace('=', '_').replace(',', '__')}.json", r)
+    return sw
+
+
+def _cell_top1(cell, seed: int, noise: float) -> float:
+    x = {a: 2 * v - 1 for a, v in zip(ATTS, cell)}
+    y = 70 + SEED_SHIFT[seed] + sum(MAIN[a] / 2 * x[a] for a in ATTS)
+    return y + sum(e / 2 * x[a] * x[b] for (a, b), e in INTER.items()) + noise
+
+
+def _holm(p):
+    """Holm's step-down adjustment, written out (independent of statsmodels)."""
+    p = np.asarray(p, float)
+    order = np.argsort(p)
+    adj = np.empty_like(p)
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (len(p) - i) * p[j]))
+        adj[j] = running
+    return adj
+
+
+def _power_nct(nc: float, df: float) -> float:
+    c = ss.t.ppf(0.975, df)
+    return ss.nct.sf(c, df, nc) + ss.nct.cdf(-c, df, nc)
+
+
+@pytest.fixture
+def factorial(tmp_path):
+    rng = np.random.default_rng(3)
+    recs, truth = [], {}
+    for cell, conv in CELLS.items():
+        for seed in (0, 1, 2):
+            y = _cell_top1(cell, seed, rng.normal(0, 0.05))
+            truth[(conv, seed)] = y
+            recs.append(_rec("fac", conv, seed, y, tput=200.0 / (1 + sum(cell)), params=1000 + 100 * sum(cell)))
+    recs.append(_rec("fac", "condconv8x", 0, 71.0, tput=50.0, params=9000))
+    recs.append(_rec("fac", "condconv8x", 1, 71.9, tput=50.0, params=9000))
+    recs.append(_rec("fac", "condconv8x", 2, None, status="failed", tput=50.0, params=9000))
+    # dyconv4x: seed 1 missing (not run yet)
+    recs += [_rec("fac", "dyconv4x", s, 69.0 + SEED_SHIFT[s] + 0.1 * s, tput=300.0, params=4000) for s in (0, 2)]
+    sw = _write(tmp_path, "fac", {"conv": list(CELLS.values()) + ["condconv8x", "dyconv4x"], "seed": [0, 1, 2]},
+                recs)
+    return sw, truth, aggregate("fac", tmp_path), tmp_path / "fac"
+
+
+def test_factorial_effects_recover_the_known_effects(factorial):
+    sw, truth, out, res = factorial
+    groups, why = factorial_groups(sw)
+    assert len(groups) == 1 and why == "" and groups[0].kernels == 4 and len(groups[0].variants) == 16
+    eff = pd.read_csv(res / "effects.csv")
+    assert {"term", "estimate", "ci_low", "ci_high"} <= set(eff.columns)
+    terms = list(eff["term"])
+    assert terms[:4] == list(ATTS) and set(terms[4:]) == {f"{a}:{b}" for a, b in itertools.combinations(ATTS, 2)}
+    e = eff.set_index("term")
+    for t, r in e.iterrows():
+        want = MAIN[t] if ":" not in t else INTER.get(tuple(t.split(":")), 0.0)
+        assert abs(r["estimate"] - want) < 0.06 and r["ci_low"] < want < r["ci_high"], t
+    # independent: a main effect of a balanced design is mean(on) - mean(off) over all results
+    on = [y for (conv, _), y in truth.items() for cell, c in CELLS.items() if c == conv and cell[0]]
+    off = [y for (conv, _), y in truth.items() for cell, c in CELLS.items() if c == conv and not cell[0]]
+    assert e.loc["channel", "estimate"] == pytest.approx(np.mean(on) - np.mean(off), abs=1e-9)
+    assert (e["n_obs"] == 48).all() and (e["df_resid"] == 48 - 1 - 2 - 10).all() and (e["n_cells_with_data"] == 16).all()
+    md = (res / "effects.md").read_text()
+    assert "2 × coefficient" in md and "channel:kernel" in md and "kernels=4" in md
+    assert (res / "effects.png").stat().st_size > 0
+    assert "## Factorial effects of the attentions" in (res / "summary.md").read_text()
+
+
+def test_paired_rows_holm_and_power_match_independent_computations(factorial):
+    sw, truth, out, res = factorial
+    s = pd.read_csv(res / "summary.csv", dtype={"failed_seeds": str, "missing_seeds": str}).set_index("variant")
+    conv = CELLS[(1, 0, 0, 1)]  # odconv4x-channel+kernel
+    d = np.array([truth[(conv, k)] - truth[("static", k)] for k in (0, 1, 2)])
+    h = ss.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert s.loc[conv, "paired_n"] == 3 and s.loc[conv, "paired_delta"] == pytest.approx(d.mean())
+    assert (s.loc[conv, "paired_ci_low"], s.loc[conv, "paired_ci_high"]) == pytest.approx((d.mean() - h, d.mean() + h))
+    assert s.loc[conv, "paired_p"] == pytest.approx(2 * ss.t.sf(abs(d.mean()) / (d.std(ddof=1) / math.sqrt(3)), 2))
+    # pairs only over the seeds both have: dyconv4x has seeds 0 and 2
+    dy = np.array([69.0 - truth[("static", 0)], 69.0 + SEED_SHIFT[2] + 0.2 - truth[("static", 2)]])
+    assert s.loc["dyconv4x", "paired_n"] == 2 and s.loc["dyconv4x", "paired_delta"] == pytest.approx(dy.mean())
+    assert s.loc["condconv8x", "paired_n"] == 2 and s.loc["condconv8x", "failed_seeds"] == "2"
+    # Holm across every row that has a paired p-value
+    rows = s["paired_p"].dropna()
+    assert len(rows) == 17 and math.isnan(s.loc["static", "paired_p"])
+    assert s.loc[rows.index, "paired_p_holm"].to_numpy() == pytest.approx(_holm(rows.to_numpy()))
+    # power: the pooled SD is the within-variant SD over all variants with >= 2 results
+    top = {}
+    for (c, k), y in truth.items():
+        top.setdefault(c, []).append(y)
+    top["condconv8x"], top["dyconv4x"] = [71.0, 71.9], [69.0, 69.0 + SEED_SHIFT[2] + 0.2]
+    ss_within = sum(((np.asarray(v) - np.mean(v)) ** 2).sum() for v in top.values())
+    dof = sum(len(v) - 1 for v in top.values())
+    pw = out["power"]
+    assert pw["pooled_sd_df"] == dof and pw["pooled_sd"] == pytest.approx(math.sqrt(ss_within / dof))
+    # main effect: 48 planned results, balanced, so its standard error is 2 sd / sqrt(48) at the fit's SD
+    resid_sd = pd.read_csv(res / "effects.csv")["resid_sd"].iloc[0]
+    assert pw["effect_n_obs"] == 48 and pw["effect_df"] == 35 and pw["effect_sd"] == pytest.approx(resid_sd)
+    assert _power_nct(pw["mdd_main_effect"] / (2 * resid_sd / math.sqrt(48)), 35) == pytest.approx(0.8, abs=1e-6)
+    paired3, unpaired3 = pw["mdd_rows"][3]
+    assert unpaired3 > 0 and paired3 > 0 and set(pw["mdd_rows"]) == {3}
+    md = (res / "summary.md").read_text()
+    head = md.split("| variant")[0]
+    assert "## Precision of this design" in head and "pooled seed-to-seed standard deviation" in head
+    assert "smallest main effect the factorial detects" in head and f"{pw['mdd_main_effect']:.2f} pp" in head
+
+
+def test_cost_columns_and_pareto_fronts(factorial):
+    sw, truth, out, res = factorial
+    s = out["summary"]
+    assert s.set_index("variant").loc["static", "train_ms_per_image"] == pytest.approx(5.0)  # 1000 / 200 img/s
+    c, v = s["train_ms_per_image"].to_numpy(), s["top1_mean"].to_numpy()
+    brute = [not any(c[j] <= c[i] and v[j] >= v[i] and (c[j] < c[i] or v[j] > v[i]) for j in range(len(s)))
+             for i in range(len(s))]
+    assert s["pareto_train_time"].tolist() == brute and any(brute)
+    assert s.set_index("variant").loc["dyconv4x", "pareto_train_time"]  # the cheapest is always on the front
+    # no bench table under this results root: the ratios are the trials' own, with the host named
+    assert set(s["cost_source"]) == {"trials"}
+    assert s.set_index("variant").loc["odconv4x", "train_time_ratio"] == pytest.approx(5.0)
+    md = (res / "summary.md").read_text()
+    assert "hostA" in md
+    for f in ("accuracy_vs_train_time.png", "accuracy_vs_params.png", "accuracy_bars.png", "accuracy_vs_macs.png"):
+        assert (res / f).stat().st_size > 0
+
+
+def test_cost_ratios_come_from_the_bench_table_when_it_has_the_model(tmp_path):
+    recs = [_rec("b", conv, s, 70 + i + 0.1 * s, tput=100.0 / (i + 1), host=f"host{s}")
+            for i, conv in enumerate(["static", "odconv1x", "odconv1x-channel"]) for s in (0, 1)]
+    _write(tmp_path, "b", {"conv": ["static", "odconv1x", "odconv1x-channel"], "seed": [0, 1]}, recs)
+    (tmp_path / "bench").mkdir()
+    pd.DataFrame([["cifar_resnet18", 0.25, "static", "-", 64, 1.0, 1.0, 1.0],
+                  ["cifar_resnet18", 0.25, "odconv1x", "auto", 64, 2.7, 2.24, 2.74],
+                  ["cifar_resnet18", 0.25, "odconv1x", "grouped", 64, 3.11, 2.09, 4.69],
+                  ["cifar_resnet18", 1.0, "odconv1x-channel", "auto", 64, 9.0, 9.0, 9.0]],  # other width
+                 columns=["model", "width", "conv", "strategy", "batch", "train_vs_static", "latency_vs_static",
+                          "mem_vs_static"]).to_csv(tmp_path / "bench" / "models.csv", index=False)
+    s = aggregate("b", tmp_path)["summary"].set_index("variant")
+    assert s.loc["odconv1x", "cost_source"] == "bench"
+    assert s.loc["odconv1x", ["bench_train_time_ratio", "bench_latency_b1_ratio", "bench_memory_ratio"]].tolist() \
+        == [2.7, 2.24, 2.74]
+    assert s.loc["odconv1x-channel", "cost_source"] == "trials"
+    assert s.loc["odconv1x-channel", "train_time_ratio"] == pytest.approx(3.0)
+    assert s.loc["odconv1x", "hosts"] == "host0,host1"
+    md = (tmp_path / "b" / "summary.md").read_text()
+    row = [ln for ln in md.splitlines() if ln.startswith("| `odconv1x` ")][0]
+    assert "2.70x" in row and "bench" in row
+    assert "several hosts" in md
+    # the same sweep without the bench table
+    s2 = aggregate("b", tmp_path, bench_csv=tmp_path / "none.csv")["summary"].set_index("variant")
+    assert s2.loc["odconv1x", "cost_source"] == "trials" and s2.loc["odconv1x", "train_time_ratio"] == pytest.approx(2.0)
+
+
+def test_one_seed_no_factorial_failed_and_missing_trials(tmp_path):
+    recs = [_rec("one", "static", 0, 70.0), _rec("one", "odconv1x", 0, 72.0),
+            _rec("one", "dyconv4x", 0, None, status="failed")]
+    _write(tmp_path, "one", {"conv": ["static", "odconv1x", "dyconv4x", "condconv4x"], "seed": [0]}, recs)
+    out = aggregate("one", tmp_path)
+    s = out["summary"].set_index("variant")
+    assert s.loc["odconv1x", "paired_delta"] == pytest.approx(2.0) and s.loc["odconv1x", "paired_n"] == 1
+    assert math.isnan(s.loc["odconv1x", "paired_ci_low"]) and math.isnan(s.loc["odconv1x", "paired_p_holm"])
+    assert s.loc["dyconv4x", "failed_seeds"] == "0" and s.loc["condconv4x", "missing_seeds"] == "0"
+    res = tmp_path / "one"
+    md = (res / "summary.md").read_text()
+    assert "one seed per variant" in md and "smallest main effect: n/a (the grid lacks 14 of the 16 cells" in md
+    assert "| n/a" in md and "failed 0" in md and "missing 0" in md and "diverged" in md
+    assert "n/a: the grid lacks 14 of the 16 cells" in (res / "effects.md").read_text()
+    assert list(pd.read_csv(res / "effects.csv").columns)[:4] == ["group", "term", "estimate", "ci_low"]
+    assert len(pd.read_csv(res / "effects.csv")) == 0 and not (res / "effects.png").exists()
+    assert out["power"]["mdd_rows"] == {} or all(math.isnan(x) for v in out["power"]["mdd_rows"].values() for x in v)
+
+
+def test_no_records_yet(tmp_path):
+    _write(tmp_path, "empty", {"conv": ["static", "odconv1x"], "seed": [0, 1]}, [])
+    out = aggregate("empty", tmp_path)
+    assert out["summary"]["n_seeds"].tolist() == [0, 0]
+    md = (tmp_path / "empty" / "summary.md").read_text()
+    assert "0/4 grid points done" in md and "partial sweep" in md
+
+
+def test_factorial_with_a_failed_cell_and_one_seed(tmp_path):
+    recs = []
+    for cell, conv in CELLS.items():
+        failed = cell == (1, 1, 1, 1)  # odconv4x failed
+        recs.append(_rec("gap", conv, 1, None if failed else _cell_top1(cell, 1, 0.0),
+                         status="failed" if failed else "complete"))
+    _write(tmp_path, "gap", {"conv": list(CELLS.values()), "seed": [1]}, recs)
+    out = aggregate("gap", tmp_path)
+    eff = out["effects"].set_index("term")
+    # no noise: the model holds exactly, so 15 cells (15 results, 11 terms, 4 residual df) recover the truth
+    assert (eff["n_cells_with_data"] == 15).all() and (eff["df_resid"] == 4).all()
+    assert eff.loc["kernel", "estimate"] == pytest.approx(MAIN["kernel"], abs=1e-6)
+    assert eff.loc["channel:kernel", "estimate"] == pytest.approx(INTER[("channel", "kernel")], abs=1e-6)
+    assert "15/16 cells" in (tmp_path / "gap" / "effects.md").read_text()
+    # a planned design of 16 cells x 1 seed has 5 residual df
+    assert out["power"]["effect_n_obs"] == 16 and out["power"]["effect_df"] == 5
+
+
+def test_factorial_not_estimable(tmp_path):
+    recs = [_rec("few", conv, 0, _cell_top1(cell, 0, 0.0)) for cell, conv in list(CELLS.items())[:9]]
+    _write(tmp_path, "few", {"conv": list(CELLS.values()), "seed": [0]}, recs)
+    out = aggregate("few", tmp_path)
+    assert len(out["effects"]) == 0
+    assert "n/a: 9 results in 9/16 cells cannot estimate" in (tmp_path / "few" / "effects.md").read_text()
+
+
+def test_results_command_on_the_shipped_smoke_grid(tmp_path):
+    """What `make results SWEEP=smoke` does, on synthetic records of sweeps/smoke.yaml's grid."""
+    sw = load_sweep(ROOT / "sweeps" / "smoke.yaml", check_files=False)
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "sweep.json").write_text(json.dumps(sw.to_dict()))
+    for i, p in enumerate(sw.points()):
+        r = _rec("smoke", p.params["model.conv"], p.seed, 10.0 + i % 5, tput=100.0 + i, synthetic=True)
+        write_record(tmp_path / "smoke" / "trials" / f"{p.slug}.json", r)
+    assert cli_main(["results", "smoke", "--results-root", str(tmp_path)]) == 0
+    res = tmp_path / "smoke"
+    for f in ("summary.csv", "summary.md", "attention.csv", "attention.md", "effects.csv", "effects.md",
+              "accuracy_bars.png", "accuracy_vs_params.png", "accuracy_vs_train_time.png", "accuracy_vs_macs.png"):
+        assert (res / f).stat().st_size > 0, f
+    md = (res / "summary.md").read_text()
+    assert "Synthetic data" in md and "Precision of this design" in md and "Holm p" in md
+    assert len(pd.read_csv(res / "summary.csv")) == len(sw.variants())
