@@ -1,6 +1,7 @@
 """Sweep definitions: a YAML file naming a base experiment config, the grid and options.
 
-Format (every key but ``name``, ``base_config`` and ``grid`` is optional)::
+Format (every key but ``name``, ``base_config`` and ``grid`` is optional; the user's guide with
+every key, type, default and error is ``docs/sweep-files.md``)::
 
     name: smoke                      # results go to results/<name>/, the Optuna study is "<name>"
     base_config: experiments/smoke.yaml
@@ -10,6 +11,10 @@ Format (every key but ``name``, ``base_config`` and ``grid`` is optional)::
       conv: [static, odconv1x, odconv4x]        # alias of model.conv
       seed: [0, 1]                              # alias of seed_everything
       model.model_options: [{width: 0.25}]      # any other CLI key; values may be mappings
+    # or a list of such blocks, whose grids are joined (e.g. more seeds for some variants):
+    # grid:
+    #   - {conv: [static, odconv1x, odconv4x], seed: [0, 1]}
+    #   - {conv: [static, odconv4x], seed: [2, 3]}
     metric: test/acc_top1            # optional; default: test top-1 when the config has a
                                      # test set, else final val top-1
     max_retries: 2                   # a trial whose process died is retried this often
@@ -24,8 +29,11 @@ Format (every key but ``name``, ``base_config`` and ``grid`` is optional)::
       pruner: median                 # median | none
       metric: val/acc_top1
 
-``load_sweep`` validates all of it and raises :class:`SweepConfigError` naming the file, the
-key and what is valid.
+The file's schema is the pydantic models :class:`SweepFile`, :class:`TuneSection`,
+:class:`ParamSpace` and :class:`MeasureSection`; the grid and the values of the keys this
+module knows (conv specs through :func:`odconv.parse_conv_spec`, model names through
+:func:`odconv.list_models`, seeds) are checked after it. ``load_sweep`` raises
+:class:`SweepConfigError` naming the file, the key path, the bad value and what is valid.
 """
 
 from __future__ import annotations
@@ -37,26 +45,28 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from odconv import list_models, parse_conv_spec
 
 ALIASES = {"conv": "model.conv", "seed": "seed_everything", "lr": "model.lr",
            "weight_decay": "model.weight_decay", "model_name": "model.model", "backbone": "model.model"}
 SEED_KEY = "seed_everything"
 CONV_KEY = "model.conv"
-TOP_KEYS = {"name", "description", "base_config", "overrides", "grid", "metric", "max_retries",
-            "stale_after_s", "measure", "tune"}
-MEASURE_KEYS = {"repeats", "latency_batch_sizes", "throughput_batch_size", "enabled"}
-TUNE_KEYS = {"params", "n_trials", "overrides", "pruner", "metric", "seed"}
-PARAM_TYPES = {"float", "int", "categorical"}
-METRICS = ("test/acc_top1", "val/acc_top1", "best_val/acc_top1")
+MODEL_KEY = "model.model"
+Metric = Literal["test/acc_top1", "val/acc_top1", "best_val/acc_top1"]
+METRICS: tuple[str, ...] = get_args(Metric)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class SweepConfigError(ValueError):
     """A sweep YAML that cannot be run; the message names the file, key and valid values."""
 
+
+# --- the resolved definition (what the runner, workers and aggregation read) ----------------
 
 @dataclass(frozen=True)
 class GridPoint:
@@ -83,6 +93,9 @@ class GridPoint:
 
 @dataclass
 class TuneDef:
+    """The tuning stage: ``params`` maps canonical CLI keys to search spaces
+    (``{"type": "float"|"int", "low", "high", "log"}`` or ``{"type": "categorical", "choices"}``)."""
+
     params: dict[str, dict[str, Any]]
     n_trials: int = 10
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +106,14 @@ class TuneDef:
 
 @dataclass
 class SweepDef:
+    """A validated sweep, keys canonical (``conv`` -> ``model.conv``, conv specs canonical).
+
+    ``blocks`` are the grid blocks, each a mapping axis -> values whose cartesian product is
+    part of the grid; ``grid`` maps each axis to every value it takes in any block (first-seen
+    order): the value space of the axis. A single-mapping ``grid:`` in the YAML is one block.
+    Definitions saved before blocks existed have ``blocks == []``, read as ``[grid]``.
+    """
+
     name: str
     base_config: str
     grid: dict[str, list[Any]]
@@ -104,11 +125,11 @@ class SweepDef:
     tune: TuneDef | None = None
     description: str = ""
     source: str = ""
+    blocks: list[dict[str, list[Any]]] = field(default_factory=list)
 
     def points(self) -> list[GridPoint]:
-        """Every grid point, in a stable order (axes as written, values as written)."""
-        axes = list(self.grid)
-        return [GridPoint(dict(zip(axes, combo))) for combo in itertools.product(*(self.grid[a] for a in axes))]
+        """Every grid point, in a stable order (blocks, axes and values as written)."""
+        return [p for block in self.blocks or [self.grid] for p in block_points(block)]
 
     def variants(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -117,8 +138,7 @@ class SweepDef:
         return list(seen)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepDef":
@@ -126,6 +146,12 @@ class SweepDef:
         if d.get("tune") is not None:
             d["tune"] = TuneDef(**d["tune"])
         return cls(**d)
+
+
+def block_points(block: dict[str, list[Any]]) -> list[GridPoint]:
+    """The cartesian product of one grid block's axes (axes and values as written)."""
+    axes = list(block)
+    return [GridPoint(dict(zip(axes, combo))) for combo in itertools.product(*(block[a] for a in axes))]
 
 
 def canonical_key(key: str) -> str:
@@ -165,19 +191,174 @@ def slugify(text: str) -> str:
     return s
 
 
+# --- the file's schema ------------------------------------------------------------------------
+
+class _Section(BaseModel):
+    """A mapping of the sweep file: known keys only, YAML types as written (no "3" -> 3)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def known_keys_only(cls, data: Any) -> Any:
+        # before pydantic's own "extra" check, to name the valid keys too
+        if isinstance(data, dict):
+            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}; valid keys: {', '.join(sorted(cls.model_fields))}")
+        return data
+
+
+def _simple_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"must be a simple name (letters, digits, '_', '-', '.'), got {name!r}")
+    return name
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+DottedMapping = dict[str, Any]  # LightningCLI keys (dotted, aliases allowed) -> values
+
+
+class MeasureSection(_Section):
+    """``measure:``: how each trial measures cost after its fit."""
+
+    enabled: bool = True
+    repeats: PositiveInt = 5
+    latency_batch_sizes: list[PositiveInt] = [1, 64]
+    throughput_batch_size: PositiveInt | None = None  # None: the data module's batch size
+
+
+class ParamSpace(_Section):
+    """``tune.params.<key>``: an Optuna search space."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def fits_its_type(self) -> "ParamSpace":
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError(f"a categorical space needs a non-empty 'choices' list and no low/high, "
+                                 f"got choices={self.choices!r}")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"'choices' is for type categorical, not {self.type}")
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} space needs numbers low < high, got low={self.low!r}, high={self.high!r}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low!r}")
+        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(f"an int space needs integer low and high, got low={self.low!r}, high={self.high!r}")
+        return self
+
+
+class TuneSection(_Section):
+    """``tune:``: the optional tuning stage (per variant, on the validation set)."""
+
+    params: Annotated[dict[str, ParamSpace], Field(min_length=1)]
+    n_trials: PositiveInt = 10
+    overrides: DottedMapping | None = None
+    pruner: Literal["median", "none"] | None = "median"  # None = "none"
+    metric: Literal["val/acc_top1"] = "val/acc_top1"  # the test set is never used to tune
+    seed: int = 0
+
+
+class SweepFile(_Section):
+    """A sweep YAML file as written (before the grid and the known keys' values are checked)."""
+
+    name: Annotated[str, AfterValidator(_simple_name)]
+    base_config: Annotated[str, Field(min_length=1)]
+    # a mapping axis -> values (one block) or a list of them: checked by _parse_grid, whose
+    # messages say more than a union type's would
+    grid: Any
+    description: str | None = None
+    overrides: DottedMapping | None = None
+    metric: Metric | None = None
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    stale_after_s: Annotated[float, Field(ge=30)] = 900.0
+    measure: MeasureSection | None = None
+    tune: TuneSection | None = None
+
+
+def _key_path(raw: Any, loc: tuple[Any, ...]) -> str:
+    """Dotted path of a pydantic error location in the YAML document (union-member tags,
+    which are no keys of the document, left out)."""
+    parts, cur = [], raw
+    for i, el in enumerate(loc):
+        if isinstance(cur, dict) and el in cur:
+            cur = cur[el]
+        elif isinstance(cur, list) and isinstance(el, int) and 0 <= el < len(cur):
+            parts.append(f"[{el}]")
+            cur = cur[el]
+            continue
+        elif i < len(loc) - 1:
+            continue
+        parts.append(str(el))
+    return ".".join(parts).replace(".[", "[")
+
+
+def _describe(raw: Any, err: dict[str, Any]) -> str:
+    path = _key_path(raw, err["loc"])
+    where = f"'{path}'" if path else "the file"
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "missing":
+        top = len(err["loc"]) == 1
+        return f"missing required key '{path}'" + (" (a sweep needs name, base_config and grid)" if top else "")
+    if kind == "value_error":
+        return f"{where}: {ctx['error']}" if path else str(ctx["error"])
+    if kind == "literal_error":
+        return f"{where} must be one of {ctx['expected']}, got {got!r}"
+    if kind in ("greater_than_equal", "greater_than"):
+        return f"{where} must be {'>=' if 'ge' in ctx else '>'} {ctx.get('ge', ctx.get('gt'))}, got {got!r}"
+    if kind == "too_short":
+        return f"{where} must have at least {ctx['min_length']} item(s), got {got!r}"
+    if kind in ("model_type", "dict_type"):
+        return f"{where} must be a mapping, got {type(got).__name__} {got!r}"
+    hint = ""
+    if kind == "float_type" and isinstance(got, str):
+        try:
+            float(got)
+            hint = " (YAML reads a number like 1e-5 as text: write 1.0e-5)"
+        except ValueError:
+            pass
+    return f"{where}: {err['msg']}, got {got!r}{hint}"
+
+
 def _err(src: str, msg: str) -> SweepConfigError:
     return SweepConfigError(f"{src}: {msg}")
 
 
-def _check_mapping(src: str, where: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _err(src, f"'{where}' must be a mapping of dotted config keys to values, got {type(value).__name__}")
-    return {canonical_key(k): v for k, v in value.items()}
+# --- values of the keys this module knows ---------------------------------------------------
+
+def _checked_value(src: str, where: str, key: str, value: Any) -> Any:
+    """``value`` of the canonical CLI ``key``, checked and canonical where the key is known:
+    conv specs (canonical spelling), model names (the registry)."""
+    if key == CONV_KEY:
+        try:
+            return str(parse_conv_spec(value))
+        except ValueError as e:
+            raise _err(src, f"{where}: {e}") from None
+    if key == MODEL_KEY and value not in list_models():
+        raise _err(src, f"{where}: unknown model {value!r}; valid: {', '.join(list_models())}")
+    return value
 
 
-def _scalar_or_mapping(v: Any) -> bool:
+def _checked_mapping(src: str, where: str, mapping: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    written: dict[str, str] = {}
+    for k, v in (mapping or {}).items():
+        key = canonical_key(k)
+        if key in out:
+            raise _err(src, f"'{where}' sets {key!r} twice (as {written[key]!r} and {k!r})")
+        written[key] = k
+        out[key] = _checked_value(src, f"'{where}.{k}' ({key})" if key != k else f"'{where}.{k}'", key, v)
+    return out
+
+
+def _json_like(v: Any) -> bool:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return True
     if isinstance(v, (dict, list)):
@@ -189,22 +370,72 @@ def _scalar_or_mapping(v: Any) -> bool:
     return False
 
 
-def _validate_conv(src: str, values: list[Any]) -> list[str]:
-    try:
-        from odconv import parse_conv_spec
-    except ImportError:  # pragma: no cover
-        return [str(v) for v in values]
-    out = []
-    for v in values:
-        try:
-            out.append(str(parse_conv_spec(str(v))))
-        except ValueError as e:
-            raise _err(src, f"grid axis 'conv' (model.conv): {e}") from None
-    if len(set(out)) != len(out):
-        dup = sorted({x for x in out if out.count(x) > 1})
-        raise _err(src, f"grid axis 'conv' names the same variant twice: {dup}")
+_BLOCK_HELP = "a non-empty mapping of axis -> list of values, e.g. {conv: [static, odconv1x], seed: [0, 1, 2]}"
+_GRID_HELP = f"{_BLOCK_HELP}, or a non-empty list of such mappings (grid blocks, joined)"
+
+
+def _parse_block(src: str, where: str, block: Any) -> dict[str, list[Any]]:
+    if not isinstance(block, dict) or not block:
+        raise _err(src, f"'{where}' must be {_BLOCK_HELP}; got {block!r}")
+    out: dict[str, list[Any]] = {}
+    written: dict[str, str] = {}
+    for axis, values in block.items():
+        key = canonical_key(axis)
+        name = f"{where} axis {axis!r}" + (f" ({key})" if key != axis else "")
+        if key in out:
+            raise _err(src, f"{where} gives axis {key!r} twice (as {written[key]!r} and {axis!r})")
+        written[key] = axis
+        if not isinstance(values, list) or not values:
+            raise _err(src, f"{name} must be a non-empty list of values, got {values!r}")
+        for v in values:
+            if not _json_like(v):
+                raise _err(src, f"{name}: value {v!r} is not a scalar or mapping")
+        if key == SEED_KEY and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise _err(src, f"{name} needs explicit integer seeds, got {values!r} "
+                            "(seed_everything: true means seed 0, not a random seed)")
+        values = [_checked_value(src, name, key, v) for v in values]
+        canon = [canonical_value(v) for v in values]
+        if len(set(canon)) != len(canon):
+            dup = sorted({c for c in canon if canon.count(c) > 1})
+            raise _err(src, f"{name} lists the same value twice: {dup}")
+        out[key] = values
     return out
 
+
+def _parse_grid(src: str, raw: Any) -> list[dict[str, list[Any]]]:
+    """The grid blocks of ``grid:`` (one block for a mapping), every point in one block only."""
+    if isinstance(raw, dict):
+        blocks = [_parse_block(src, "grid", raw)]
+    elif isinstance(raw, list) and raw:
+        blocks = [_parse_block(src, f"grid[{i}]", b) for i, b in enumerate(raw)]
+    else:
+        raise _err(src, f"'grid' must be {_GRID_HELP}; got {raw!r}")
+    axes = set(blocks[0])
+    for i, b in enumerate(blocks[1:], start=1):
+        if set(b) != axes:
+            raise _err(src, f"grid blocks must have the same axes: grid[0] has {sorted(axes)}, "
+                            f"grid[{i}] has {sorted(b)}")
+    first_block: dict[str, int] = {}
+    for i, b in enumerate(blocks):
+        for p in block_points(b):
+            if p.key in first_block:
+                raise _err(src, f"grid point {p.key} is in grid[{first_block[p.key]}] and in grid[{i}]; "
+                                "give each point in one block only")
+            first_block[p.key] = i
+    return blocks
+
+
+def _axis_values(blocks: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    """Axis -> every value it takes in any block, first-seen order."""
+    out: dict[str, dict[str, Any]] = {}
+    for b in blocks:
+        for axis, values in b.items():
+            for v in values:
+                out.setdefault(axis, {}).setdefault(canonical_value(v), v)
+    return {axis: list(vals.values()) for axis, vals in out.items()}
+
+
+# --- loading ----------------------------------------------------------------------------------
 
 def resolve_base_config(path: str, src_path: Path | None) -> str:
     p = Path(path)
@@ -217,119 +448,40 @@ def resolve_base_config(path: str, src_path: Path | None) -> str:
 
 
 def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, check_files: bool = True) -> SweepDef:
-    """Validate a loaded YAML document into a :class:`SweepDef`."""
+    """Validate a loaded YAML document into a :class:`SweepDef`; raises :class:`SweepConfigError`."""
     if not isinstance(raw, dict):
-        raise _err(src, f"a sweep file must be a YAML mapping with keys name, base_config, grid; got {type(raw).__name__}")
-    unknown = sorted(set(raw) - TOP_KEYS)
-    if unknown:
-        raise _err(src, f"unknown key(s) {unknown}; valid keys: {', '.join(sorted(TOP_KEYS))}")
-    for req in ("name", "base_config", "grid"):
-        if req not in raw or raw[req] in (None, ""):
-            raise _err(src, f"missing required key '{req}' (a sweep needs name, base_config and grid)")
-    name = raw["name"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise _err(src, f"'name' must be a simple name (letters, digits, '_', '-', '.'), got {name!r}")
-    base = raw["base_config"]
-    if not isinstance(base, str):
-        raise _err(src, f"'base_config' must be a path to an experiments/*.yaml file, got {base!r}")
-    base = resolve_base_config(base, src_path)
+        raise _err(src, "a sweep file must be a YAML mapping with keys name, base_config, grid; "
+                        f"got {type(raw).__name__}")
+    try:
+        f = SweepFile.model_validate(raw)
+    except ValidationError as e:
+        raise _err(src, "; ".join(_describe(raw, err) for err in e.errors(include_url=False))) from None
+    base = resolve_base_config(f.base_config, src_path)
     if check_files and not Path(base).exists():
-        raise _err(src, f"'base_config' file {raw['base_config']!r} does not exist (looked in {os.getcwd()})")
+        raise _err(src, f"'base_config' file {f.base_config!r} does not exist (looked in {os.getcwd()})")
 
-    grid_raw = raw["grid"]
-    if not isinstance(grid_raw, dict) or not grid_raw:
-        raise _err(src, "'grid' must be a non-empty mapping of axis -> list of values, e.g. "
-                        "{conv: [static, odconv1x], seed: [0, 1, 2]}")
-    grid: dict[str, list[Any]] = {}
-    for axis, values in grid_raw.items():
-        key = canonical_key(axis)
-        if key in grid:
-            raise _err(src, f"grid axis {axis!r} given twice (as {key!r})")
-        if not isinstance(values, list) or not values:
-            raise _err(src, f"grid axis {axis!r} must be a non-empty list of values, got {values!r}")
-        for v in values:
-            if not _scalar_or_mapping(v):
-                raise _err(src, f"grid axis {axis!r}: value {v!r} is not a scalar or mapping")
-        canon = [canonical_value(v) for v in values]
-        if len(set(canon)) != len(canon):
-            raise _err(src, f"grid axis {axis!r} lists a value twice: {values!r}")
-        if key == CONV_KEY:
-            values = _validate_conv(src, values)
-        if key == SEED_KEY:
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                raise _err(src, f"grid axis 'seed' needs explicit integer seeds, got {values!r} "
-                                "(seed_everything: true means seed 0, not a random seed)")
-        grid[key] = list(values)
-
-    overrides = _check_mapping(src, "overrides", raw.get("overrides"))
+    blocks = _parse_grid(src, f.grid)
+    grid = _axis_values(blocks)
+    overrides = _checked_mapping(src, "overrides", f.overrides)
     clash = sorted(set(overrides) & set(grid))
     if clash:
         raise _err(src, f"key(s) {clash} are both in 'overrides' and in 'grid'; keep them in one place")
-    if CONV_KEY in overrides:
-        _validate_conv(src, [overrides[CONV_KEY]])
-
-    metric = raw.get("metric")
-    if metric is not None and metric not in METRICS:
-        raise _err(src, f"'metric' must be one of {', '.join(METRICS)}, got {metric!r}")
-    max_retries = raw.get("max_retries", 2)
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-        raise _err(src, f"'max_retries' must be an integer >= 0, got {max_retries!r}")
-    stale = raw.get("stale_after_s", 900)
-    if not isinstance(stale, (int, float)) or stale < 30:
-        raise _err(src, f"'stale_after_s' must be a number of seconds >= 30, got {stale!r}")
-
-    measure = raw.get("measure") or {}
-    if not isinstance(measure, dict):
-        raise _err(src, f"'measure' must be a mapping with keys {sorted(MEASURE_KEYS)}")
-    bad = sorted(set(measure) - MEASURE_KEYS)
-    if bad:
-        raise _err(src, f"unknown 'measure' key(s) {bad}; valid: {', '.join(sorted(MEASURE_KEYS))}")
 
     tune = None
-    if raw.get("tune") is not None:
-        tune = _parse_tune(src, raw["tune"], grid)
-    return SweepDef(name=name, base_config=base, grid=grid, overrides=overrides, metric=metric,
-                    max_retries=max_retries, stale_after_s=float(stale), measure=dict(measure), tune=tune,
-                    description=str(raw.get("description", "") or ""), source=src)
-
-
-def _parse_tune(src: str, t: Any, grid: dict[str, list[Any]]) -> TuneDef:
-    if not isinstance(t, dict):
-        raise _err(src, "'tune' must be a mapping with keys params, n_trials, overrides, pruner, metric")
-    bad = sorted(set(t) - TUNE_KEYS)
-    if bad:
-        raise _err(src, f"unknown 'tune' key(s) {bad}; valid: {', '.join(sorted(TUNE_KEYS))}")
-    params = t.get("params")
-    if not isinstance(params, dict) or not params:
-        raise _err(src, "'tune.params' must map config keys to search spaces, e.g. "
-                        "{model.lr: {type: float, low: 0.01, high: 0.4, log: true}}")
-    out: dict[str, dict[str, Any]] = {}
-    for k, space in params.items():
-        key = canonical_key(k)
-        if key in grid:
-            raise _err(src, f"'tune.params' key {k!r} is also a grid axis")
-        if not isinstance(space, dict) or space.get("type") not in PARAM_TYPES:
-            raise _err(src, f"'tune.params.{k}' needs 'type' in {sorted(PARAM_TYPES)}, got {space!r}")
-        if space["type"] in ("float", "int"):
-            if "low" not in space or "high" not in space or not space["low"] < space["high"]:
-                raise _err(src, f"'tune.params.{k}' needs numbers low < high, got {space!r}")
-            if space.get("log") and space["low"] <= 0:
-                raise _err(src, f"'tune.params.{k}': log scale needs low > 0, got {space['low']!r}")
-        else:
-            if not isinstance(space.get("choices"), list) or not space["choices"]:
-                raise _err(src, f"'tune.params.{k}' (categorical) needs a non-empty 'choices' list")
-        out[key] = dict(space)
-    n_trials = t.get("n_trials", 10)
-    if not isinstance(n_trials, int) or n_trials < 1:
-        raise _err(src, f"'tune.n_trials' must be an integer >= 1, got {n_trials!r}")
-    pruner = t.get("pruner", "median")
-    if pruner not in ("median", "none", None):
-        raise _err(src, f"'tune.pruner' must be 'median' or 'none', got {pruner!r}")
-    metric = t.get("metric", "val/acc_top1")
-    if metric != "val/acc_top1":
-        raise _err(src, f"'tune.metric' must be val/acc_top1 (the test set is never used to tune), got {metric!r}")
-    return TuneDef(params=out, n_trials=n_trials, overrides=_check_mapping(src, "tune.overrides", t.get("overrides")),
-                   pruner=pruner or "none", metric=metric, seed=int(t.get("seed", 0)))
+    if f.tune is not None:
+        params: dict[str, dict[str, Any]] = {}
+        for k, space in f.tune.params.items():
+            key = canonical_key(k)
+            if key in grid:
+                raise _err(src, f"'tune.params' key {k!r} is also a grid axis")
+            params[key] = space.model_dump(exclude_unset=True)  # as written, typed
+        tune = TuneDef(params=params, n_trials=f.tune.n_trials,
+                       overrides=_checked_mapping(src, "tune.overrides", f.tune.overrides),
+                       pruner=f.tune.pruner or "none", metric=f.tune.metric, seed=f.tune.seed)
+    measure = (f.measure or MeasureSection()).model_dump()
+    return SweepDef(name=f.name, base_config=base, grid=grid, overrides=overrides, metric=f.metric,
+                    max_retries=f.max_retries, stale_after_s=float(f.stale_after_s), measure=measure, tune=tune,
+                    description=f.description or "", source=src, blocks=blocks)
 
 
 def find_sweep_file(name_or_path: str) -> Path:
@@ -345,10 +497,12 @@ def find_sweep_file(name_or_path: str) -> Path:
 
 
 def load_sweep(name_or_path: str | os.PathLike, check_files: bool = True) -> SweepDef:
+    """Read and validate a sweep file (a path, or a name under ``sweeps/``)."""
     path = find_sweep_file(str(name_or_path))
     if not path.exists():
         avail = sorted(p.stem for p in Path("sweeps").glob("*.yaml")) if Path("sweeps").is_dir() else []
-        raise SweepConfigError(f"sweep file {str(path)!r} not found" + (f"; available: {', '.join(avail)}" if avail else ""))
+        raise SweepConfigError(f"sweep file {str(path)!r} not found"
+                               + (f"; available: {', '.join(avail)}" if avail else ""))
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -1,5 +1,5 @@
-"""Fast tests of the sweep machinery that run no training: definitions, grid, queue, reaping,
-statistics, aggregation. The end-to-end runs are in test_sweeps_e2e.py."""
+"""Fast tests of the sweep machinery that run no training: queue, reaping, statistics,
+aggregation. Sweep files are tested in test_definition.py, the end-to-end runs in test_sweeps_e2e.py."""
 
 from __future__ import annotations
 
@@ -18,84 +18,18 @@ import yaml
 from sweeps import study as S
 from sweeps.aggregate import aggregate, t_ppf, welch_ci
 from sweeps.cli import main as cli_main
-from sweeps.definition import SweepConfigError, grid_key, load_sweep, parse_sweep
+from sweeps.definition import grid_key, parse_sweep
 from sweeps.record import RECORD_VERSION, TrialRecord, read_record, write_record
-from sweeps.runner import plan_slots
+from sweeps.process import plan_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
-VARIANTS_1X = ["odconv1x-channel", "odconv1x-filter", "odconv1x-spatial", "odconv1x-channel+filter",
-               "odconv1x-channel+spatial", "odconv1x-filter+spatial", "odconv1x"]
 
 
 def _raw(**kw):
     d = {"name": "t", "base_config": BASE, "grid": {"conv": ["static", "odconv1x"], "seed": [0, 1]}}
     d.update(kw)
     return d
-
-
-# --- definitions ---------------------------------------------------------------------------
-
-def test_shipped_sweeps_are_valid():
-    for name in ("smoke", "ablation", "cifar10_cpu"):
-        sw = load_sweep(ROOT / "sweeps" / f"{name}.yaml", check_files=False)
-        assert sw.name == name
-        keys = [p.key for p in sw.points()]
-        assert len(keys) == len(set(keys))
-
-
-def test_ablation_grid_has_every_attention_subset():
-    sw = load_sweep(ROOT / "sweeps" / "ablation.yaml", check_files=False)
-    convs = sw.grid["model.conv"]
-    for v in ["static", "condconv8x", "dyconv4x", "odconv1x", "odconv4x"] + VARIANTS_1X:
-        assert v in convs
-    four = [c for c in convs if c.startswith("odconv4x")]
-    assert len(four) == 8  # the 7 subsets with kernel, plus kernel alone
-    assert sw.grid["seed_everything"] == [0, 1, 2]
-    assert len(sw.points()) == len(convs) * 3
-
-
-@pytest.mark.parametrize("raw, needle", [
-    ([1, 2], "YAML mapping"),
-    ({"name": "t", "grid": {"conv": ["static"]}}, "missing required key 'base_config'"),
-    (_raw(gird={}), "unknown key(s) ['gird']"),
-    (_raw(grid={"conv": ["static", "odconv4x-channel"]}), "odconv4x-channel"),
-    (_raw(grid={"conv": ["static", "bogus"]}), "bad conv spec 'bogus'"),
-    (_raw(grid={"conv": "static"}), "non-empty list"),
-    (_raw(grid={"conv": ["static", "static"]}), "twice"),
-    (_raw(grid={"conv": ["static"], "seed": [True]}), "integer seeds"),
-    (_raw(overrides={"model.conv": "static"}), "both in 'overrides' and in 'grid'"),
-    (_raw(metric="acc"), "'metric' must be one of"),
-    (_raw(max_retries=-1), "max_retries"),
-    (_raw(base_config="experiments/nope.yaml"), "does not exist"),
-    (_raw(tune={"params": {"lr": {"type": "float", "low": 1, "high": 0.1}}}), "low < high"),
-    (_raw(name="a b"), "simple name"),
-])
-def test_bad_sweep_yaml_clear_error(raw, needle):
-    with pytest.raises(SweepConfigError) as e:
-        parse_sweep(raw, src="x.yaml")
-    assert needle in str(e.value) and str(e.value).startswith("x.yaml: ")
-
-
-def test_bad_sweep_yaml_cli(tmp_path, capsys):
-    p = tmp_path / "bad.yaml"
-    p.write_text("name: bad\nbase_config: experiments/smoke.yaml\ngrid:\n  conv: [static, odconv9z]\n")
-    assert cli_main(["check", str(p)]) == 2
-    err = capsys.readouterr().err
-    assert "bad.yaml" in err and "odconv9z" in err and "valid" in err
-    p.write_text("name: bad\n grid: [\n")
-    assert cli_main(["run", str(p)]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
-    assert cli_main(["run", str(tmp_path / "missing.yaml")]) == 2
-
-
-def test_grid_keys_stable_and_canonical():
-    sw = parse_sweep(_raw(grid={"seed": [0], "conv": ["ODConv4x-kernel+channel"], "model.model_options": [{"width": 0.5}]}))
-    p = sw.points()[0]
-    assert p.params["model.conv"] == "odconv4x-channel+kernel"
-    assert p.key == grid_key(dict(reversed(list(p.params.items()))))
-    assert p.variant == "odconv4x-channel+kernel model_options={\"width\":0.5}"
-    assert "/" not in p.slug and len(p.slug) < 100
 
 
 # --- queue, reaping ------------------------------------------------------------------------
@@ -125,8 +59,8 @@ def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
     dead.wait()
     t = S.pop_waiting(st)
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid, "worker_start": "1"}.items():
-        st._storage.set_trial_user_attr(t._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == [t.number]
+        t.set_user_attr(k, v)
+    assert S.reap(st, sw) == [t.number]
     assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
     retry = [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t.number]
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.WAITING
@@ -139,15 +73,15 @@ def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
         others.append(t2)
         t2 = S.pop_waiting(st)
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid}.items():
-        st._storage.set_trial_user_attr(t2._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == [t2.number]
+        t2.set_user_attr(k, v)
+    assert S.reap(st, sw) == [t2.number]
     assert st.trials[t2.number].user_attrs["final_failure"] is True
     assert not [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t2.number]
     # a live worker (this process) is not reaped, nor a fresh trial without worker attrs
     t3 = others[0]
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": os.getpid(), "worker_start": S.process_start_time(os.getpid())}.items():
-        st._storage.set_trial_user_attr(t3._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == []
+        t3.set_user_attr(k, v)
+    assert S.reap(st, sw) == []
 
 
 def test_plan_slots():
@@ -237,7 +171,7 @@ def test_aggregate_uses_records_in_the_study(tmp_path):
     while (t := S.pop_waiting(st)) is not None:
         p = json.loads(st.trials[t.number].user_attrs["grid_params"])
         rec = _rec("remote", p["model.conv"], p["seed_everything"], 0.5 + 0.1 * p["seed_everything"])
-        st._storage.set_trial_user_attr(t._trial_id, "record", {k[2:]: v for k, v in rec.user_attrs().items()})
+        t.set_user_attr("record", {k[2:]: v for k, v in rec.user_attrs().items()})
         st.tell(t, rec.value)
     s = aggregate("remote", tmp_path, study=st)["summary"].set_index("variant")
     assert s.loc["odconv1x", "n_seeds"] == 2 and s.loc["odconv1x", "top1_mean"] == pytest.approx(55.0)
@@ -252,6 +186,6 @@ def test_stale_worker_attrs_copied_to_a_retry_are_not_trusted(tmp_path):
     t = S.pop_waiting(st)
     # attrs of an earlier owner (claimed long before this trial started): not this trial's worker
     for k, v in {"claimed_at": time.time() - 3600, "worker_host": S.HOST, "worker_pid": dead.pid}.items():
-        st._storage.set_trial_user_attr(t._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == []
-    assert S.reap(st, parse_sweep(_raw(stale_after_s=30)), rdb=False) == []  # started just now
+        t.set_user_attr(k, v)
+    assert S.reap(st, sw) == []
+    assert S.reap(st, parse_sweep(_raw(stale_after_s=30))) == []  # started just now
