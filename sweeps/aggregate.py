@@ -67,12 +67,15 @@ def records_from_study(study) -> list[TrialRecord]:
     return out
 
 
-def _model_of(config: dict[str, Any]) -> tuple[str | None, float | None]:
-    """(model name, width) of a record's resolved config; width None when the model has none."""
+def _model_of(config: dict[str, Any]) -> tuple[str | None, float | None, str]:
+    """(model name, width, precision ``fp32`` | ``bf16``) of a record's resolved config; width
+    None when the model has none."""
     m = (config or {}).get("model") or {}
     name = m.get("model") if isinstance(m, dict) else None
+    trainer = (config or {}).get("trainer") or {}
+    precision = "bf16" if "bf16" in str(trainer.get("precision", "") if isinstance(trainer, dict) else "") else "fp32"
     if not isinstance(name, str):
-        return None, None
+        return None, None, precision
     opts = m.get("model_options") or {}
     width = opts.get("width") if isinstance(opts, dict) else None
     if width is None:
@@ -81,13 +84,13 @@ def _model_of(config: dict[str, Any]) -> tuple[str | None, float | None]:
             width = model_options(name).get("width")
         except (ImportError, ValueError):
             width = None
-    return name, (float(width) if width is not None else None)
+    return name, (float(width) if width is not None else None), precision
 
 
 def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
                   extra: list[TrialRecord] | None = None) -> pd.DataFrame:
-    """One row per grid point (its record's scalar fields, plus ``model_name`` and
-    ``model_width`` from the resolved config); a complete record wins over a failed one."""
+    """One row per grid point (its record's scalar fields, plus ``model_name``, ``model_width``
+    and ``model_precision`` from the resolved config); a complete record wins over a failed one."""
     by_key = {r.grid_key: r for r in read_records(Path(results_root) / sweep_name / "trials")}
     # a point's record from the study when its file is not here (or only a failed one is)
     for r in extra or []:
@@ -97,7 +100,7 @@ def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
     rows = []
     for r in by_key.values():
         d = r.to_dict()
-        d["model_name"], d["model_width"] = _model_of(d.pop("config", None) or {})
+        d["model_name"], d["model_width"], d["model_precision"] = _model_of(d.pop("config", None) or {})
         d.pop("val_history", None)
         d.pop("cli_args", None)
         d.pop("data", None)
@@ -126,18 +129,34 @@ def _seed_values(df: pd.DataFrame, col: str = "value", scale: float = 100.0) -> 
 
 
 def load_bench(path: str | os.PathLike | None) -> pd.DataFrame | None:
-    """``results/bench/models.csv`` (``make bench``) or None when it is absent or lacks the
+    """``results/bench/models.csv`` (``make bench``), or None when it is absent or lacks the
     columns used here (model, width, conv, strategy, train_vs_static, latency_vs_static,
-    mem_vs_static)."""
+    mem_vs_static). Without a ``precision`` column its rows are fp32; without a ``device``
+    column the device is the ``- device:`` line of ``models.md`` beside it (else unknown)."""
     if path is None or not Path(path).exists():
         return None
     b = pd.read_csv(path)
     need = {"model", "width", "conv", "strategy", "train_vs_static", "latency_vs_static", "mem_vs_static"}
-    return b if need <= set(b.columns) else None
+    if not need <= set(b.columns):
+        return None
+    if "precision" not in b.columns:
+        b["precision"] = "fp32"
+    if "device" not in b.columns:
+        md = Path(path).with_suffix(".md")
+        lines = md.read_text().splitlines() if md.exists() else []
+        dev = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("- device:")), "")
+        b["device"] = dev
+    return b
 
 
-def _bench_row(bench: pd.DataFrame | None, model: Any, width: Any, conv: Any) -> pd.Series | None:
-    """The bench row of (model, width, conv) with the default strategy (``auto``; ``-`` for static)."""
+def _device_kind(device: Any) -> str:
+    return str(device or "").split(":")[0].strip().lower()
+
+
+def _bench_row(bench: pd.DataFrame | None, model: Any, width: Any, conv: Any, precision: Any = "fp32",
+               device: Any = None) -> pd.Series | None:
+    """The bench row of (model, width, conv, precision) with the default strategy (``auto``;
+    ``-`` for static), on the same kind of device as the trials (cpu / cuda) when both are known."""
     if bench is None or not isinstance(model, str) or width is None or pd.isna(width) or conv is None:
         return None
     try:
@@ -146,7 +165,11 @@ def _bench_row(bench: pd.DataFrame | None, model: Any, width: Any, conv: Any) ->
     except (ImportError, ValueError):
         return None
     m = bench[(bench["model"] == model) & np.isclose(bench["width"].astype(float), float(width))
-              & (bench["conv"].astype(str) == conv) & bench["strategy"].astype(str).isin(["auto", "-"])]
+              & (bench["conv"].astype(str) == conv) & bench["strategy"].astype(str).isin(["auto", "-"])
+              & (bench["precision"].astype(str) == str(precision or "fp32"))]
+    kind = _device_kind(device)
+    if kind:
+        m = m[[_device_kind(d) in ("", kind) for d in m["device"].fillna("")]]
     return m.iloc[0] if len(m) else None
 
 
@@ -206,6 +229,7 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
             "failed_seeds": ",".join(str(s) for s in sorted(failed_seeds, key=str)),
             "reference": ref,
             "model_name": first(label, "model_name"), "model_width": first(label, "model_width"),
+            "model_precision": first(label, "model_precision"), "measure_device": first(label, "measure_device"),
             "hosts": ",".join(hosts),
         }
         for col, name in (("best_val_top1", "best_val_top1_mean"), ("final_val_top1", "val_top1_mean"),
@@ -260,9 +284,10 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
         if not ref or ref not in by.index:
             out.at[i, "cost_source"] = ""
             continue
-        b = _bench_row(bench, r["model_name"], r["model_width"], r["conv"])
-        b_ref = _bench_row(bench, by.loc[ref, "model_name"], by.loc[ref, "model_width"], by.loc[ref, "conv"])
-        if b is not None and b_ref is not None and float(b_ref["train_vs_static"]) == 1.0:
+        b = _bench_row(bench, r["model_name"], r["model_width"], r["conv"], r["model_precision"], r["measure_device"])
+        b_ref = _bench_row(bench, by.loc[ref, "model_name"], by.loc[ref, "model_width"], by.loc[ref, "conv"],
+                           by.loc[ref, "model_precision"], by.loc[ref, "measure_device"])
+        if b is not None and b_ref is not None:
             for c, bc in bench_cols.items():
                 out.at[i, c] = float(b[bc])
             out.at[i, "cost_source"] = "bench"
@@ -525,13 +550,12 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
     lines.append(f"- seeds per variant in the grid: {', '.join(str(n) for n in ns) or 'none'}")
     lines.append(f"- pooled seed-to-seed standard deviation of top-1: {_f(pw['pooled_sd'])} pp "
                  f"({pw['pooled_sd_df']} df" + (", no variant has 2 results" if not pw["pooled_sd_df"] else "") + ")")
-    sdd = ("" if pd.isna(pw["paired_diff_sd"]) else
-           f"; SD of the paired differences {_f(pw['paired_diff_sd'])} pp ({pw['paired_diff_sd_df']} df)")
+    if not pd.isna(pw["paired_diff_sd"]):
+        lines.append(f"- pooled standard deviation of the paired differences (row − `static`, same seed): "
+                     f"{_f(pw['paired_diff_sd'])} pp ({pw['paired_diff_sd_df']} df)")
     for n, (paired, unpaired) in pw["mdd_rows"].items():
         lines.append(f"- smallest difference a row vs `static` detects with {n} seed(s) on both (80% power, "
                      f"two-sided 5%): paired {_f(paired)} pp, unpaired {_f(unpaired)} pp")
-    if sdd:
-        lines[-1] += sdd
     if effects.groups:
         lines.append(f"- smallest main effect the factorial detects (80% power, two-sided 5%; {pw['effect_n_obs']} "
                      f"planned results, {_f(pw['effect_df'], '{:g}')} residual df, residual SD "

@@ -39,7 +39,7 @@ def _rec(sweep: str, conv: str, seed: int, top1_pct: float | None, status: str =
                        reason=None if status == "complete" else "diverged: nan", metric="test/acc_top1",
                        value=None if top1_pct is None else top1_pct / 100, params_count=params, macs=10_000,
                        train_throughput=tput, latency_b1_ms=1.0, latency_b64_ms=10.0, peak_memory_mb=5.0,
-                       host=host, synthetic=synthetic,
+                       host=host, synthetic=synthetic, measure_device="cpu",
                        config={"model": {"model": "cifar_resnet18", "model_options": {"width": width}}})
 
 
@@ -178,12 +178,17 @@ def test_cost_ratios_come_from_the_bench_table_when_it_has_the_model(tmp_path):
             for i, conv in enumerate(["static", "odconv1x", "odconv1x-channel"]) for s in (0, 1)]
     _write(tmp_path, "b", {"conv": ["static", "odconv1x", "odconv1x-channel"], "seed": [0, 1]}, recs)
     (tmp_path / "bench").mkdir()
-    pd.DataFrame([["cifar_resnet18", 0.25, "static", "-", 64, 1.0, 1.0, 1.0],
-                  ["cifar_resnet18", 0.25, "odconv1x", "auto", 64, 2.7, 2.24, 2.74],
-                  ["cifar_resnet18", 0.25, "odconv1x", "grouped", 64, 3.11, 2.09, 4.69],
-                  ["cifar_resnet18", 1.0, "odconv1x-channel", "auto", 64, 9.0, 9.0, 9.0]],  # other width
-                 columns=["model", "width", "conv", "strategy", "batch", "train_vs_static", "latency_vs_static",
-                          "mem_vs_static"]).to_csv(tmp_path / "bench" / "models.csv", index=False)
+    cols = ["model", "width", "precision", "conv", "strategy", "batch", "train_vs_static", "latency_vs_static",
+            "mem_vs_static"]
+    bench = pd.DataFrame([["cifar_resnet18", 0.25, "fp32", "static", "-", 64, 1.0, 1.0, 1.0],
+                          ["cifar_resnet18", 0.25, "bf16", "static", "-", 64, 1.0, 1.0, 1.0],
+                          ["cifar_resnet18", 0.25, "bf16", "odconv1x", "auto", 64, 5.0, 5.0, 5.0],  # other precision
+                          ["cifar_resnet18", 0.25, "fp32", "odconv1x", "auto", 64, 2.7, 2.24, 2.74],
+                          ["cifar_resnet18", 0.25, "fp32", "odconv1x", "grouped", 64, 3.11, 2.09, 4.69],
+                          ["cifar_resnet18", 1.0, "fp32", "odconv1x-channel", "auto", 64, 9.0, 9.0, 9.0]],  # other width
+                         columns=cols)
+    bench.to_csv(tmp_path / "bench" / "models.csv", index=False)
+    (tmp_path / "bench" / "models.md").write_text("# bench\n\n- device: cpu\n")
     s = aggregate("b", tmp_path)["summary"].set_index("variant")
     assert s.loc["odconv1x", "cost_source"] == "bench"
     assert s.loc["odconv1x", ["bench_train_time_ratio", "bench_latency_b1_ratio", "bench_memory_ratio"]].tolist() \
@@ -195,9 +200,13 @@ def test_cost_ratios_come_from_the_bench_table_when_it_has_the_model(tmp_path):
     row = [ln for ln in md.splitlines() if ln.startswith("| `odconv1x` ")][0]
     assert "2.70x" in row and "bench" in row
     assert "several hosts" in md
-    # the same sweep without the bench table
-    s2 = aggregate("b", tmp_path, bench_csv=tmp_path / "none.csv")["summary"].set_index("variant")
+    # a bench run on another kind of device (models.md says cuda; the trials measured on cpu) is not used
+    (tmp_path / "bench" / "models.md").write_text("# bench\n\n- device: cuda\n")
+    s2 = aggregate("b", tmp_path)["summary"].set_index("variant")
     assert s2.loc["odconv1x", "cost_source"] == "trials" and s2.loc["odconv1x", "train_time_ratio"] == pytest.approx(2.0)
+    # nor is a missing table
+    s3 = aggregate("b", tmp_path, bench_csv=tmp_path / "none.csv")["summary"].set_index("variant")
+    assert set(s3["cost_source"]) == {"trials"}
 
 
 def test_one_seed_no_factorial_failed_and_missing_trials(tmp_path):
