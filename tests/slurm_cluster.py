@@ -328,6 +328,8 @@ def main(argv: Sequence[str]) -> int:
         return 1
     print(f"export SLURM_CONF={cluster.conf}\n# node {cluster.node}: {cluster.cpus} CPUs, "
           f"{cluster.memory_mb} MiB; Ctrl-C stops the cluster", flush=True)
+    # the daemons run in their own sessions: stop them on Ctrl-C and on SIGTERM alike
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         signal.pause()
     except KeyboardInterrupt:
