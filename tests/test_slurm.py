@@ -21,6 +21,7 @@ import pytest
 import submitit
 
 from sweeps import slurm as S
+from tests import slurm_cluster as slurm_cluster_module
 from tests.slurm_cluster import (  # noqa: F401  (slurm_cluster_fixture is the slurm_cluster fixture)
     ClusterUnavailable,
     SlurmCluster,
@@ -111,6 +112,37 @@ def test_submit_jobs_rejects_bad_arguments(tmp_path):
         S.submit_jobs(["true"], 0, S.SlurmOptions(), tmp_path)
     with pytest.raises(ValueError, match="argv must name a command"):
         S.submit_jobs([], 1, S.SlurmOptions(), tmp_path)
+
+
+def fake_binaries(tmp_path: Path) -> Path:
+    """A bin dir with stand-ins for every binary start_cluster needs: munged fails at start."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in slurm_cluster_module.BINARIES:
+        body = {"munged": 'echo "munged: Error: stand-in failure for the test" >&2; exit 1',
+                "slurmd": 'echo "NodeName=fake CPUs=2 RealMemory=1000"'}.get(name, "exit 0")
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def test_start_cluster_says_why_it_cannot_start(tmp_path, monkeypatch):
+    root = Path(tempfile.mkdtemp(prefix="odconv-slurm-fail-"))
+    try:
+        monkeypatch.setenv("PATH", str(tmp_path))  # no binaries at all
+        with pytest.raises(ClusterUnavailable, match="SLURM/MUNGE binaries not found: munged, slurmctld, slurmd"):
+            start_cluster(root)
+        monkeypatch.setenv("PATH", f"{fake_binaries(tmp_path)}:/usr/bin:/bin")
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        with pytest.raises(ClusterUnavailable, match="run as root; this is uid 1000"):
+            start_cluster(root)
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        with pytest.raises(ClusterUnavailable) as e:
+            start_cluster(root)
+        assert "munged exited with status 1 at start" in str(e.value)
+        assert "munged: Error: stand-in failure for the test" in str(e.value)  # its output is in the reason
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the real cluster
@@ -252,14 +284,19 @@ def test_signalled_job_and_requeued_job_each_run_again(cluster, tmp_path):
         assert events(record)[3:] == [("done", job_id, cluster.node, 1)]
 
 
-def test_cancelled_job_ends_cancelled(cluster, tmp_path):
+def test_cancelled_job_ends_cancelled_and_a_failing_command_ends_failed(cluster, tmp_path):
     ((job_id, record, _),) = submit_recorders(cluster, tmp_path, 1, release_now=False)
+    (failing,) = S.submit_jobs([sys.executable, "-c", "raise SystemExit(3)"], 1,
+                               S.SlurmOptions.from_mapping({"time_min": 2}, environ={}), tmp_path / "jobs")
     explain = explain_job(cluster, job_id, tmp_path)
     wait_until(lambda: events(record), 30, "the job's start", explain)
     cluster.run(["scancel", job_id])
     ended = wait_ended(job_id, 30, explain)
     assert ended.state == "CANCELLED" and ended.restarts == 0
     assert events(record) == [("start", job_id, cluster.node, 0), ("signal SIGTERM", job_id, cluster.node, 0)]
+    failed = wait_ended(failing, 30, explain_job(cluster, failing, tmp_path))
+    assert (failed.state, failed.restarts) == ("FAILED", 0)
+    assert "returned non-zero exit status 3" in next((tmp_path / "jobs" / failing).glob("*_log.err")).read_text()
 
 
 def test_list_jobs_without_accounting_reports_unknown_for_ids_squeue_lacks(cluster):
