@@ -259,14 +259,14 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
     out.insert(out.columns.get_loc("paired_p") + 1, "paired_p_holm", stats.holm(out["paired_p"]))
     by = out.set_index("variant")
 
-    def ratio(r: pd.Series, col: str, invert: bool = False) -> float:
+    def ratio(r: pd.Series, col: str) -> float:
         ref = r.get("reference")
         if not ref or ref not in by.index:
             return np.nan
         a, b = r[col], by.loc[ref, col]
         if pd.isna(a) or pd.isna(b) or not a or not b:
             return np.nan
-        return float(b / a) if invert else float(a / b)
+        return float(a / b)
 
     for col, name in (("params_count", "params_ratio"), ("macs", "macs_ratio"), ("train_throughput", "throughput_ratio"),
                       ("train_ms_per_image", "train_time_ratio"), ("latency_b1_ms", "latency_b1_ratio"),
