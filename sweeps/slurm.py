@@ -17,7 +17,11 @@ Pieces (the sweep integration builds on them):
 Signals and requeue inside a job: the batch script runs submitit's job wrapper under
 ``srun``, and the wrapper runs the argv as a child process. SLURM delivers the warning
 signal (``--signal``, or ``scancel --signal=<signal>``) to every process of the job step,
-so the child gets it directly and should stop gracefully (checkpoint, then exit). The
+the child's own children included (trial processes, DataLoader workers), so the child gets
+it directly and should stop gracefully (checkpoint, then exit). Note that Lightning (2.6)
+in a process under ``srun`` detects SLURM and, unless its Trainer gets
+``SLURMEnvironment(auto_requeue=False)`` or SIGUSR1 already has a handler or is ignored,
+answers SIGUSR1 by saving an hpc checkpoint and running ``scontrol requeue`` itself. The
 wrapper, told by ``SUBMITIT_PREEMPT_SIGNAL`` to treat that signal as preemption, waits
 for the child to exit (at most ``signal_before_s - 10`` seconds, then kills it) and
 requeues the job (``scontrol requeue``); the requeued job runs the same argv again, with

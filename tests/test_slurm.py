@@ -35,9 +35,14 @@ ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 
 # The job's command: appends one line per event ("start", "signal SIGxxx", "done") with the
 # SLURM job id, node and restart count it sees, and runs until the release file exists.
+# With a third argument "nested" it runs that under a parent process that ignores the signals.
 RECORDER = """\
-import os, signal, sys, time
+import os, signal, subprocess, sys, time
 record, release = sys.argv[1], sys.argv[2]
+if sys.argv[3:] == ["nested"]:  # run the recorder as a grandchild of the job's wrapper, ignoring the signal here
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(subprocess.call([sys.executable, *sys.argv[:3]]))
 def log(event):
     with open(record, "a") as f:
         f.write(f"{event}|{os.environ.get('SLURM_JOB_ID')}|{os.environ.get('SLURMD_NODENAME')}|"
@@ -191,7 +196,7 @@ def wait_ended(job_id: str, timeout_s: float, explain=lambda: "") -> S.JobStatus
     return wait_until(ended, timeout_s, f"job {job_id} to end", explain)
 
 
-def submit_recorders(cluster: SlurmCluster, tmp_path: Path, n: int, release_now: bool,
+def submit_recorders(cluster: SlurmCluster, tmp_path: Path, n: int, release_now: bool, nested: bool = False,
                      **options) -> list[tuple[str, Path, Path]]:
     """Submit n recorder jobs (one record file each); (job id, record, release file) per job."""
     script = tmp_path / "recorder.py"
@@ -202,7 +207,8 @@ def submit_recorders(cluster: SlurmCluster, tmp_path: Path, n: int, release_now:
         record, release = tmp_path / f"record{i}.txt", tmp_path / f"release{i}"
         if release_now:
             release.touch()
-        (job_id,) = S.submit_jobs([sys.executable, str(script), str(record), str(release)], 1, opts,
+        argv = [sys.executable, str(script), str(record), str(release)] + (["nested"] if nested else [])
+        (job_id,) = S.submit_jobs(argv, 1, opts,
                                   tmp_path / "jobs", job_name=f"recorder{i}", cwd=tmp_path)
         out.append((job_id, record, release))
     return out
@@ -259,9 +265,10 @@ def test_launcher_runs_two_jobs_and_lists_their_states(cluster, tmp_path):
 
 
 def test_signalled_job_and_requeued_job_each_run_again(cluster, tmp_path):
-    # two jobs at once (the node has 2 CPUs): one gets the warning signal, the other is requeued
+    # two jobs at once (the node has 2 CPUs): one gets the warning signal, the other is requeued;
+    # the recorders run as grandchildren of the wrapper, as a worker's trial processes will
     (signalled, sig_record, sig_release), (requeued, rq_record, rq_release) = submit_recorders(
-        cluster, tmp_path, 2, release_now=False)
+        cluster, tmp_path, 2, release_now=False, nested=True)
     explain = {signalled: explain_job(cluster, signalled, tmp_path), requeued: explain_job(cluster, requeued, tmp_path)}
     for job_id, record in ((signalled, sig_record), (requeued, rq_record)):
         wait_until(lambda record=record: events(record), 30, f"job {job_id}'s start", explain[job_id])
@@ -270,7 +277,8 @@ def test_signalled_job_and_requeued_job_each_run_again(cluster, tmp_path):
     for job_id, record in ((signalled, sig_record), (requeued, rq_record)):
         wait_until(lambda record=record: [e for e in events(record) if e[0] == "start"][1:], 40,
                    f"job {job_id}'s second start", explain[job_id])
-    # the command got USR1 itself and exited; the launcher's wrapper then requeued the job
+    # the grandchild got USR1 from SLURM itself (its parent ignores it) and exited; the wrapper
+    # then requeued the job
     assert events(sig_record) == [("start", signalled, cluster.node, 0), ("signal SIGUSR1", signalled, cluster.node, 0),
                                   ("start", signalled, cluster.node, 1)]
     # `scontrol requeue` stopped the first run with SIGTERM (SIGKILL follows after KillWait)
