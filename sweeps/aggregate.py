@@ -268,7 +268,8 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
             return np.nan
         return float(a / b)
 
-    for col, name in (("params_count", "params_ratio"), ("macs", "macs_ratio"), ("train_throughput", "throughput_ratio"),
+    for col, name in (("params_count", "params_ratio"), ("macs", "macs_ratio"),
+                      ("train_throughput", "throughput_ratio"),
                       ("train_ms_per_image", "train_time_ratio"), ("latency_b1_ms", "latency_b1_ratio"),
                       ("latency_b64_ms", "latency_b64_ratio"), ("peak_memory_mb", "memory_ratio")):
         out[name] = [ratio(r, col) for _, r in out.iterrows()]
@@ -352,7 +353,8 @@ def attention_table(sweep: SweepDef, summary: pd.DataFrame) -> pd.DataFrame:
                 if ra["train_throughput"] and not pd.isna(ra["train_throughput"])]
         rows.append({"attention": att, "n_pairs": len(pairs), "n_pairs_with_results": len(effects),
                      "effect_mean": m, "effect_ci_low": lo, "effect_ci_high": hi,
-                     "effect_min": min(effects) if effects else np.nan, "effect_max": max(effects) if effects else np.nan,
+                     "effect_min": min(effects) if effects else np.nan,
+                     "effect_max": max(effects) if effects else np.nan,
                      "params_delta_mean": _nanmean(dparams), "macs_ratio_mean": _nanmean(pmacs),
                      "throughput_ratio_mean": _nanmean(tput),
                      "pairs": "; ".join(f"{a} -> {b}" for a, b, _, _ in pairs)})
@@ -465,7 +467,8 @@ def effects_table(sweep: SweepDef, df: pd.DataFrame) -> EffectsResult:
         fits[g.label] = fit
         t = fit.effects.copy()
         t.insert(0, "group", g.label)
-        t["df_resid"], t["n_obs"], t["resid_sd"], t["n_cells_with_data"] = fit.df_resid, fit.n_obs, fit.resid_sd, n_cells
+        t["df_resid"], t["n_obs"], t["resid_sd"] = fit.df_resid, fit.n_obs, fit.resid_sd
+        t["n_cells_with_data"] = n_cells
         frames.append(t)
         notes.append(f"{name}: {fit.n_obs} results in {n_cells}/16 cells, residual SD {fit.resid_sd:.2f} pp on "
                      f"{fit.df_resid:g} df")
@@ -581,7 +584,8 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
     if sweep.description:
         parts += [sweep.description, ""]
     parts += [f"Base config `{sweep.base_config}`; metric: **{metric}** (%, mean ± std over seeds). "
-              f"{n_done}/{n_points} grid points done" + (" — **partial sweep**: see `missing`." if n_done < n_points else "."),
+              f"{n_done}/{n_points} grid points done"
+              + (" — **partial sweep**: see `missing`." if n_done < n_points else "."),
               ""]
     if synthetic:
         parts += ["> **Synthetic data**: these numbers test the machinery; they are not benchmark results.", ""]
@@ -628,7 +632,8 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
     if len(att):
         parts += ["## Effect of each attention", ""]
         arows = [{"attention": r["attention"], "pairs": f"{r['n_pairs_with_results']}/{r['n_pairs']}",
-                  "top-1 effect (pp) [95% CI over pairs]": _ci(r["effect_mean"], r["effect_ci_low"], r["effect_ci_high"]),
+                  "top-1 effect (pp) [95% CI over pairs]": _ci(r["effect_mean"], r["effect_ci_low"],
+                                                                r["effect_ci_high"]),
                   "range": f"{_f(r['effect_min'], '{:+.2f}')} … {_f(r['effect_max'], '{:+.2f}')}",
                   "Δ params (M)": _f(r["params_delta_mean"] / 1e6 if not pd.isna(r["params_delta_mean"]) else np.nan,
                                      "{:+.3f}"),
@@ -729,8 +734,8 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
         (out_dir / "attention.md").write_text(f"# Sweep `{sweep.name}`: effect of each attention\n" + amd)
     (out_dir / "effects.md").write_text(effects_markdown(sweep, effects, power))
     hosts = sorted({h for hs in summary.get("hosts", pd.Series(dtype=str)).fillna("") for h in str(hs).split(",") if h})
-    plots = make_plots(summary, out_dir, sweep.name, metric,
-                       time_note=f"measured in the trials on {', '.join(hosts)}" if hosts else "") if len(summary) else []
+    time_note = f"measured in the trials on {', '.join(hosts)}" if hosts else ""
+    plots = make_plots(summary, out_dir, sweep.name, metric, time_note=time_note) if len(summary) else []
     stale = out_dir / "effects.png"
     if len(effects.table):
         plots.append(effects_plot(effects.table, stale, sweep.name))

@@ -299,4 +299,5 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> np.ndarray:
 
 
 __all__ = ["t_ppf", "welch_ci", "welch_p", "mean_ci", "Paired", "paired_diff", "holm", "pooled_sd", "mdd_paired",
-           "mdd_two_sample", "mdd_t", "FactorialFit", "factorial_effects", "effect_standard_errors", "EFFECT_COLUMNS", "pareto_front"]
+           "mdd_two_sample", "mdd_t", "FactorialFit", "factorial_effects", "effect_standard_errors", "EFFECT_COLUMNS",
+           "pareto_front"]

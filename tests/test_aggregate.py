@@ -110,7 +110,8 @@ def test_factorial_effects_recover_the_known_effects(factorial):
     on = [y for (conv, _), y in truth.items() for cell, c in CELLS.items() if c == conv and cell[0]]
     off = [y for (conv, _), y in truth.items() for cell, c in CELLS.items() if c == conv and not cell[0]]
     assert e.loc["channel", "estimate"] == pytest.approx(np.mean(on) - np.mean(off), abs=1e-9)
-    assert (e["n_obs"] == 48).all() and (e["df_resid"] == 48 - 1 - 2 - 10).all() and (e["n_cells_with_data"] == 16).all()
+    assert (e["n_obs"] == 48).all() and (e["df_resid"] == 48 - 1 - 2 - 10).all()
+    assert (e["n_cells_with_data"] == 16).all()
     md = (res / "effects.md").read_text()
     assert "2 × coefficient" in md and "channel:kernel" in md and "kernels=4" in md
     assert (res / "effects.png").stat().st_size > 0
@@ -136,7 +137,7 @@ def test_paired_rows_holm_and_power_match_independent_computations(factorial):
     assert s.loc[rows.index, "paired_p_holm"].to_numpy() == pytest.approx(_holm(rows.to_numpy()))
     # power: the pooled SD is the within-variant SD over all variants with >= 2 results
     top = {}
-    for (c, k), y in truth.items():
+    for (c, _), y in truth.items():
         top.setdefault(c, []).append(y)
     top["condconv8x"], top["dyconv4x"] = [71.0, 71.9], [69.0, 69.0 + SEED_SHIFT[2] + 0.2]
     ss_within = sum(((np.asarray(v) - np.mean(v)) ** 2).sum() for v in top.values())
@@ -185,7 +186,8 @@ def test_cost_ratios_come_from_the_bench_table_when_it_has_the_model(tmp_path):
                           ["cifar_resnet18", 0.25, "bf16", "odconv1x", "auto", 64, 5.0, 5.0, 5.0],  # other precision
                           ["cifar_resnet18", 0.25, "fp32", "odconv1x", "auto", 64, 2.7, 2.24, 2.74],
                           ["cifar_resnet18", 0.25, "fp32", "odconv1x", "grouped", 64, 3.11, 2.09, 4.69],
-                          ["cifar_resnet18", 1.0, "fp32", "odconv1x-channel", "auto", 64, 9.0, 9.0, 9.0]],  # other width
+                          # another width
+                          ["cifar_resnet18", 1.0, "fp32", "odconv1x-channel", "auto", 64, 9.0, 9.0, 9.0]],
                          columns=cols)
     bench.to_csv(tmp_path / "bench" / "models.csv", index=False)
     (tmp_path / "bench" / "models.md").write_text("# bench\n\n- device: cpu\n")
@@ -203,7 +205,8 @@ def test_cost_ratios_come_from_the_bench_table_when_it_has_the_model(tmp_path):
     # a bench run on another kind of device (models.md says cuda; the trials measured on cpu) is not used
     (tmp_path / "bench" / "models.md").write_text("# bench\n\n- device: cuda\n")
     s2 = aggregate("b", tmp_path)["summary"].set_index("variant")
-    assert s2.loc["odconv1x", "cost_source"] == "trials" and s2.loc["odconv1x", "train_time_ratio"] == pytest.approx(2.0)
+    assert s2.loc["odconv1x", "cost_source"] == "trials"
+    assert s2.loc["odconv1x", "train_time_ratio"] == pytest.approx(2.0)
     # nor is a missing table
     s3 = aggregate("b", tmp_path, bench_csv=tmp_path / "none.csv")["summary"].set_index("variant")
     assert set(s3["cost_source"]) == {"trials"}
