@@ -593,7 +593,8 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
         parts += _precision_lines(power, effects)
     rows = []
     for _, r in summary.iterrows():
-        is_ref = not r.get("reference") or r["variant"] == r.get("reference")
+        is_ref = r["variant"] == r.get("reference")
+        no_ref = not r.get("reference")
         miss = ", ".join(x for x in (f"missing {r['missing_seeds']}" if r["missing_seeds"] else "",
                                      f"failed {r['failed_seeds']}" if r["failed_seeds"] else "") if x)
         bench = r.get("cost_source") == "bench"
@@ -604,10 +605,11 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
             "variant": f"`{r['variant']}`",
             "top-1 %": f"{_f(r['top1_mean'])} ± {_f(r['top1_std'])}",
             "seeds": f"{r['n_seeds']}/{r['n_grid_seeds']}" + (f" ({miss})" if miss else ""),
-            "paired Δ vs static [95% CI]": "reference" if is_ref else
-            _ci(r["paired_delta"], r["paired_ci_low"], r["paired_ci_high"]) + f" (n={r['paired_n']})",
-            "Holm p": "" if is_ref else _p(r["paired_p_holm"]),
-            "Welch Δ [95% CI]": "" if is_ref else _ci(r["delta_vs_static"], r["delta_ci_low"], r["delta_ci_high"]),
+            "paired Δ vs static [95% CI]": "reference" if is_ref else "n/a (no `static` with these axes)" if no_ref
+            else _ci(r["paired_delta"], r["paired_ci_low"], r["paired_ci_high"]) + f" (n={r['paired_n']})",
+            "Holm p": "" if is_ref or no_ref else _p(r["paired_p_holm"]),
+            "Welch Δ [95% CI]": "" if is_ref or no_ref else _ci(r["delta_vs_static"], r["delta_ci_low"],
+                                                               r["delta_ci_high"]),
             "params (M)": _f(r["params_count"] / 1e6 if not pd.isna(r["params_count"]) else np.nan, "{:.3f}"),
             "MACs (M)": _f(r["macs"] / 1e6 if not pd.isna(r["macs"]) else np.nan, "{:.1f}"),
             "train ms/img": _f(r.get("train_ms_per_image"), "{:.3f}"),

@@ -281,3 +281,24 @@ def test_results_command_on_the_shipped_smoke_grid(tmp_path):
     md = (res / "summary.md").read_text()
     assert "Synthetic data" in md and "Precision of this design" in md and "Holm p" in md
     assert len(pd.read_csv(res / "summary.csv")) == len(sw.variants())
+
+
+def test_grids_without_a_seed_axis_or_without_static(tmp_path):
+    sw = _write(tmp_path, "noseed", {"conv": ["static", "odconv1x"]}, [])
+    for p, top1 in zip(sw.points(), (70.0, 71.5)):
+        r = _rec("noseed", p.params["model.conv"], 0, top1)
+        r.params, r.grid_key, r.seed = dict(p.params), p.key, None
+        write_record(tmp_path / "noseed" / "trials" / f"{p.slug}.json", r)
+    s = aggregate("noseed", tmp_path)["summary"].set_index("variant")
+    assert s.loc["odconv1x", "paired_n"] == 1 and s.loc["odconv1x", "paired_delta"] == pytest.approx(1.5)
+    assert math.isnan(s.loc["odconv1x", "paired_ci_low"])
+    # no conv axis: nothing to compare with, said so
+    sw = _write(tmp_path, "lr", {"lr": [0.1, 0.2], "seed": [0, 1]}, [])
+    for p in sw.points():
+        r = _rec("lr", "static", p.seed, 70.0 + p.seed)
+        r.params, r.grid_key, r.variant = dict(p.params), p.key, p.variant
+        write_record(tmp_path / "lr" / "trials" / f"{p.slug}.json", r)
+    out = aggregate("lr", tmp_path)
+    assert out["summary"]["paired_n"].tolist() == [0, 0] and out["power"]["pooled_sd"] == pytest.approx(math.sqrt(0.5))
+    md = (tmp_path / "lr" / "summary.md").read_text()
+    assert md.count("n/a (no `static` with these axes)") == 2 and "reference" not in md.split("| variant")[1]
