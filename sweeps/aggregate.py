@@ -409,7 +409,8 @@ def factorial_groups(sweep: SweepDef) -> tuple[list[FactorialGroup], str]:
         other_label[k] = variant_label(_other_axes(p.params)) if _other_axes(p.params) else ""
     groups: list[FactorialGroup] = []
     best_missing: list[str] | None = None
-    all_cells = list(itertools.product([False, True], repeat=4))
+    # kernel off first, then by number of attentions on: the order a reader lists them in
+    all_cells = sorted(itertools.product([False, True], repeat=4), key=lambda c: (c[3], sum(c), [not x for x in c]))
     for k, cells in by_other.items():
         ns = sorted({n for cell, n in cells.values() if cell[3]}) or [4]
         for n in ns:
