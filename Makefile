@@ -33,14 +33,16 @@ lint: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# Benchmark (README: "Benchmark"): writes results/bench/{layers,models}.{csv,md}
+# Benchmark (docs/benchmark.md): writes results/bench/{layers,models,workers,targets}.{csv,md}
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m odconv.bench --out results/bench $(BENCH_ARGS)
 
-# On a machine with a CUDA build of torch: GPU tests + the benchmark on CUDA (skips without one)
-gpu-check: setup
-	PY=$(PY) bash scripts/gpu_check.sh
+# On a machine with CUDA: GPU tests + the benchmark's tables on CUDA into results/bench-gpu/
+# (skips without CUDA). No `make setup` needed: any python with torch, lightning, torchmetrics
+# and pytest; other dependencies come from the wheels in .whl/ (scripts/gpu_wheels.sh).
+gpu-check:
+	PY="$(if $(wildcard $(PY)),$(PY),$(PYTHON))" bash scripts/gpu_check.sh
 
 # Sweeps (README: "Running the ablation sweep"):
 #   make ablation [SWEEP=smoke] [WORKERS=2] [GPUS=0,1,2,3] [DEVICES_PER_TRIAL=2] [STORAGE=postgresql://...]

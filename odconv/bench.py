@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from queue import Empty
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -223,11 +224,13 @@ def bench_layers(shapes: Sequence[LayerShape], batches: Sequence[int], strategie
         for batch in batches:
             for mode, grad in (("fwd", False), ("fwd+bwd", True)):
                 fns, chosen = layer_callables(s, batch, device, grad, ("static", *strategies))
+                if chosen not in fns:  # --strategies left out the one auto runs: time it too
+                    fns[chosen] = layer_callables(s, batch, device, grad, (chosen,))[0][chosen]
                 mems = _warm_then_measure_memory(fns, device)
                 samples = time_rounds(fns, device, rounds=rounds, keep_within=keep_within,
                                       keep=("static", REFERENCE, chosen))
                 times = {name: statistics.median(t) for name, t in samples.items()}
-                best = min(strategies, key=lambda n: times[n])
+                best = min((n for n in fns if n != "static"), key=lambda n: times[n])
                 t_static, t_ref = times["static"], times[REFERENCE]
                 m_static, m_ref = max(mems["static"], 1), max(mems[REFERENCE], 1)
                 base = dict(model=s.model, layer=s.name, shape=s.label(), in_ch=s.in_ch, out_ch=s.out_ch, k=s.k,
@@ -397,11 +400,18 @@ def run_layout(procs: int, threads: int, model_name: str, width: float, convs: S
                                                         barrier, queue)) for _ in range(procs)]
     for w in workers:
         w.start()
-    reports = [queue.get(timeout=600) for _ in range(procs * len(convs))]
+    reports: list[dict] = []
+    while len(reports) < procs * len(convs):
+        try:
+            reports.append(queue.get(timeout=5))
+        except Empty:
+            failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if failed:
+                for w in workers:
+                    w.terminate()
+                raise RuntimeError(f"a layout worker process exited with code {failed[0]}") from None
     for w in workers:
         w.join(timeout=60)
-        if w.exitcode != 0:
-            raise RuntimeError(f"layout worker exited with {w.exitcode}")
     return {conv: [r for r in reports if r["conv"] == conv] for conv in convs}
 
 
@@ -491,6 +501,8 @@ def _md_table(header: list[str], lines: list[list]) -> str:
 def _md_header(title: str, info: dict[str, str], argv: Sequence[str]) -> str:
     lines = [f"# {title}", "", f"Command: `python -m odconv.bench {' '.join(argv)}`".rstrip(), ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
+    if hasattr(os, "getloadavg"):  # the load while it ran: high figures mean noisier timings
+        lines.append("- load_average_at_end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     return "\n".join(lines) + "\n"
 
 

@@ -1,17 +1,24 @@
-"""CUDA checks (`make gpu-check`; skipped without a CUDA device): every strategy on the GPU
-agrees with the reference on the CPU (outputs and all gradients), the auto choice runs,
-models train a step and export with a dynamic batch, and the benchmark runs on CUDA."""
+"""CUDA checks (`make gpu-check`, marked ``gpu``; skipped without a CUDA device): every
+strategy on the GPU agrees with the reference on the CPU (outputs and all gradients), the
+auto choice runs, models train a step and export with a dynamic batch, and the benchmark runs
+on CUDA. Unmarked: `scripts/gpu_check.sh` itself, without CUDA (it must skip cleanly) and, as
+a slow test, its CPU rehearsal."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+ROOT = Path(__file__).resolve().parents[1]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture()
 def _exact_matmul():
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -20,15 +27,18 @@ def _exact_matmul():
 
 
 def _strategies():
-    from odconv.functional import STRATEGIES
+    from odconv import STRATEGIES
 
     return [s for s in sorted(STRATEGIES) if s != "compiled"]
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.usefixtures("_exact_matmul")
 @pytest.mark.parametrize("strategy", ["auto", *_strategies()])
 @pytest.mark.parametrize("case", ["cfsk", "k_bias", "depthwise", "pointwise", "batch1"])
 def test_cuda_matches_cpu_reference(strategy, case):
-    from odconv.functional import dynamic_conv2d
+    from odconv import dynamic_conv2d
 
     g = torch.Generator().manual_seed(0)
     b, i, o, k, groups, n = {"cfsk": (4, 8, 16, 3, 1, 4), "k_bias": (4, 8, 16, 3, 2, 4), "depthwise": (4, 16, 16, 3, 16, 4),
@@ -56,6 +66,9 @@ def test_cuda_matches_cpu_reference(strategy, case):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4 * (1 + r.abs().max().item()))
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.usefixtures("_exact_matmul")
 @pytest.mark.parametrize("conv", ["odconv4x", "odconv1x", "condconv8x", "dyconv4x"])
 def test_cuda_model_train_step_and_export(conv):
     from odconv import build_model
@@ -71,8 +84,41 @@ def test_cuda_model_train_step_and_export(conv):
         torch.testing.assert_close(program.module()(x), model.eval()(x), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.gpu
+@needs_cuda
 def test_cuda_quick_bench(tmp_path):
     from odconv.bench import main
 
     assert main(["--quick", "--device", "cuda", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "layers.md").exists() and (tmp_path / "models.md").exists()
+    for name in ("layers", "models", "targets"):
+        assert "gpu:" in (tmp_path / f"{name}.md").read_text()
+    assert not (tmp_path / "workers.md").exists()   # CPU worker layouts: not a CUDA question
+
+
+def _gpu_check(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PY": sys.executable, **env})
+
+
+def test_gpu_check_skips_cleanly_without_cuda(tmp_path):
+    proc = _gpu_check({"CUDA_VISIBLE_DEVICES": "", "GPU_CHECK_OUT": str(tmp_path / "out")})
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device visible" in proc.stdout and "skipping" in proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_names_a_bad_device():
+    proc = _gpu_check({"GPU_CHECK_DEVICE": "tpu"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: GPU_CHECK_DEVICE=tpu; valid: cuda, cpu (rehearsal)"
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearsal_on_cpu(tmp_path):
+    """The GPU check's steps on CPU (quick benchmark, smoke estimate): what a GPU window runs,
+    minus CUDA."""
+    proc = _gpu_check({"GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_OUT": str(tmp_path)}, "--threads", "1", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("layers.md", "models.md", "targets.md", "ablation_estimate.md"):
+        assert (tmp_path / name).exists()
+    assert "# Estimated wall time of sweep `smoke` on cpu" in (tmp_path / "ablation_estimate.md").read_text()
