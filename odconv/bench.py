@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import odconv
+
 from .timing import autocast, make_train_step, median_ratio, peak_memory, time_rounds
 
 REFERENCE = "grouped"
@@ -153,7 +154,7 @@ def layer_shapes(model_names=("cifar_resnet18", "cifar_mobilenetv2"), conv: str 
     for model_name in model_names:
         model = odconv.build_model(model_name, num_classes=10, conv=conv).eval()
         seen: list[tuple[str, odconv.DynamicConvBase, int]] = []
-        hooks = [m.register_forward_pre_hook(lambda m, a, name=name: seen.append((name, m, a[0].shape[-1])))
+        hooks = [m.register_forward_pre_hook(lambda m, a, name=name, seen=seen: seen.append((name, m, a[0].shape[-1])))
                  for name, m in model.named_modules() if isinstance(m, odconv.DynamicConvBase)]
         with torch.no_grad():
             model(torch.randn(1, 3, 32, 32))
@@ -314,8 +315,8 @@ def bench_models(models: Sequence[tuple[str, float]], convs: Sequence[str], batc
     dtype = PRECISIONS[precision]
     rows: list[dict] = []
     for model_name, width in models:
-        entries = [(conv, s) for conv in convs
-                   for s in (("-",) if conv == "static" else (("auto", REFERENCE) if reference_strategy else ("auto",)))]
+        dynamic = ("auto", REFERENCE) if reference_strategy else ("auto",)
+        entries = [(conv, s) for conv in convs for s in (("-",) if conv == "static" else dynamic)]
         train_fns, infer_fns, params = {}, {}, {}
         for conv, strategy in entries:
             torch.manual_seed(0)
@@ -510,7 +511,8 @@ def layers_markdown(rows: list[dict], strategies: Sequence[str], info, argv, rou
                     ref_tol: float, best_tol: float, recheck_rounds: int) -> str:
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        keyed.setdefault((r["model"], r["shape"], r["attentions"], r["n"], r["batch"], r["mode"]), {})[r["strategy"]] = r
+        key = (r["model"], r["shape"], r["attentions"], r["n"], r["batch"], r["mode"])
+        keyed.setdefault(key, {})[r["strategy"]] = r
     md = [_md_header("Dynamic conv layers: strategies against the static conv, the reference and each other",
                      info, argv)]
     md.append(
@@ -528,7 +530,8 @@ def layers_markdown(rows: list[dict], strategies: Sequence[str], info, argv, rou
     for (model, shape, att, n, batch, mode), d in keyed.items():
         a = d["auto"]
         vs_ref, vs_best = final_ratios(a)
-        first = f"yes (was {float(a['time_vs_reference']):.2f} / {float(a['time_vs_best']):.2f})" if a["rechecked"] else ""
+        first = (f"yes (was {float(a['time_vs_reference']):.2f} / {float(a['time_vs_best']):.2f})"
+                 if a["rechecked"] else "")
         lines.append([model.replace("cifar_", ""), shape, f"{att} n{n}", batch, mode, d["static"]["time_ms"],
                       *[f"{d[s]['time_vs_static']:.2f}" for s in strategies], a["runs"], f"{vs_ref:.2f}",
                       f"{vs_best:.2f}", first])
@@ -731,7 +734,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         model_batch = args.model_batch or 128
         models = _parse_models(p, args.models) if args.models else MODELS
         rounds, train_rounds, recheck_rounds = args.repeats, args.train_repeats, args.recheck_repeats
-        w_batch, w_seconds, w_repeats = args.workers_batch or 128, args.workers_seconds or 6.0, args.workers_repeats or 2
+        w_batch, w_seconds = args.workers_batch or 128, args.workers_seconds or 6.0
+        w_repeats = args.workers_repeats or 2
     latency_rounds = 2 * rounds
 
     os.makedirs(args.out, exist_ok=True)

@@ -70,7 +70,7 @@ def test_quick_bench_layer_figures_follow_from_its_own_times(quick_run):
     for g in groups.values():
         assert {"static", "grouped", "bmm", "mix", "fused", "auto"} <= set(g)
         strategies = [s for s in g if s not in ("static", "auto")]
-        for name, r in g.items():
+        for r in g.values():
             samples = _samples(r["samples_ms"])
             assert len(samples) == int(r["samples"]) >= 1
             assert float(r["time_ms"]) == pytest.approx(statistics.median(samples), rel=1e-3)

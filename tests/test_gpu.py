@@ -41,8 +41,9 @@ def test_cuda_matches_cpu_reference(strategy, case):
     from odconv import dynamic_conv2d
 
     g = torch.Generator().manual_seed(0)
-    b, i, o, k, groups, n = {"cfsk": (4, 8, 16, 3, 1, 4), "k_bias": (4, 8, 16, 3, 2, 4), "depthwise": (4, 16, 16, 3, 16, 4),
-                             "pointwise": (4, 8, 16, 1, 1, 4), "batch1": (1, 8, 16, 3, 1, 4)}[case]
+    b, i, o, k, groups, n = {"cfsk": (4, 8, 16, 3, 1, 4), "k_bias": (4, 8, 16, 3, 2, 4),
+                             "depthwise": (4, 16, 16, 3, 16, 4), "pointwise": (4, 8, 16, 1, 1, 4),
+                             "batch1": (1, 8, 16, 3, 1, 4)}[case]
     x = torch.randn(b, i, 10, 10, generator=g)
     w = torch.randn(n, o, i // groups, k, k, generator=g)
     att = {"kernel": torch.rand(b, n, generator=g), "channel": torch.rand(b, i, generator=g)}
