@@ -446,6 +446,26 @@ def bench_workers(cores: int, model_name: str, width: float, convs: Sequence[str
     return rows
 
 
+def preferred_cpu_workers(path: str = "results/bench/workers.csv") -> Optional[int]:
+    """The worker layout a CPU sweep should use on the machine that wrote ``path`` (the
+    ``workers`` section's CSV): P when P single-thread processes trained more images/s than
+    one P-thread process for every conv measured, 1 when one process won for every conv, and
+    None when the file is missing or the result is mixed (within noise)."""
+    try:
+        with open(path, newline="") as f:
+            multi = [r for r in csv.DictReader(f) if int(r["processes"]) > 1]
+    except FileNotFoundError:
+        return None
+    if not multi:
+        return None
+    gains = [float(r["vs_one_process"]) for r in multi]
+    if all(g > 1 for g in gains):
+        return int(multi[0]["processes"])
+    if all(g < 1 for g in gains):
+        return 1
+    return None
+
+
 # ----------------------------------------------------------------------------- targets
 def evaluate_targets(model_rows: Sequence[dict], layer_rows: Sequence[dict], ref_tol: float = REFERENCE_TOLERANCE,
                      best_tol: float = BEST_TOLERANCE) -> list[dict]:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from odconv.bench import evaluate_targets, layer_shapes, main, recheck_layers
+from odconv.bench import evaluate_targets, layer_shapes, main, preferred_cpu_workers, recheck_layers
 from odconv.timing import time_rounds
 
 # The limits, written out here (not imported) so a changed constant is caught.
@@ -133,6 +133,19 @@ def test_quick_bench_worker_layouts_ran_as_named(quick_run):
         # what each worker process's torch reported, not what was asked for
         assert r["threads_seen"] == r["threads_per_process"]
         assert float(r["images_per_s"]) > 0
+
+
+@pytest.mark.parametrize("gains, expected", [((1.3, 1.1), 2), ((0.8, 0.9), 1), ((1.2, 0.9), None)])
+def test_preferred_cpu_workers_reads_the_layout_table(tmp_path, gains, expected):
+    path = tmp_path / "workers.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["conv", "processes", "threads_per_process", "vs_one_process"])
+        w.writeheader()
+        for conv, gain in zip(("static", "odconv4x"), gains):
+            w.writerow(dict(conv=conv, processes=2, threads_per_process=1, vs_one_process=gain))
+            w.writerow(dict(conv=conv, processes=1, threads_per_process=2, vs_one_process=1.0))
+    assert preferred_cpu_workers(str(path)) == expected
+    assert preferred_cpu_workers(str(tmp_path / "absent.csv")) is None
 
 
 # ------------------------------------------------------------------------ recheck pass
