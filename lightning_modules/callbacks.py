@@ -4,21 +4,24 @@
   :class:`~lightning_modules.module.ImageClassifier` adds it itself (``configure_callbacks``)
   from its ``temperature_*`` arguments, so it is configured in the ``model:`` section of an
   experiment YAML (``--model.temperature_epochs 5``) and needs no ``trainer.callbacks`` entry.
-- :class:`ResumableCSVLogger`: a CSVLogger that appends to an existing ``metrics.csv``
-  instead of deleting it, and drops the rows of epochs a resumed run repeats.
+- :class:`ResumableCSVLogger` and :class:`KeepEarlierMetrics`: keep the rows of an existing
+  ``metrics.csv`` that Lightning's CSVLogger deletes when a run resumes (or validates/tests) in
+  the same log folder, minus the rows of steps a resumed run repeats.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
+import warnings
 from typing import Any
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from odconv.layers import TemperatureBuffer
@@ -84,104 +87,118 @@ class TemperatureScheduler(Callback):
             pl_module.log("train/temperature", value, on_step=True, on_epoch=False)
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose ``last.ckpt`` is refreshed at *every* save point.
-
-    lightning 2.6 only rewrites ``last.ckpt`` when a top-k checkpoint was saved at the same
-    step: with ``save_top_k=1`` and a validation score that did not improve, ``last.ckpt``
-    stays at the best epoch and ``--ckpt_path last`` silently repeats epochs. Here it always
-    holds the latest end-of-epoch state.
-    """
-
-    _last_step_of_last: int = -1
-
-    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self._last_step_of_last = trainer.global_step
-
-    def _refresh_last(self, trainer: L.Trainer) -> None:
-        if (self.save_last and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING
-                and not trainer.sanity_checking and self._last_step_of_last != trainer.global_step):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+#: The file CSVLogger writes its metrics to in its ``log_dir`` (lightning 2.4-2.6).
+METRICS_FILE = "metrics.csv"
+#: Where :class:`KeepEarlierMetrics` keeps the earlier rows until they are written back.
+EARLIER_SUFFIX = ".earlier"
+_INT = re.compile(r"-?\d+")
 
 
-class _AppendingWriter(ExperimentWriter):
-    """ExperimentWriter that keeps (and appends to) an existing metrics.csv."""
+def read_metrics_rows(path: str) -> list[dict[str, int | float]]:
+    """The rows of a CSVLogger ``metrics.csv``, empty cells left out; integers (``step``,
+    ``epoch``) as ``int``, the rest as ``float`` (CSVLogger writes ``repr`` of Python floats,
+    so writing them again gives the same text)."""
+    with open(path, newline="") as f:
+        return [{k: int(v) if _INT.fullmatch(v) else float(v) for k, v in row.items() if k and v}
+                for row in csv.DictReader(f)]
 
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                header = next(csv.reader(f), [])
-            self.metrics_keys = sorted(header)
 
-    def drop_rows_from_epoch(self, epoch: int) -> int:
-        """Remove rows logged at ``epoch`` or later (a resumed run logs them again)."""
-        self.save()
-        if not self._fs.isfile(self.metrics_file_path):
-            return 0
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            rows = list(reader)
-
-        def keep(row: dict[str, str]) -> bool:
-            e = row.get("epoch", "")
-            try:
-                return e == "" or int(float(e)) < epoch
-            except ValueError:
-                return True
-
-        kept = [r for r in rows if keep(r)]
-        if len(kept) != len(rows):
-            tmp = self.metrics_file_path + ".tmp"
-            with self._fs.open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(kept)
-            os.replace(tmp, self.metrics_file_path)
-        return len(rows) - len(kept)
+@rank_zero_only
+def set_aside_metrics(log_dir: str) -> None:
+    """Move ``<log_dir>/metrics.csv`` to ``metrics.csv.earlier``. If that exists already (a
+    run stopped before its rows were written back), keep it and drop the newer, partial file."""
+    path = os.path.join(log_dir, METRICS_FILE)
+    earlier = path + EARLIER_SUFFIX
+    if os.path.isfile(earlier):
+        if os.path.isfile(path):
+            os.remove(path)
+    elif os.path.isfile(path):
+        os.replace(path, earlier)
 
 
 class ResumableCSVLogger(CSVLogger):
-    """CSVLogger for runs that resume in the same folder: appends to ``metrics.csv``
-    (lightning's CSVLogger deletes it when the version folder exists) and, when a run
-    resumes at epoch k, first drops rows of epochs >= k (left by the interrupted run).
+    """A CSVLogger that sets an existing ``metrics.csv`` aside (:func:`set_aside_metrics`)
+    before it starts writing, where the stock one deletes it. :class:`KeepEarlierMetrics`
+    then logs the rows that still hold through this logger again.
 
     The CLI uses ``ResumableCSVLogger(save_dir=<default_root_dir>, name="", version="logs")``
     so that logs are at ``<default_root_dir>/logs/metrics.csv``.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.earlier_rows_set_aside = False
+
     @property
-    def experiment(self) -> _AppendingWriter:
-        if self._experiment is not None:
-            return self._experiment
-        self._fs.makedirs(self.root_dir, exist_ok=True)
-        self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def experiment(self) -> Any:
+        """The stock writer (created on first use, after the earlier rows are set aside)."""
+        if not self.earlier_rows_set_aside:
+            self.earlier_rows_set_aside = True
+            set_aside_metrics(self.log_dir)
+        with warnings.catch_warnings():
+            # the earlier rows are kept, so the writer's warning that they "will be deleted" is wrong
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+            return super().experiment
 
 
-class ResumeLogCleanup(Callback):
-    """At train start (after a checkpoint was restored) drop CSV rows of the epochs that
-    will be trained again."""
+class KeepEarlierMetrics(Callback):
+    """Log the rows a :class:`ResumableCSVLogger` set aside (``metrics.csv.earlier``) again
+    when the loop starts: all of them for validate/test/predict; for ``fit``, those of steps
+    before the restored ``global_step`` (a resumed run logs the later steps again; a new fit
+    from step 0 starts a new file). Then the ``.earlier`` file is removed. If a run dies before
+    that, the next run in the folder finds it and uses it; if it stops before its loop starts,
+    the file is put back.
+    """
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_rank != 0:
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[CSVLogger, str, list[dict[str, int | float]]]] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
             return
         for lg in trainer.loggers:
-            if isinstance(lg, ResumableCSVLogger):
-                lg.experiment.drop_rows_from_epoch(trainer.current_epoch)
+            path = os.path.join(lg.log_dir, METRICS_FILE) if isinstance(lg, CSVLogger) else ""
+            if path and os.path.isfile(path + EARLIER_SUFFIX):
+                self.pending[path] = (lg, path + EARLIER_SUFFIX, read_metrics_rows(path + EARLIER_SUFFIX))
+
+    def _write_back(self, before_step: int | None) -> None:
+        for lg, earlier, rows in self.pending.values():
+            for row in rows:
+                step = row.pop("step", None)
+                if before_step is not None and step is not None and step >= before_step:
+                    continue
+                lg.log_metrics(row, step=step)
+            lg.save()
+            os.remove(earlier)
+        self.pending = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the checkpoint restored global_step: rows from there on are logged again
+        self._write_back(before_step=trainer.global_step)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._write_back(before_step=None)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_back(before_step=None)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_back(before_step=None)
+
+    def _put_back(self) -> None:
+        # stopped before the loop started: put the file back unless the logger wrote a new one
+        for path, (_, earlier, _) in self.pending.items():
+            if not os.path.exists(path):
+                os.replace(earlier, path)
+        self.pending = {}
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._put_back()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._put_back()
 
 
-__all__ = ["RunCheckpoint", "TemperatureScheduler", "linear_temperature", "temperature_modules", "ResumableCSVLogger",
-           "ResumeLogCleanup"]
+__all__ = ["TemperatureScheduler", "linear_temperature", "temperature_modules", "ResumableCSVLogger",
+           "KeepEarlierMetrics", "set_aside_metrics", "read_metrics_rows", "METRICS_FILE"]

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, get_args
 
 import lightning.pytorch as L
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
 from torchmetrics.classification import MulticlassAccuracy
 
-import odconv
-from odconv.models import build_model, list_models
-from odconv.models.placement import PLACEMENTS
+from odconv.models import build_model
 
+from .arg_types import ConvSpecName, ModelName, OptimizerName, Placement, ScheduleName
 from .callbacks import TemperatureScheduler, temperature_modules
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
+#: The name under which the learning rate is logged (by ``LearningRateMonitor``).
+LR_LOG_NAME = "train/lr"
 
 
-def _check_choice(what: str, value: Any, valid: tuple[str, ...] | list[str]) -> None:
+def _check_choice(what: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
@@ -44,7 +47,10 @@ class ImageClassifier(L.LightningModule):
             whole (per-process batch x processes) batch: scale it yourself when changing either.
         no_decay_norm_bias: no weight decay on 1-D parameters (norm weights/biases and biases).
         schedule: ``cosine`` (per step, to ``min_lr`` at the end), ``step`` (x ``gamma`` at each
-            epoch in ``milestones``) or ``constant``; all after ``warmup_epochs`` of linear warm-up.
+            epoch in ``milestones``) or ``constant``; all after ``warmup_epochs`` of linear warm-up
+            (rounded up to whole steps). Built from torch schedulers, stepped every optimiser
+            step: see :meth:`build_lr_scheduler`. The scheduler is named ``train/lr``: a
+            ``LearningRateMonitor`` (the CLI adds one) logs the rate under that name.
         label_smoothing: of the cross-entropy (training loss only; val/test loss is plain CE).
         temperature_init, temperature_final, temperature_epochs: the dynamic-conv attention
             temperature goes linearly from init to final over the first ``temperature_epochs``
@@ -56,21 +62,31 @@ class ImageClassifier(L.LightningModule):
             diverged run fails with that reason instead of training on garbage).
     """
 
-    def __init__(self, model: str = "cifar_resnet18", conv: str = "static", placement: str = "matched",
-                 model_options: dict[str, Any] | None = None, num_classes: int | None = None,
-                 optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
-                 weight_decay: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999),
-                 no_decay_norm_bias: bool = False, schedule: str = "cosine", warmup_epochs: float = 0.0,
-                 milestones: list[int] | None = None, gamma: float = 0.1, min_lr: float = 0.0,
-                 label_smoothing: float = 0.0, temperature_init: float = 30.0, temperature_final: float = 1.0,
-                 temperature_epochs: float = 10.0, stop_on_nonfinite: bool = True) -> None:
+    def __init__(self, model: ModelName = "cifar_resnet18", conv: ConvSpecName = "static",
+                 placement: Placement = "matched", model_options: dict[str, Any] | None = None,
+                 num_classes: int | None = None, optimizer: OptimizerName = "sgd", lr: PositiveFloat = 0.1,
+                 momentum: NonNegativeFloat = 0.9, nesterov: bool = True, weight_decay: NonNegativeFloat = 5e-4,
+                 betas: tuple[float, float] = (0.9, 0.999), no_decay_norm_bias: bool = False,
+                 schedule: ScheduleName = "cosine", warmup_epochs: NonNegativeFloat = 0.0,
+                 milestones: list[int] | None = None, gamma: PositiveFloat = 0.1, min_lr: NonNegativeFloat = 0.0,
+                 label_smoothing: NonNegativeFloat = 0.0, temperature_init: PositiveFloat = 30.0,
+                 temperature_final: PositiveFloat = 1.0, temperature_epochs: NonNegativeFloat = 10.0,
+                 stop_on_nonfinite: bool = True) -> None:
         super().__init__()
-        # Validate everything before any data or training (cheap checks, clear messages).
-        _check_choice("model", model, list_models())
-        odconv.parse_conv_spec(conv)
-        _check_choice("placement", placement, list(PLACEMENTS))
+        # The command line checks the typed arguments while parsing; the checks here serve
+        # Python callers (cheap, before any data or training, with the same messages).
+        _check_choice("model", model, get_args(ModelName))
+        conv = str(ConvSpecName(conv))
+        _check_choice("placement", placement, get_args(Placement))
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("schedule", schedule, SCHEDULES)
+        # Plain builtins in the hyperparameters (hparams.yaml, checkpoints), not the parser's types.
+        model, placement, optimizer, schedule = str(model), str(placement), str(optimizer), str(schedule)
+        lr, momentum, weight_decay, gamma, min_lr = float(lr), float(momentum), float(weight_decay), float(gamma), \
+            float(min_lr)
+        warmup_epochs, label_smoothing = float(warmup_epochs), float(label_smoothing)
+        temperature_init, temperature_final = float(temperature_init), float(temperature_final)
+        temperature_epochs = float(temperature_epochs)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if weight_decay < 0 or not 0 <= momentum < 1 or not 0 <= label_smoothing < 1:
@@ -78,7 +94,7 @@ class ImageClassifier(L.LightningModule):
                              f"{weight_decay}, {momentum}, {label_smoothing}")
         if warmup_epochs < 0 or min_lr < 0 or gamma <= 0:
             raise ValueError(f"need warmup_epochs >= 0, min_lr >= 0, gamma > 0; got {warmup_epochs}, {min_lr}, {gamma}")
-        milestones = list(milestones or [])
+        milestones = [int(m) for m in milestones or []]
         if schedule == "step" and (not milestones or sorted(milestones) != milestones):
             raise ValueError(f"schedule 'step' needs increasing milestones (epochs), got {milestones}")
         if model_options is not None and not isinstance(model_options, dict):
@@ -168,7 +184,6 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         self.log("train/acc_top1", self.train_top1, on_step=False, on_epoch=True, batch_size=n)
         self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=n)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     def _eval_step(self, batch: Any, split: str) -> None:
@@ -205,20 +220,31 @@ class ImageClassifier(L.LightningModule):
             groups.append({"params": no_decay, "weight_decay": 0.0})
         return groups
 
-    def lr_factor(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
-        """The LR multiplier at optimiser step ``step`` (warm-up, then the schedule)."""
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                           total_steps: int) -> LRScheduler:
+        """The learning-rate schedule over optimiser steps ``0 .. total_steps - 1``, to be
+        stepped after every optimiser step:
+
+        - warm-up: ``W = ceil(warmup_epochs * steps_per_epoch)`` steps; step ``s < W`` runs at
+          ``lr * (s + 1) / W`` (``LinearLR``);
+        - then, from step ``W``: ``cosine`` from ``lr`` to ``min_lr`` at ``total_steps``
+          (``CosineAnnealingLR``), ``step``: ``lr * gamma**k`` after ``k`` of the
+          ``milestones`` epochs (``MultiStepLR``), or ``constant`` (``ConstantLR`` of factor 1).
+        """
         hp = self.hparams
-        warm = hp.warmup_epochs * steps_per_epoch
-        if warm > 0 and step < warm:
-            return (step + 1) / warm
+        warm = math.ceil(hp.warmup_epochs * steps_per_epoch)
         if hp.schedule == "cosine":
-            t = min(max((step - warm) / max(total_steps - warm, 1), 0.0), 1.0)
-            floor = hp.min_lr / hp.lr
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-        if hp.schedule == "step":
-            epoch = step / steps_per_epoch
-            return hp.gamma ** sum(epoch >= m for m in hp.milestones)
-        return 1.0
+            main: LRScheduler = CosineAnnealingLR(optimizer, T_max=max(total_steps - warm, 1), eta_min=hp.min_lr)
+        elif hp.schedule == "step":
+            # milestones counted from the end of the warm-up; those inside it apply from its end
+            main = MultiStepLR(optimizer, milestones=[m * steps_per_epoch - warm for m in hp.milestones],
+                               gamma=hp.gamma)
+        else:
+            main = ConstantLR(optimizer, factor=1.0, total_iters=0)
+        if warm == 0:
+            return main
+        warmup = LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm - 1)
+        return SequentialLR(optimizer, [warmup, main], milestones=[warm])
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -233,8 +259,9 @@ class ImageClassifier(L.LightningModule):
             spe = max(1, math.ceil(nb / self.trainer.accumulate_grad_batches))
         else:  # pragma: no cover - unsized loaders
             spe = max(1, total // max(self.trainer.max_epochs or 1, 1))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(s, spe, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        sched = self.build_lr_scheduler(opt, spe, total)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1, "name": LR_LOG_NAME}}
 
     # -- exact resume: the global RNG (dropout) travels in the checkpoint ----------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -256,4 +283,4 @@ class ImageClassifier(L.LightningModule):
                     pass
 
 
-__all__ = ["ImageClassifier", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["ImageClassifier", "OPTIMIZERS", "SCHEDULES", "LR_LOG_NAME"]

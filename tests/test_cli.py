@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -59,11 +60,17 @@ def test_smoke_config_through_the_real_cli(tmp_path):
     m = ImageClassifier.load_from_checkpoint(root / "checkpoints" / "last.ckpt", map_location="cpu")
     assert m.hparams.num_classes == 10 and m.hparams.conv == "odconv4x"
 
-    # validate / test with the same config and checkpoint, in-process
+    # validate / test with the same config and checkpoint, in-process; the fit's rows stay
+    fit_rows = read_metrics(root)
     for sub in ("validate", "test"):
         cli = main([sub, "--config", SMOKE, "--trainer.default_root_dir", str(root), *SMALL,
                     "--ckpt_path", str(root / "checkpoints" / "last.ckpt")])
         assert f"{sub if sub == 'test' else 'val'}/acc_top1" in cli.trainer.callback_metrics
+    rows = read_metrics(root)
+    assert [{k: v for k, v in r.items() if v} for r in rows[:len(fit_rows)]] == [
+        {k: v for k, v in r.items() if v} for r in fit_rows]
+    assert any(r.get("test/acc_top1") for r in rows[len(fit_rows):])
+    assert not [n for n in os.listdir(root / "logs") if n.endswith(".earlier")]
 
     # Re-running fit in the same folder does not abort on the existing config.yaml.
     p = run_cli(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(root), *SMALL])
@@ -86,8 +93,11 @@ def test_run_false_instantiates_only(tmp_path):
                run=False)
     assert cli.model.hparams.num_classes == 10 and cli.model.hparams.conv == "condconv4x"
     assert cli.datamodule.synthetic and cli.datamodule.describe()["dataset"] == "synthetic"
-    ck = cli.trainer.checkpoint_callback
+    ck = cli.trainer.checkpoint_callback  # the first ModelCheckpoint: the best one
     assert ck.dirpath == os.path.realpath(tmp_path / "checkpoints") and ck.monitor == "val/acc_top1"
+    last = [cb for cb in cli.trainer.checkpoint_callbacks if cb is not ck]
+    assert len(last) == 1 and last[0].monitor is None and last[0].filename == "last"
+    assert last[0].dirpath == ck.dirpath
     assert cli.trainer.logger.log_dir == os.path.join(str(tmp_path), "logs")
     assert not os.path.exists(tmp_path / "checkpoints")  # nothing ran
 
@@ -102,33 +112,63 @@ def test_installed_scripts_exit_zero(script, tmp_path):
     assert "conv: odconv4x" in proc.stdout
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--model.model", "resnet99"], "unknown model 'resnet99'; valid:"),
-    (["--model.conv", "odconv4x-channel+colour"], "bad conv spec"),
-    (["--data", "Cifar11DataModule"], r"unknown dataset .*'Cifar11DataModule'; valid: CIFAR100DataModule, "
-                                      r"CIFAR10DataModule, SyntheticDataModule, TinyImageNetDataModule"),
-    (["--model.optimizer", "adam"], "unknown optimizer 'adam'; valid: sgd, adamw"),
-])
-def test_bad_config_fails_before_training(tmp_path, extra, match):
-    with pytest.raises(ValueError, match=match):
-        main(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path), *extra])
+# (arguments, what the one error line must name: the argument, the value, what is valid)
+BAD_ARGUMENTS = [
+    (["--model.conv", "odconv4x-channel"], ["model.conv", "'odconv4x-channel'", "needs 'kernel' attention",
+                                             "valid examples: static, odconv1x"]),
+    (["--model.conv", "odconv4x-channel+colour"], ["model.conv", "bad conv spec", "colour", "valid"]),
+    (["--data.init_args.batch_size", "-3"], ["data.init_args.batch_size", "-3", "v>0"]),
+    (["--data.init_args.val_split", "1.0"], ["data.init_args.val_split", "1.0", "v>=0 and v<1"]),
+    (["--model.placement", "papr"], ["model.placement", "papr", "'matched', 'paper'"]),
+    (["--model.model", "resnet99"], ["model.model", "resnet99", "'cifar_resnet18'", "'resnet18'"]),
+    (["--model.optimizer", "adam"], ["model.optimizer", "adam", "'sgd', 'adamw'"]),
+    (["--model.lr", "-0.1"], ["model.lr", "-0.1", "v>0"]),
+    (["--data", "Cifar11DataModule"], ["unknown dataset", "'Cifar11DataModule'", "valid: CIFAR100DataModule, "
+                                       "CIFAR10DataModule, SyntheticDataModule, TinyImageNetDataModule"]),
+    (["--seed_everything", "true"], ["seed_everything: true", "explicit integer"]),
+]
+
+
+@pytest.mark.parametrize("extra,names", BAD_ARGUMENTS, ids=lambda v: "=".join(v) if isinstance(v, list) else None)
+def test_bad_argument_is_one_error_line_and_exit_2(tmp_path, extra, names):
+    p = run_cli(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path), *extra], timeout=120)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 3, p.stderr  # the short usage, the --help tip, the error
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], p.stderr
+    for name in names:
+        assert name in errors[0], (name, errors[0])
+    assert "../shared" not in p.stderr
     assert not os.path.exists(tmp_path / "checkpoints") and not os.path.exists(tmp_path / "logs")
 
 
-def test_seed_everything_true_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="explicit integer"):
+def test_bad_argument_in_process_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path), "--model.placement", "papr"])
+    assert e.value.code == 2
+    assert "error: Parser key \"model.placement\"" in capsys.readouterr().err
+
+
+def test_seed_everything_true_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         main(["--config", SMOKE, "--seed_everything", "true", "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert e.value.code == 2 and "explicit integer" in capsys.readouterr().err
     cli = main(["--config", SMOKE, "--seed_everything", "7", "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert os.environ["PL_GLOBAL_SEED"] == "7" and cli.datamodule.run_seed == 7
 
 
-def test_bad_dataset_in_a_config_file(tmp_path):
+def test_bad_dataset_in_a_config_file(tmp_path, capsys):
     cfg = yaml.safe_load(open(SMOKE))
     cfg["data"]["class_path"] = "lightning_modules.data.ImageNet22kDataModule"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match="unknown dataset .*ImageNet22kDataModule.*valid: CIFAR100DataModule"):
+    with pytest.raises(SystemExit) as e:
         main(["fit", "--config", str(path)], run=True)
+    assert e.value.code == 2
+    assert re.search(r"error: unknown dataset .*ImageNet22kDataModule.*valid: CIFAR100DataModule",
+                     capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -191,3 +231,42 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert "MEMBER: 2/2" in p.stdout + p.stderr or "world_size=2" in p.stdout + p.stderr
     rows = read_metrics(root)
     assert epoch_values(rows, "val/acc_top1") and os.path.isfile(root / "checkpoints" / "last.ckpt")
+
+
+def test_last_checkpoint_is_refreshed_when_the_best_is_not(tmp_path):
+    # monitor "epoch" in mode min: epoch 0 stays the best, so the best checkpoint is never
+    # saved again; last.ckpt must still follow every epoch (what --ckpt_path last resumes).
+    main(["fit", "--config", SMOKE, *SMALL, "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(tmp_path),
+          "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min"])
+    ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert ckpts == ["best-epoch000.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / "best-epoch000.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 15) and (best["epoch"], best["global_step"]) == (0, 5)
+
+
+def test_earlier_metrics_survive_a_run_that_died_before_writing_them_back(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning_modules.callbacks import KeepEarlierMetrics, ResumableCSVLogger
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    text = "epoch,step,train/lr,val/loss\n0,0,0.1,\n,1,0.0416666679084301,\n0,1,,2.3054871559143066\n1,2,,1e-05\n"
+    (logs / "metrics.csv").write_text(text)
+
+    def trainer_with(logger, step=0):
+        return SimpleNamespace(is_global_zero=True, loggers=[logger], global_step=step)
+
+    first = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="logs")
+    first.log_metrics({"val/loss": 9.0}, step=0)  # starts writing ... and the process dies before a save
+    assert not (logs / "metrics.csv").exists() and (logs / "metrics.csv.earlier").read_text() == text
+    (logs / "metrics.csv").write_text("step,val/loss\n0,9.0\n")  # as if it had saved a partial file
+
+    second = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="logs")
+    keep = KeepEarlierMetrics()
+    _ = second.experiment  # Lightning creates it before the callbacks' setup
+    keep.setup(trainer_with(second), None, "fit")
+    keep.on_train_start(trainer_with(second, step=2), None)  # resumed at global step 2: rows of steps 0, 1 stay
+    assert (logs / "metrics.csv").read_text().replace("\r\n", "\n") == "\n".join(text.splitlines()[:4]) + "\n"
+    assert not (logs / "metrics.csv.earlier").exists()

@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from lightning_modules import data as D
+from lightning_modules.data import tinyimagenet
 from lightning_modules.download import Archive, DatasetError, fetch
+
+MODULES = {"cifar10": D.CIFAR10DataModule, "cifar100": D.CIFAR100DataModule, "tinyimagenet": D.TinyImageNetDataModule}
 
 
 def md5(path) -> str:
@@ -107,12 +110,13 @@ def zip_tree(src_root, folder, dest) -> str:
 
 @pytest.fixture
 def archives(monkeypatch):
-    """Point ARCHIVES at test fixtures: returns a setter(key, path, md5=None)."""
+    """Point a DataModule's archive at a test fixture: returns a setter(key, path, md5=None)."""
 
     def set_archive(key, path, md5sum=None):
-        a = D.ARCHIVES[key]
-        monkeypatch.setitem(D.ARCHIVES, key, Archive("file://" + os.path.abspath(path), md5sum or md5(path),
-                                                     a.filename, a.folder))
+        cls = MODULES[key]
+        a = cls.archive
+        monkeypatch.setattr(cls, "archive", Archive("file://" + os.path.abspath(path), md5sum or md5(path),
+                                                    a.filename, a.folder))
 
     return set_archive
 
@@ -124,13 +128,13 @@ def archives(monkeypatch):
 def test_cifar_download_extract_load(tmp_path, archives, kind, cls):
     src = tmp_path / "src"
     ref = write_cifar(src, kind)
-    folder = D.ARCHIVES[kind].folder
+    folder = cls.archive.folder
     tgz = make_tar(src, folder, tmp_path / "archive.tar.gz")
     archives(kind, tgz)
     data_dir = tmp_path / "data"
     dm = cls(data_dir=str(data_dir), batch_size=8, val_split=0.0)
     dm.prepare_data()
-    assert (data_dir / folder).is_dir() and (data_dir / D.ARCHIVES[kind].filename).is_file()
+    assert (data_dir / folder).is_dir() and (data_dir / cls.archive.filename).is_file()
     assert leftovers(data_dir) == []
     dm.setup("fit")
     train_names = [f"data_batch_{i}" for i in range(1, 6)] if kind == "cifar10" else ["train"]
@@ -142,9 +146,13 @@ def test_cifar_download_extract_load(tmp_path, archives, kind, cls):
     assert dm.train_set.labels.tolist() == y_ref
     assert torch.equal(dm.test_set.images, torch.from_numpy(ref[test_name][0].reshape(-1, 3, 32, 32)))
     assert dm.val_set is dm.test_set and not dm.has_test_set
-    assert dm.num_classes == (10 if kind == "cifar10" else 100) and dm.image_size == 32
+    # class count and image size as the archive's own metadata and images say
+    meta_name, names_key = ("batches.meta", b"label_names") if kind == "cifar10" else ("meta", b"fine_label_names")
+    with open(data_dir / folder / meta_name, "rb") as f:
+        assert dm.num_classes == len(pickle.load(f)[names_key])
+    assert dm.image_size == dm.train_set.images.shape[-1] == dm.train_set.images.shape[-2]
     # A second module with the folder present does not need the archive any more.
-    os.remove(data_dir / D.ARCHIVES[kind].filename)
+    os.remove(data_dir / cls.archive.filename)
     dm2 = cls(data_dir=str(data_dir), val_split=0.2)
     dm2.setup()
     assert len(dm2.train_set) + len(dm2.val_set) == len(y_ref) and dm2.has_test_set
@@ -153,7 +161,7 @@ def test_cifar_download_extract_load(tmp_path, archives, kind, cls):
 
 
 def test_extracted_folder_is_used_without_archive(tmp_path, archives):
-    write_cifar(tmp_path, "cifar10")  # like ../shared/datasets/make_cifar10.py DATA_DIR
+    write_cifar(tmp_path, "cifar10")  # an extracted cifar-10-batches-py/, no archive
     archives("cifar10", tmp_path / "nonexistent.tar.gz", "0" * 32)
     dm = D.CIFAR10DataModule(data_dir=str(tmp_path), download=False)
     dm.setup()
@@ -214,7 +222,8 @@ def test_missing_dataset_without_network_says_where_to_put_it(tmp_path, archives
         D.CIFAR10DataModule(data_dir=str(data_dir)).prepare_data()
     msg = str(err.value)
     assert "could not download" in msg and str(data_dir) in msg and "cifar-10-batches-py" in msg
-    assert "make_cifar10.py" in msg
+    assert "cifar-10-python.tar.gz" in msg and "missing.tar.gz" in msg  # what to get, and from where
+    assert "../shared" not in msg and "make_cifar10" not in msg  # no paths of the project's development machines
     with pytest.raises(DatasetError, match="download=False"):
         D.CIFAR100DataModule(data_dir=str(data_dir), download=False).setup()
     assert leftovers(data_dir) == []
@@ -225,14 +234,6 @@ def test_corrupt_cifar_pickle(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x02garbage")
     with pytest.raises(DatasetError, match="data_batch_3"):
         D.CIFAR10DataModule(data_dir=str(tmp_path), download=False).setup()
-
-
-def test_official_urls_and_md5s():
-    assert D.ARCHIVES["cifar10"].url == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    assert D.ARCHIVES["cifar10"].md5 == "c58f30108f718f92721af3b95e74349a"
-    assert D.ARCHIVES["cifar100"].md5 == "eb9058c3a382ffc7106e4002c42a8d85"
-    assert D.ARCHIVES["tinyimagenet"].url == "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-    assert D.ARCHIVES["tinyimagenet"].md5 == "90528d7ca1a48142e341f4ef8d21d0de"
 
 
 # ---------------------------------------------------------------------------- Tiny-ImageNet
@@ -249,7 +250,7 @@ def test_tinyimagenet_zip_cache_and_rebuild(tmp_path, archives, monkeypatch):
     assert cache.is_file() and leftovers(data_dir) == []
     assert [n for n in os.listdir(cache.parent) if "tmp" in n] == []
     dm.setup()
-    assert dm.num_classes == 200 and dm.image_size == 64 and dm.has_test_set
+    assert dm.num_classes == len(wnids) and dm.image_size == dm.test_set.images.shape[-1] and dm.has_test_set
     assert len(dm.train_set) == 200 and len(dm.val_set) == 200 and len(dm.test_set) == 200
     assert dm.test_set.images.shape[1:] == (3, 64, 64) and dm.test_set.images.dtype == torch.uint8
     # val_annotations labels; grayscale JPEGs became 3 equal channels
@@ -265,7 +266,7 @@ def test_tinyimagenet_zip_cache_and_rebuild(tmp_path, archives, monkeypatch):
     def no_decode(*a, **k):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(D, "_read_jpeg", no_decode)
+    monkeypatch.setattr(tinyimagenet, "read_jpeg", no_decode)
     D.TinyImageNetDataModule(data_dir=str(data_dir)).setup()
     monkeypatch.undo()
 

@@ -69,20 +69,68 @@ def test_weight_decay_groups():
     assert len(m2.parameter_groups()) == 1
 
 
-def test_lr_schedules():
-    cos = ImageClassifier(num_classes=10, model_options=TINY, lr=0.1, schedule="cosine", warmup_epochs=2,
-                          min_lr=0.001)
-    spe, total = 10, 100
-    assert cos.lr_factor(0, spe, total) == pytest.approx(1 / 20)
-    assert cos.lr_factor(19, spe, total) == pytest.approx(1.0)
-    assert cos.lr_factor(20, spe, total) == pytest.approx(1.0)
-    assert cos.lr_factor(60, spe, total) == pytest.approx(0.01 + 0.99 * 0.5)
-    assert cos.lr_factor(100, spe, total) == pytest.approx(0.01)
-    step = ImageClassifier(num_classes=10, model_options=TINY, schedule="step", milestones=[3, 6], gamma=0.2)
-    assert [step.lr_factor(s, spe, total) for s in (0, 29, 30, 59, 60, 99)] == pytest.approx(
-        [1, 1, 0.2, 0.2, 0.04, 0.04])
-    const = ImageClassifier(num_classes=10, model_options=TINY, schedule="constant")
-    assert const.lr_factor(77, spe, total) == 1.0
+def lr_of_record(step: int, steps_per_epoch: int, total_steps: int, lr: float, warmup_epochs: float = 0.0,
+                 schedule: str = "cosine", min_lr: float = 0.0, milestones=(), gamma: float = 0.1) -> float:
+    """The per-step learning rate as the suite defined it before it used torch's schedulers
+    (a LambdaLR of this factor): linear warm-up ``(step + 1) / W``, then cosine to ``min_lr``,
+    steps of ``gamma`` at the ``milestones`` epochs, or constant."""
+    warm = warmup_epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        return lr * ((step + 1) / warm)
+    if schedule == "cosine":
+        t = min(max((step - warm) / max(total_steps - warm, 1), 0.0), 1.0)
+        floor = min_lr / lr
+        return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
+    if schedule == "step":
+        return lr * gamma ** sum(step / steps_per_epoch >= m for m in milestones)
+    return lr
+
+
+def scheduled_lrs(module: ImageClassifier, steps_per_epoch: int, total_steps: int) -> list[float]:
+    """The learning rate of each optimiser step, as Lightning drives the scheduler (stepped
+    after every optimiser step)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=module.hparams.lr)
+    sched = module.build_lr_scheduler(opt, steps_per_epoch, total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+# (ImageClassifier arguments, steps per epoch, epochs): the recipe of record (experiments/
+# cifar10_resnet18.yaml: 45k training images, batch 128, 200 epochs) and the warm-up recipe
+# (sweeps/cifar10_cpu.yaml: lr 0.2, 0.5 warm-up epochs, 6 epochs), then min_lr, step, constant.
+RECIPES = [
+    ({"lr": 0.1}, 352, 200),
+    ({"lr": 0.2, "warmup_epochs": 0.5}, 352, 6),
+    ({"lr": 0.1, "warmup_epochs": 2, "min_lr": 0.001}, 10, 10),
+    ({"lr": 0.1, "warmup_epochs": 1, "schedule": "step", "milestones": [3, 6], "gamma": 0.2}, 10, 10),
+    ({"lr": 0.05, "warmup_epochs": 3, "schedule": "step", "milestones": [2, 5], "gamma": 0.5}, 7, 8),
+    ({"lr": 0.1, "warmup_epochs": 1.5, "schedule": "constant"}, 4, 3),
+]
+
+
+@pytest.mark.parametrize("kw,spe,epochs", RECIPES)
+def test_torch_schedulers_give_the_learning_rates_of_record(kw, spe, epochs):
+    m = ImageClassifier(num_classes=10, model_options=TINY, **kw)
+    total = spe * epochs
+    got = scheduled_lrs(m, spe, total)
+    want = [lr_of_record(s, spe, total, **kw) for s in range(total)]
+    # The optimiser applies the rate in float32 (the parameters' dtype): equal there, every step.
+    assert torch.equal(torch.tensor(got, dtype=torch.float32), torch.tensor(want, dtype=torch.float32))
+    assert got == pytest.approx(want, rel=1e-10, abs=1e-14)
+
+
+def test_fractional_warmup_is_rounded_up_to_whole_steps():
+    # 0.5 epochs of 7 steps: 4 warm-up steps at lr * (s + 1) / 4, then the cosine from lr.
+    m = ImageClassifier(num_classes=10, model_options=TINY, lr=0.1, warmup_epochs=0.5)
+    got = scheduled_lrs(m, 7, 14)
+    assert got[:5] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    assert got[4:] == pytest.approx([0.05 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+    assert max(got) == pytest.approx(0.1)
 
 
 def test_linear_temperature_matches_official_formula():
