@@ -31,8 +31,8 @@ per-example kernel size X = O*Cg*kk.
     reduced at once into the gradients of the n kernels and of the attentions, so neither
     they nor their gradients are ever materialised for the whole batch. Memory of a static
     conv; the per-example-kernel FLOPs of the reference. Inside, each chunk runs as one
-    grouped conv (groups = g * chunk) when L >= FUSED_CONV_MIN_POSITIONS, else as patches
-    + batched matmul. Loops over batch chunks in Python: not exportable (``torch.export``
+    grouped conv (groups = g * chunk) when L >= FUSED_CONV_MIN_POSITIONS or X / L <=
+    FUSED_CONV_MAX_KERNEL_PER_POSITION, else as patches + batched matmul. Loops over batch chunks in Python: not exportable (``torch.export``
     specialises the batch).
 ``fused_bmm``
     ``fused`` always with the patches + batched-matmul inner kernel. Not exportable.
@@ -56,10 +56,15 @@ from .ops.registry import register_strategy
 # unfolded input or output take (chunks are at least one example).
 FUSED_CHUNK_ELEMENTS = 1 << 23
 
-# Output positions from which the fused strategy runs each chunk as one grouped conv
-# (groups = g * chunk, mkldnn) rather than as patches + batched matmul (measured: the
-# grouped conv and its backward are efficient when every example has many positions).
+# When the fused strategy runs each chunk as one grouped conv (groups = g * chunk, mkldnn)
+# rather than as patches + batched matmul: when every example has many output positions
+# (L >= FUSED_CONV_MIN_POSITIONS), or a small kernel for its positions (X <=
+# FUSED_CONV_MAX_KERNEL_PER_POSITION * L). Measured (fwd+bwd, batch 128): mkldnn's grouped conv
+# and its backward are efficient while X / L is small (32->32 at 8x8, X/L = 144: 3.3x static
+# against 6.7x with patches) and very slow when it is large (256->256 at 8x8, X/L = 9216:
+# 33x static; patches + bmm 3.6x).
 FUSED_CONV_MIN_POSITIONS = 256
+FUSED_CONV_MAX_KERNEL_PER_POSITION = 256
 
 
 # ----------------------------------------------------------------------------- grouped
@@ -152,6 +157,23 @@ def _chunk_size(batch: int, *sizes: int) -> int:
     return max(1, min(batch, FUSED_CHUNK_ELEMENTS // max(1, *sizes)))
 
 
+def _fused_chunk(batch: int, x: Tensor, weight: Tensor, g: ConvGeometry, use_conv: bool) -> int:
+    """Examples per chunk: the chunk's per-example kernels (and, with patches, its unfolded
+    input) stay under FUSED_CHUNK_ELEMENTS elements."""
+    kernel_elements = weight[0].numel()
+    if use_conv:
+        return _chunk_size(batch, kernel_elements)
+    return _chunk_size(batch, kernel_elements, x.shape[1] * g.kernel[0] * g.kernel[1] * g.positions)
+
+
+def _put(dst: Optional[Tensor], b0: int, b1: int, value: Tensor) -> Tensor:
+    """``value`` as rows b0:b1 of ``dst``; ``dst`` None means one chunk: ``value`` is the result."""
+    if dst is None:
+        return value
+    dst[b0:b1] = value
+    return dst
+
+
 class _PerExampleConv(torch.autograd.Function):
     """y_b = conv(channel_b * x_b, (sum_i kernel_b,i W_i) * spatial_b), per-example kernels
     built and consumed chunk by chunk; only the inputs are saved for backward, which
@@ -163,8 +185,8 @@ class _PerExampleConv(torch.autograd.Function):
         n, out_ch, cg = weight.shape[:3]
         (kh, kw), s, p, d, (ho, wo) = g
         og, kk, L = out_ch // groups, kh * kw, g.positions
-        out = x.new_empty(batch, out_ch, ho, wo)
-        step = _chunk_size(batch, out_ch * cg * kk, in_ch * kk * L)
+        step = _fused_chunk(batch, x, weight, g, use_conv)
+        out = x.new_empty(batch, out_ch, ho, wo) if step < batch else None
         for b0 in range(0, batch, step):
             b1 = min(batch, b0 + step)
             cb = b1 - b0
@@ -172,11 +194,12 @@ class _PerExampleConv(torch.autograd.Function):
             k, _ = aggregate_kernels(weight, None if spatial is None else spatial[b0:b1],
                                      None if kernel is None else kernel[b0:b1], cb)
             if use_conv:
-                out[b0:b1] = F.conv2d(xc.reshape(1, cb * in_ch, h, w), k.reshape(cb * out_ch, cg, kh, kw), None,
-                                      s, p, d, groups * cb).view(cb, out_ch, ho, wo)
+                y = F.conv2d(xc.reshape(1, cb * in_ch, h, w), k.reshape(cb * out_ch, cg, kh, kw), None,
+                             s, p, d, groups * cb)
             else:
                 cols = patches(xc, g).view(cb, groups, cg * kk, L)
-                torch.matmul(k.view(cb, groups, og, cg * kk), cols, out=out[b0:b1].view(cb, groups, og, L))
+                y = torch.matmul(k.view(cb, groups, og, cg * kk), cols)
+            out = _put(out, b0, b1, y.view(cb, out_ch, ho, wo))
         ctx.geometry, ctx.groups, ctx.use_conv = g, groups, use_conv
         ctx.save_for_backward(x, weight, channel, spatial, kernel)
         return out
@@ -192,13 +215,14 @@ class _PerExampleConv(torch.autograd.Function):
         need_x, need_w, need_c, need_s, need_k = ctx.needs_input_grad[:5]
         need_cols = need_x or need_c
         need_kgrad = need_w or need_s or need_k
-        gx = torch.empty_like(x) if need_x else None
-        gc = torch.empty_like(channel) if need_c else None
-        gs = torch.empty_like(spatial) if need_s else None
-        gk = torch.empty_like(kernel) if need_k else None
+        step = _fused_chunk(batch, x, weight, g, use_conv)
+        chunked = step < batch  # else every gradient is computed whole, without copies
+        gx = torch.empty_like(x) if need_x and chunked else None
+        gc = torch.empty_like(channel) if need_c and chunked else None
+        gs = torch.empty_like(spatial) if need_s and chunked else None
+        gk = torch.empty_like(kernel) if need_k and chunked else None
         gw = torch.zeros(n, out_ch * cg * kk, dtype=weight.dtype, device=weight.device) if need_w else None
         grad_out = grad_out.contiguous()
-        step = _chunk_size(batch, out_ch * cg * kk, in_ch * kk * L)
         for b0 in range(0, batch, step):
             b1 = min(batch, b0 + step)
             cb = b1 - b0
@@ -228,17 +252,17 @@ class _PerExampleConv(torch.autograd.Function):
                     gkern = torch.matmul(gy, cols.transpose(-1, -2)).view(cb, out_ch * cg, kk)  # per-example dL/dK
                     del cols
             if need_x:
-                gx[b0:b1] = gxc * channel[b0:b1].view(cb, in_ch, 1, 1) if channel is not None else gxc
+                gx = _put(gx, b0, b1, scale_channels(gxc, None if channel is None else channel[b0:b1]))
             if need_c:
-                gc[b0:b1] = (gxc * xb).sum(dim=(2, 3))
+                gc = _put(gc, b0, b1, (gxc * xb).sum(dim=(2, 3)))
             if need_kgrad:
                 if spatial is not None:
                     if need_s:
-                        gs[b0:b1] = (gkern * a).sum(dim=1).view(cb, kh, kw)
+                        gs = _put(gs, b0, b1, (gkern * a).sum(dim=1).view(cb, kh, kw))
                     gkern = gkern * sb.reshape(cb, 1, kk)
                 ga = gkern.reshape(cb, -1)
                 if need_k:
-                    gk[b0:b1] = ga @ weight.reshape(n, -1).t()
+                    gk = _put(gk, b0, b1, ga @ weight.reshape(n, -1).t())
                 if need_w:
                     if kernel is not None:
                         gw.addmm_(kb.t(), ga)
@@ -251,7 +275,8 @@ def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, d
            use_conv: Optional[bool]) -> Tensor:
     g = conv_geometry(x, weight, stride, padding, dilation)
     if use_conv is None:
-        use_conv = g.positions >= FUSED_CONV_MIN_POSITIONS
+        use_conv = (g.positions >= FUSED_CONV_MIN_POSITIONS
+                    or weight[0].numel() <= FUSED_CONV_MAX_KERNEL_PER_POSITION * g.positions)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         # The Function writes into preallocated outputs (no autocasting there): run it in the
@@ -267,7 +292,7 @@ def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, d
 
 @register_strategy("fused", exportable=False)
 def fused_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
-    """Custom autograd Function; inner kernel: grouped conv when L >= FUSED_CONV_MIN_POSITIONS, else bmm."""
+    """Custom autograd Function; inner kernel: grouped conv or patches + bmm (module doc)."""
     return _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, None)
 
 
