@@ -615,16 +615,34 @@ def workers_advice(rows: list[dict]) -> str:
 
 def targets_markdown(targets: list[dict], info, argv) -> str:
     md = [_md_header("Targets: measured against the issue's limits", info, argv)]
-    md.append("Model targets: `cifar_resnet18` training step at the models table's batch, the default strategy, "
-              "as multiples of the static model of the same precision in the same run (`models.md`). Layer targets: "
-              "over every row of `layers.md`, the default strategy's time against the reference and against the "
-              "fastest single strategy, after the recheck pass. A target is met when measured <= limit.\n")
-    header = ["target", "precision", "model", "width", "limit", "measured", "met", "note"]
-    lines = [[t["target"], t["precision"], t["model"].replace("cifar_", ""), t["width"], f"{t['limit']:g}",
-              f"{t['measured']:.2f}", "met" if t["met"] else "**not met**", t["note"]] for t in targets]
-    md.append(_md_table(header, lines) + "\n")
+    md.append("Model targets: the training step of each model at the models table's batch, the default strategy, "
+              "as multiples of the static model of the same width and precision in the same run (`models.md`); one "
+              "column per model and width. Layer targets: over every row of `layers.md`, the default strategy's "
+              "time against the reference and against the fastest single strategy, after the recheck pass. A "
+              "target is met when measured <= limit, for every model and width.\n")
+    model_targets = [t for t in targets if t["model"] != "layers"]
+    if model_targets:
+        columns = list(dict.fromkeys((t["model"], t["width"]) for t in model_targets))
+        grouped: dict[tuple[str, str], dict[tuple, dict]] = {}
+        for t in model_targets:
+            grouped.setdefault((t["target"], t["precision"]), {})[(t["model"], t["width"])] = t
+        header = ["target", "precision", "limit",
+                  *[f"{m.replace('cifar_', '')} w{w:g}" for m, w in columns], "met"]
+        lines = []
+        for (name, precision), cells in grouped.items():
+            limit = next(iter(cells.values()))["limit"]
+            lines.append([name, precision, f"<= {limit:g}",
+                          *[("-" if c not in cells else f"{cells[c]['measured']:.2f}" if cells[c]["met"]
+                             else f"**{cells[c]['measured']:.2f}**") for c in columns],
+                          "met" if all(t["met"] for t in cells.values()) else "**not met**"])
+        md.append("## Models\n\n" + _md_table(header, lines) + "\n")
+    layer_targets = [t for t in targets if t["model"] == "layers"]
+    if layer_targets:
+        lines = [[t["target"], f"<= {t['limit']:g}", f"{t['measured']:.2f}",
+                  "met" if t["met"] else "**not met**", t["note"]] for t in layer_targets]
+        md.append("## Layers\n\n" + _md_table(["target", "limit", "worst row", "met", "rows"], lines) + "\n")
     met = sum(t["met"] for t in targets)
-    md.append(f"{met} of {len(targets)} met.\n")
+    md.append(f"{met} of {len(targets)} (target, model, width, precision) checks met; figures over a limit in bold.\n")
     return "\n".join(md)
 
 
