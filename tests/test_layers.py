@@ -69,12 +69,14 @@ def grads(module, x, y):
 
 
 def assert_close_grads(ga, gb, atol=1e-5, rtol=1e-4):
+    """Gradients agree; ``atol`` is relative to each reference gradient's largest entry (float32
+    rounding of gradients in the hundreds is far above an absolute 1e-5)."""
     assert len(ga) == len(gb)
     for a, b in zip(ga, gb):
         if a is None or b is None:
             assert a is None and b is None
         else:
-            torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+            torch.testing.assert_close(a, b, atol=atol * max(1.0, b.abs().max().item()), rtol=rtol)
 
 
 @pytest.mark.parametrize("atts, n", SUBSETS, ids=SUBSET_IDS)

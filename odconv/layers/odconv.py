@@ -71,17 +71,25 @@ class OmniAttention(TemperatureBuffer):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """x: (B, I, H, W) -> dict of the active attentions, shapes as in the class doc."""
         batch = x.shape[0]
-        z = self.relu(self._normalize(self.fc(self.avgpool(x))))
-        t = self.temperature
+        z = self.relu(self._normalize(self.fc(self.avgpool(x)))).flatten(1)  # (B, hidden)
+        # The heads all read z: one GEMM over their stacked weights (the parameters stay
+        # separate 1x1 convs, named as in the reference), one temperature division, one
+        # sigmoid over the sigmoid heads (stacked first) and one softmax for the kernel head.
+        heads = [a for a in ATTENTIONS if a in self.attentions]
+        convs = [getattr(self, f"{a}_fc") for a in heads]
+        weight = torch.cat([c.weight.flatten(1) for c in convs]) if len(convs) > 1 else convs[0].weight.flatten(1)
+        bias = torch.cat([c.bias for c in convs]) if len(convs) > 1 else convs[0].bias
+        logits = torch.addmm(bias, z, weight.t()) / self.temperature
+        sigmoid_heads = [(a, c.out_channels) for a, c in zip(heads, convs) if a != "kernel"]
+        n_sigmoid = sum(size for _, size in sigmoid_heads)
         out: dict[str, Tensor] = {}
-        if "channel" in self.attentions:
-            out["channel"] = torch.sigmoid(self.channel_fc(z).view(batch, -1) / t)
-        if "filter" in self.attentions:
-            out["filter"] = torch.sigmoid(self.filter_fc(z).view(batch, -1) / t)
-        if "spatial" in self.attentions:
-            out["spatial"] = torch.sigmoid(self.spatial_fc(z).view(batch, self.kernel_size, self.kernel_size) / t)
+        if sigmoid_heads:
+            probs = torch.sigmoid(logits[:, :n_sigmoid]).split([size for _, size in sigmoid_heads], dim=1)
+            out.update(zip([a for a, _ in sigmoid_heads], probs))
         if "kernel" in self.attentions:
-            out["kernel"] = F.softmax(self.kernel_fc(z).view(batch, -1) / t, dim=1)
+            out["kernel"] = F.softmax(logits[:, n_sigmoid:], dim=1)
+        if "spatial" in out:
+            out["spatial"] = out["spatial"].reshape(batch, self.kernel_size, self.kernel_size)
         return out
 
 
