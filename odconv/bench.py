@@ -556,6 +556,11 @@ def layers_markdown(rows: list[dict], strategies: Sequence[str], info, argv, rou
                       *[f"{d[s]['time_vs_static']:.2f}" for s in strategies], a["runs"], f"{vs_ref:.2f}",
                       f"{vs_best:.2f}", first])
     md.append("## Time (x static)\n\n" + _md_table(header, lines) + "\n")
+    autos = [d["auto"] for d in keyed.values()]
+    finals = [final_ratios(a) for a in autos]
+    md.append(f"`auto` over {len(autos)} rows ({sum(bool(a['rechecked']) for a in autos)} rechecked): "
+              f"{sum(r <= 1 + ref_tol for r, _ in finals)} at or below the reference within {ref_tol:.0%}, "
+              f"{sum(b <= 1 + best_tol for _, b in finals)} within {best_tol:.0%} of the fastest strategy.\n")
     header = ["model", "shape", "att", "B", "mode", "static MB", *strategies, "auto", "auto / ref"]
     lines = [[model.replace("cifar_", ""), shape, f"{att} n{n}", batch, mode, d["static"]["peak_mb"],
               *[f"{d[s]['mem_vs_static']:.2f}" for s in strategies], d["auto"]["runs"],
