@@ -6,9 +6,12 @@
     odconv-sweep status ablation           # progress of a (running) sweep
     odconv-sweep check sweeps/x.yaml       # validate a sweep file and list its grid
     odconv-sweep dashboard ablation        # the optuna-dashboard command for its storage
+    odconv-sweep estimate ablation         # expected wall time, measured on this machine
 
 ``run`` options default to the environment variables STORAGE, WORKERS, GPUS and
 DEVICES_PER_TRIAL (what ``make ablation`` passes), and STUDY for the study name.
+Exit codes: 0 done, 1 some grid points failed, 2 bad input (one ``error:`` line), 3 the
+storage was unreachable for longer than the outage limit, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,13 +20,45 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from .definition import SweepConfigError, find_sweep_file, load_sweep
+
+EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 3   # = sweeps.storage.EXIT_STORAGE (not imported here: it pulls in optuna)
+READ_OUTAGE_LIMIT_S = 15.0  # status/results wait this long for an unreachable storage, not the run's limit
+
+
+class UsageError(ValueError):
+    """Bad input at the command line; the message names the value and the valid choices."""
 
 
 def _env_int(name: str) -> int | None:
     v = os.environ.get(name, "").strip()
-    return int(v) if v else None
+    if not v:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise UsageError(f"environment variable {name} must be an integer, got {v!r}") from None
+
+
+def _device(text: str) -> str:
+    """``--device``: cpu, cuda or cuda:N."""
+    import re
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
 
 
 def _cuda() -> bool:
@@ -34,24 +69,34 @@ def _cuda() -> bool:
         return False
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block is one ``-h`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="odconv-sweep", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="odconv-sweep", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run or resume a sweep (same command on every machine)")
     r.add_argument("sweep", help="sweep YAML path or name (e.g. smoke -> sweeps/smoke.yaml)")
     r.add_argument("--storage", default=os.environ.get("STORAGE") or None,
                    help="Optuna storage URL (postgresql://...); default: results/<sweep>/optuna.journal")
-    r.add_argument("--workers", type=int, default=_env_int("WORKERS"),
+    r.add_argument("--workers", type=int, default=None,
                    help="CPU worker processes (no GPUs), or at most this many GPU workers")
     r.add_argument("--gpus", default=os.environ.get("GPUS") or None,
                    help="GPU ids, e.g. 0,1,2,3 (default: all visible; 'cpu' for none)")
-    r.add_argument("--devices-per-trial", type=int, default=_env_int("DEVICES_PER_TRIAL") or 1,
+    r.add_argument("--devices-per-trial", type=int, default=None,
                    help="GPUs per trial (DDP) ; one worker per group of this many GPUs")
     r.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
     r.add_argument("--study", default=os.environ.get("STUDY") or None, help="study name (default: the sweep name)")
     r.add_argument("--retry-failed", action="store_true", help="re-queue grid points whose trials all failed")
     r.add_argument("--no-aggregate", action="store_true", help="do not write the tables and plots at the end")
     r.add_argument("--progress-interval", type=float, default=5.0)
+    r.add_argument("--outage-limit", type=_positive, default=None,
+                   help="seconds every sweep process waits for an unreachable storage before stopping "
+                        "(default: SWEEP_OUTAGE_LIMIT_S or 300)")
     s = sub.add_parser("results", help="aggregate a sweep's records into summary.csv/md, attention table, plots")
     s.add_argument("sweep", help="sweep name (results/<name>/) or YAML path")
     s.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
@@ -67,9 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("sweep")
     e = sub.add_parser("estimate", help="expected wall time of a sweep here, from throughput measured on the device")
     e.add_argument("sweep")
-    e.add_argument("--device", default=os.environ.get("DEVICE") or ("cuda" if _cuda() else "cpu"),
+    e.add_argument("--device", type=_device, default=os.environ.get("DEVICE") or None,
                    help="cpu or cuda[:i] (default: cuda when available)")
-    e.add_argument("--workers", type=int, default=_env_int("WORKERS") or 1,
+    e.add_argument("--workers", type=int, default=None,
                    help="workers sharing the sweep (e.g. the number of GPUs over all machines)")
     e.add_argument("--overhead", type=float, default=None,
                    help="seconds per trial beyond fit and eval (start-up, checkpoints, cost measurements); default 25")
@@ -81,11 +126,35 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _sweep_name(arg: str, results_root: str) -> str:
+def _results_sweep(arg: str, results_root: str):
+    """The sweep a ``results``/``status``/``dashboard`` argument names: ``results/<arg>/sweep.json``
+    (written by the run) if there is one, else the sweep YAML ``arg`` (a path or a name)."""
     from pathlib import Path
-    if Path(results_root, arg, "sweep.json").exists():
-        return arg
-    return load_sweep(find_sweep_file(arg), check_files=False).name
+
+    from .definition import SweepDef
+    snap = Path(results_root, arg, "sweep.json")
+    if snap.exists():
+        import json
+        return SweepDef.from_dict(json.loads(snap.read_text()))
+    return load_sweep(find_sweep_file(arg), check_files=False)
+
+
+def _open_study(storage_url: str | None, sweep_name: str, results_root: str, study_name: str):
+    """The sweep's study for reading (status, results); ``UsageError`` naming the studies that
+    exist when there is no such study."""
+    from . import study as S
+    from .storage import OutageGuard, outage_limit_s
+    label = S.storage_label(storage_url, sweep_name, results_root)
+    if not S.is_rdb_url(storage_url) and not S.journal_path(sweep_name, results_root, storage_url).exists():
+        raise UsageError(f"sweep {sweep_name!r} has no storage at {label} (has it been run? pass --storage for "
+                         f"a PostgreSQL study)")
+    storage = S.make_storage(storage_url, sweep_name, results_root,
+                             OutageGuard(label, limit_s=min(READ_OUTAGE_LIMIT_S, outage_limit_s())))
+    try:
+        return S.load_study(storage, study_name)
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        raise UsageError(f"no study {study_name!r} in {label}; studies there: {', '.join(names) or 'none'}") from None
 
 
 def main(args: list[str] | None = None) -> int:
@@ -95,6 +164,7 @@ def main(args: list[str] | None = None) -> int:
         return worker_main(argv[1:])
     if argv and argv[0] == "_prepare":
         import json
+
         from .trial import prepare
         spec = json.loads(open(argv[1]).read())
         return prepare(spec["base_config"], spec["overrides"])
@@ -103,58 +173,99 @@ def main(args: list[str] | None = None) -> int:
         return trial_main(argv[1])
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[sweep] %(message)s")
+    try:
+        return _command(a)
+    except (SweepConfigError, UsageError) as e:
+        print(f"odconv-sweep: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 (classified: storage trouble and bad storage URLs are not bugs)
+        from .storage import StorageUnavailable
+        if isinstance(e, StorageUnavailable):
+            print(f"odconv-sweep: error: {e}", file=sys.stderr)
+            return EXIT_STORAGE
+        bad_url = _bad_storage_url(e)
+        if bad_url:
+            print(f"odconv-sweep: error: {bad_url}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+def _bad_storage_url(e: Exception) -> str | None:
+    """The message for a storage URL SQLAlchemy cannot use (unknown dialect, malformed), else None."""
+    try:
+        from sqlalchemy import exc as sa_exc
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(e, (sa_exc.ArgumentError, sa_exc.NoSuchModuleError)):
+        return (f"bad --storage/STORAGE URL ({str(e).splitlines()[0]}); valid: a journal file path, "
+                f"postgresql://user:pass@host:5432/db, mysql://..., sqlite:///file.db")
+    return None
+
+
+def _command(a: argparse.Namespace) -> int:
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        if a.cmd == "run":
-            from .runner import run_sweep
-            sweep = load_sweep(a.sweep)
-            return run_sweep(sweep, a.storage, a.workers, a.gpus, a.devices_per_trial, a.results_root, a.study,
+    if a.cmd == "run":
+        from .runner import run_sweep
+        workers = a.workers if a.workers is not None else _env_int("WORKERS")
+        per_trial = a.devices_per_trial if a.devices_per_trial is not None else (_env_int("DEVICES_PER_TRIAL") or 1)
+        if a.outage_limit is not None:
+            os.environ["SWEEP_OUTAGE_LIMIT_S"] = str(a.outage_limit)  # workers and trials inherit it
+        try:
+            from .storage import outage_limit_s
+            outage_limit_s()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        sweep = load_sweep(a.sweep)
+        try:
+            return run_sweep(sweep, a.storage, workers, a.gpus, per_trial, a.results_root, a.study,
                              a.retry_failed, not a.no_aggregate, a.progress_interval)
-        if a.cmd == "results":
-            from .aggregate import aggregate, load_sweep_for_results
-            name = _sweep_name(a.sweep, a.results_root)
-            st = None
-            if a.storage:
-                from . import study as S
-                sw = load_sweep_for_results(name, a.results_root)
-                st = S.load_study(S.make_storage(a.storage, sw.name, a.results_root, heartbeat=False), a.study or sw.name)
-            out = aggregate(name, a.results_root, study=st)
-            print(out["summary_md"].read_text())
-            print(f"wrote {out['summary_csv']}, {out['summary_md']}, {out['attention_csv']}, "
-                  + ", ".join(str(p) for p in out["plots"]), file=sys.stderr)
-            return 0
-        if a.cmd == "status":
-            from . import study as S
-            from .aggregate import load_sweep_for_results
-            sweep = load_sweep_for_results(_sweep_name(a.sweep, a.results_root), a.results_root)
-            storage = S.make_storage(a.storage, sweep.name, a.results_root, heartbeat=False)
-            st = S.load_study(storage, a.study or sweep.name)
-            p = S.progress(st, [pt.key for pt in sweep.points()])
-            print(S.format_progress(p, 1))
-            for key, state in sorted(p.points.items()):
-                print(f"  {state:8s} {key}")
-            return 0
-        if a.cmd == "check":
-            sweep = load_sweep(a.sweep)
-            pts = sweep.points()
-            print(f"{sweep.source}: OK: sweep '{sweep.name}', base {sweep.base_config}, {len(pts)} grid points "
-                  f"({len(sweep.variants())} variants)" + (", with a tuning stage" if sweep.tune else ""))
-            for p in pts:
-                print("  " + p.key)
-            return 0
-        if a.cmd == "estimate":
-            from .estimate import main as estimate_main
-            return estimate_main(load_sweep(a.sweep), a.device, a.workers, a.overhead, a.repeats)
-        if a.cmd == "dashboard":
-            from . import study as S
-            name = _sweep_name(a.sweep, a.results_root)
-            print(f"optuna-dashboard {S.storage_label(a.storage, name, a.results_root)}")
-            return 0
-    except SweepConfigError as e:
-        print(f"odconv-sweep: error: {e}", file=sys.stderr)
-        return 2
-    return 2
+        except ValueError as e:  # impossible worker/GPU requests (plan_slots)
+            raise UsageError(str(e)) from None
+    if a.cmd == "results":
+        from .aggregate import aggregate
+        sw = _results_sweep(a.sweep, a.results_root)
+        name = sw.name
+        st = None
+        if a.storage:
+            st = _open_study(a.storage, sw.name, a.results_root, a.study or sw.name)
+        out = aggregate(name, a.results_root, study=st)
+        print(out["summary_md"].read_text())
+        print(f"wrote {out['summary_csv']}, {out['summary_md']}, {out['attention_csv']}, "
+              + ", ".join(str(p) for p in out["plots"]), file=sys.stderr)
+        return 0
+    if a.cmd == "status":
+        from . import study as S
+        sweep = _results_sweep(a.sweep, a.results_root)
+        st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
+        p = S.progress(st, [pt.key for pt in sweep.points()])
+        print(S.format_progress(p, 1))
+        for key, state in sorted(p.points.items()):
+            print(f"  {state:8s} {key}")
+        return 0
+    if a.cmd == "check":
+        sweep = load_sweep(a.sweep)
+        pts = sweep.points()
+        print(f"{sweep.source}: OK: sweep '{sweep.name}', base {sweep.base_config}, {len(pts)} grid points "
+              f"({len(sweep.variants())} variants)" + (", with a tuning stage" if sweep.tune else ""))
+        for p in pts:
+            print("  " + p.key)
+        return 0
+    if a.cmd == "estimate":
+        from .estimate import main as estimate_main
+        device = a.device or ("cuda" if _cuda() else "cpu")
+        if device.startswith("cuda") and not _cuda():
+            raise UsageError(f"--device {device}: no CUDA device is available here; valid: cpu")
+        workers = a.workers if a.workers is not None else (_env_int("WORKERS") or 1)
+        if workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {workers}")
+        return estimate_main(load_sweep(a.sweep), device, workers, a.overhead, a.repeats)
+    if a.cmd == "dashboard":
+        from . import study as S
+        name = _results_sweep(a.sweep, a.results_root).name
+        print(f"optuna-dashboard {S.storage_label(a.storage, name, a.results_root)}")
+        return 0
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":  # pragma: no cover

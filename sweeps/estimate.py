@@ -76,7 +76,7 @@ def _autocast(precision: str, device: torch.device):
 def measure_point(base_config: str, overrides: dict[str, Any], device: torch.device, repeats: int = 5) -> dict:
     """Build one grid point as a trial would and measure it: train and eval img/s, image counts."""
     from lightning_modules.cli import main as cli_main
-    from odconv.timing import time_callable, make_train_step
+    from odconv.timing import make_train_step, time_callable
 
     from .trial import build_cli_args
 

@@ -120,5 +120,5 @@ def read_records(trials_dir: str | os.PathLike) -> list[TrialRecord]:
             out.append(read_record(p))
         except (ValueError, json.JSONDecodeError, TypeError) as e:
             import warnings
-            warnings.warn(f"skipping unreadable trial record {p}: {e}")
+            warnings.warn(f"skipping unreadable trial record {p}: {e}", stacklevel=2)
     return out

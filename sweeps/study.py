@@ -1,13 +1,17 @@
-"""Optuna state of a sweep: storage, the study, the grid queue, reaping dead trials, progress.
+"""Optuna state of a sweep: the study, the grid queue, retries, reaping dead trials, progress.
 
 Facts this is built on (optuna 5.0): ``GridSampler`` runs duplicate points with parallel
 workers, so every grid point is enqueued once (``enqueue_trial(..., skip_if_exists=True)``
-with the grid key in ``user_attrs``) and workers pop WAITING trials themselves, running
+with the grid key in ``user_attrs``) and workers claim WAITING trials themselves, running
 nothing when the queue is empty (``study.ask()`` would create a fresh, un-gridded trial).
-The study is created once by the driver before workers start. RDB storages get a heartbeat
-and ``RetryHeartbeatStaleTrialCallback``; the journal storage has no heartbeat, so RUNNING
-trials whose worker process is gone are reaped here (pid + process start time on this host,
-a user-attribute heartbeat for trials owned by other hosts).
+The study is created once by the driver before workers start.
+
+Liveness and retries are one mechanism for every storage: a worker writes its host, pid and
+process start time into the trial it claims and beats a ``heartbeat`` user attribute; a
+RUNNING trial whose worker process is gone (same host) or whose heartbeat is older than the
+sweep's ``stale_after_s`` (other hosts) is failed and re-enqueued, counting one retry in the
+new trial's ``retries`` attribute, up to ``max_retries``. Optuna's own heartbeat and retry
+callback are not used (they would count retries a second time).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import logging
 import os
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,86 +31,65 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from .definition import GridPoint, SweepDef, canonical_value
+from .record import TrialRecord, read_record
+from .storage import ResilientStorage, is_rdb_url, journal_path, make_storage, rdb_url, results_dir, storage_label  # noqa: F401 (re-exported)
 
 log = logging.getLogger("sweeps")
 
-HEARTBEAT_INTERVAL_S = 60      # RDB heartbeat and journal user-attr heartbeat
-RDB_GRACE_PERIOD_S = 600       # generous: a busy host may miss a few beats
-JOURNAL_LOCK_GRACE_S = 60      # a lock file older than this (holder killed) is broken
+HEARTBEAT_INTERVAL_S = 60      # the heartbeat user attribute of a running trial
 HOST = socket.gethostname()
-
-try:  # silence the "experimental" warnings of the retry callback and the journal lock
-    from optuna.exceptions import ExperimentalWarning
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
-except ImportError:  # pragma: no cover
-    pass
+GRID_ATTRS = ("grid_key", "grid_params", "variant", "seed", "extra_overrides")
 
 
-def results_dir(sweep_name: str, root: str | os.PathLike = "results") -> Path:
-    return Path(root) / sweep_name
+class SweepStudy(optuna.Study):
+    """An Optuna study that keeps a public handle on its storage, for the two things
+    ``optuna.Study`` has no method for: claiming a queued trial without creating one, and
+    failing a trial that another (dead) process owns."""
+
+    def __init__(self, study_name: str, storage: ResilientStorage, sampler: optuna.samplers.BaseSampler | None = None,
+                 pruner: optuna.pruners.BasePruner | None = None):
+        super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study_name)
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of this study's trial ``number``."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def trial_handle(self, number: int) -> optuna.trial.Trial:
+        """A live :class:`optuna.trial.Trial` of a RUNNING trial (to tell it, set attributes, report)."""
+        return optuna.trial.Trial(self, self.trial_id(number))
 
 
-def is_rdb_url(url: str | None) -> bool:
-    return bool(url) and "://" in str(url) and not str(url).startswith("journal://")
+@dataclass
+class Claim:
+    """A trial this worker owns: ``spec`` is what the trial process runs (see :mod:`sweeps.trial`);
+    ``requeue``: a failed attempt is re-enqueued (grid points), or failed for good (tuning
+    trials, which the sampler replaces)."""
+
+    study: SweepStudy
+    trial: optuna.trial.Trial
+    spec: dict[str, Any]
+    requeue: bool
 
 
-def journal_path(sweep_name: str, root: str | os.PathLike = "results", url: str | None = None) -> Path:
-    if url:
-        u = str(url)
-        return Path(u[len("journal://"):] if u.startswith("journal://") else u)
-    return results_dir(sweep_name, root) / "optuna.journal"
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """The tuning stage's pruner by its name in the sweep YAML (``tune.pruner``): median | none."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
 
 
-def rdb_url(url: str) -> str:
-    """``postgresql://`` picks a driver that is installed: recent SQLAlchemy defaults to
-    psycopg 3, while the suite's extra installs psycopg2-binary."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        import importlib.util
-        rest = url.split("://", 1)[1]
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + rest
-        return "postgresql://" + rest
-    return url
+def create_study(storage: ResilientStorage, study_name: str, sampler: optuna.samplers.BaseSampler | None = None,
+                 pruner: optuna.pruners.BasePruner | None = None) -> SweepStudy:
+    optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True)
+    return SweepStudy(study_name, storage, sampler, pruner)
 
 
-def make_storage(url: str | None, sweep_name: str, root: str | os.PathLike = "results", max_retries: int = 2,
-                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """``None``/empty: a journal file under ``results/<sweep>/``; a path or ``journal://path``:
-    that journal file; ``postgresql://``/``mysql://``/``sqlite://``: an RDB storage with
-    heartbeat and retry of stale trials."""
-    if is_rdb_url(url):
-        if str(url).startswith("sqlite"):
-            warnings.warn("SQLite storage is not for parallel workers (database locks); use the default "
-                          "journal file on one machine or PostgreSQL across machines")
-        kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}} if not str(url).startswith("sqlite") else {}
-        if heartbeat:
-            kwargs.update(heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=RDB_GRACE_PERIOD_S,
-                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                              max_retry=max_retries))
-        return optuna.storages.RDBStorage(rdb_url(str(url)), **kwargs)
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
-
-    path = journal_path(sweep_name, root, url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = JournalFileOpenLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
-
-
-def storage_label(url: str | None, sweep_name: str, root: str | os.PathLike = "results") -> str:
-    """What to pass to optuna-dashboard for this storage."""
-    return rdb_url(str(url)) if is_rdb_url(url) else str(journal_path(sweep_name, root, url))
-
-
-def create_study(storage, study_name: str) -> optuna.Study:
-    return optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True)
-
-
-def load_study(storage, study_name: str) -> optuna.Study:
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def study_id(study: optuna.Study) -> int:
-    return study._storage.get_study_id_from_name(study.study_name)
+def load_study(storage: ResilientStorage, study_name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> SweepStudy:
+    """The study ``study_name``; ``KeyError`` when the storage has no such study."""
+    return SweepStudy(study_name, storage, sampler, pruner)
 
 
 # --- grid queue --------------------------------------------------------------------------
@@ -130,7 +112,7 @@ def trial_point(t: FrozenTrial) -> GridPoint:
     return GridPoint(json.loads(t.user_attrs["grid_params"]))
 
 
-def enqueue_grid(study: optuna.Study, sweep: SweepDef, extra_overrides: dict[str, dict[str, Any]] | None = None) -> int:
+def enqueue_grid(study: SweepStudy, sweep: SweepDef, extra_overrides: dict[str, dict[str, Any]] | None = None) -> int:
     """Enqueue every grid point not yet in the study; returns how many were added."""
     existing = {t.user_attrs.get("grid_key") for t in study.get_trials(deepcopy=False)}
     n = 0
@@ -143,26 +125,26 @@ def enqueue_grid(study: optuna.Study, sweep: SweepDef, extra_overrides: dict[str
     return n
 
 
-def pop_waiting(study: optuna.Study) -> optuna.trial.Trial | None:
-    """Claim one WAITING trial (atomically, as ``Study.ask`` does) or return None; never creates
-    a trial, so a late worker that finds the queue empty runs nothing."""
-    storage = study._storage
-    sid = study_id(study)
-    for t in storage.get_all_trials(sid, deepcopy=False, states=(TrialState.WAITING,)):
+def pop_waiting(study: SweepStudy) -> optuna.trial.Trial | None:
+    """Claim one WAITING trial (atomically: WAITING -> RUNNING, as ``Study.ask`` does) or return
+    None; never creates a trial, so a late worker that finds the queue empty runs nothing."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        tid = study.trial_id(t.number)
         try:
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+            if not study.storage.set_trial_state_values(tid, state=TrialState.RUNNING):
                 continue
         except UpdateFinishedTrialError:
             continue
-        return optuna.trial.Trial(study, t._trial_id)
+        return optuna.trial.Trial(study, tid)
     return None
 
 
 def total_retries(t: FrozenTrial) -> int:
-    return int(t.user_attrs.get("retries", 0)) + len(t.system_attrs.get("retry_history", []))
+    """Retries used so far by the grid point of ``t`` (0 for its first attempt)."""
+    return int(t.user_attrs.get("retries", 0))
 
 
-def enqueue_retry(study: optuna.Study, t: FrozenTrial, reason: str, max_retries: int, count: bool = True) -> bool:
+def enqueue_retry(study: SweepStudy, t: FrozenTrial, reason: str, max_retries: int, count: bool = True) -> bool:
     """Re-enqueue a trial that died (its run directory, hence its last checkpoint, is keyed by
     the grid point, so the retry resumes). Returns False when the retry budget is spent."""
     retries = total_retries(t) + (1 if count else 0)
@@ -170,21 +152,53 @@ def enqueue_retry(study: optuna.Study, t: FrozenTrial, reason: str, max_retries:
         log.warning("trial %d (%s) died (%s) and has used its %d retries: left failed", t.number,
                     t.user_attrs.get("grid_key"), reason, max_retries)
         return False
-    attrs = {k: v for k, v in t.user_attrs.items() if k in ("grid_key", "grid_params", "variant", "seed", "extra_overrides")}
+    attrs = {k: v for k, v in t.user_attrs.items() if k in GRID_ATTRS}
     attrs.update(retries=retries, retry_of=t.number, retry_reason=reason)
     study.enqueue_trial(encode_params(json.loads(t.user_attrs["grid_params"])), user_attrs=attrs)
     return True
 
 
-def fail_trial(study: optuna.Study, trial_id: int, reason: str, final: bool) -> bool:
+def fail_trial(study: SweepStudy, number: int, reason: str, final: bool) -> bool:
     """RUNNING -> FAIL with a reason; False when another process finished it first."""
-    storage = study._storage
+    tid = study.trial_id(number)
     try:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        storage.set_trial_user_attr(trial_id, "final_failure", bool(final))
-        return bool(storage.set_trial_state_values(trial_id, state=TrialState.FAIL))
+        study.storage.set_trial_user_attr(tid, "fail_reason", reason)
+        study.storage.set_trial_user_attr(tid, "final_failure", bool(final))
+        return bool(study.storage.set_trial_state_values(tid, state=TrialState.FAIL))
     except UpdateFinishedTrialError:
         return False
+
+
+def fail_and_retry(study: SweepStudy, number: int, reason: str, max_retries: int, count: bool = True) -> bool:
+    """Fail a RUNNING grid trial and re-enqueue its point (the one retry path). True when this
+    call failed it (False: another process finished it first)."""
+    frozen = study.storage.get_trial(study.trial_id(number))
+    final = count and total_retries(frozen) + 1 > max_retries
+    if not fail_trial(study, number, reason, final=final):
+        return False
+    enqueue_retry(study, frozen, reason, max_retries, count=count)
+    return True
+
+
+def report_record(study: SweepStudy, number: int, rec: TrialRecord, record_path: str | os.PathLike) -> str:
+    """Tell Optuna the outcome a trial's record says (complete -> its value, pruned, failed with
+    the recorded reason: a divergence is deterministic and not retried), with the record's
+    scalar fields as user attributes. Returns the state told."""
+    trial = study.trial_handle(number)
+    for k, v in {"status": rec.status, "reason": rec.reason, "value": rec.value,
+                 "record_path": str(record_path)}.items():
+        trial.set_user_attr(k, v)
+    trial.set_user_attr("record", {k[2:]: v for k, v in rec.user_attrs().items()})
+    if rec.status == "complete":
+        study.tell(trial, rec.value)
+        return "complete"
+    if rec.status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        return "pruned"
+    trial.set_user_attr("fail_reason", rec.reason)
+    trial.set_user_attr("final_failure", True)
+    study.tell(trial, state=TrialState.FAIL)
+    return "failed"
 
 
 # --- liveness and reaping ----------------------------------------------------------------
@@ -218,12 +232,13 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     return True
 
 
-def trial_is_dead(t: FrozenTrial, stale_after_s: float, rdb: bool) -> str | None:
-    """Why a RUNNING trial's worker is gone, or None if it may be alive."""
+def trial_is_dead(t: FrozenTrial, stale_after_s: float, storage_quiet_s: float = float("inf")) -> str | None:
+    """Why a RUNNING trial's worker is gone, or None if it may be alive. ``storage_quiet_s``:
+    seconds since the reaper's own last storage outage; heartbeats missed during an outage say
+    nothing, so heartbeat ages count only once the storage has been reachable that long."""
     a = t.user_attrs
     host, pid = a.get("worker_host"), a.get("worker_pid")
-    # worker attrs copied from an earlier attempt (Optuna's retry callback copies user attrs)
-    # are stale until the new owner's claim overwrites them
+    # worker attrs copied from an earlier attempt are stale until the new owner's claim overwrites them
     start = t.datetime_start.timestamp() if t.datetime_start else None
     claimed = a.get("claimed_at")
     if claimed is None or (start is not None and float(claimed) < start - 5):
@@ -232,42 +247,63 @@ def trial_is_dead(t: FrozenTrial, stale_after_s: float, rdb: bool) -> str | None
         if not pid_alive(int(pid), a.get("worker_start")):
             return f"worker process {pid} on {host} is gone"
         return None
-    if rdb:
-        return None  # other hosts: the RDB heartbeat and fail_stale_trials handle them
     beat = (a.get("heartbeat") if host is not None else None) or start
-    if beat is not None and time.time() - float(beat) > stale_after_s:
-        return f"no heartbeat from {host or 'an unknown worker'} for {time.time() - float(beat):.0f} s"
+    age = time.time() - float(beat) if beat is not None else 0.0
+    if age > stale_after_s and storage_quiet_s > stale_after_s:
+        return f"no heartbeat from {host or 'an unknown worker'} for {age:.0f} s"
     return None
 
 
-def reap(study: optuna.Study, sweep: SweepDef, rdb: bool) -> list[int]:
-    """Fail RUNNING trials whose worker is gone and re-enqueue them (up to max_retries).
-    On RDB storages also runs Optuna's heartbeat-based ``fail_stale_trials``."""
+def finished_record(t: FrozenTrial) -> tuple[TrialRecord, Path] | None:
+    """The final record a trial's run wrote on this host (complete, pruned or diverged), when
+    its worker died or lost the storage before telling Optuna; else None."""
+    path = t.user_attrs.get("record_path")
+    if not path or not Path(path).exists():
+        return None
+    try:
+        rec = read_record(path)
+    except (OSError, ValueError, TypeError):
+        return None
+    if rec.trial_number != t.number or (rec.status == "failed" and not (rec.reason or "").startswith("diverged")):
+        return None
+    return rec, Path(path)
+
+
+def reap(study: SweepStudy, sweep: SweepDef) -> list[int]:
+    """Settle RUNNING grid trials whose worker is gone: a trial whose final record is on disk is
+    told its result; any other is failed and re-enqueued (up to ``max_retries``)."""
     reaped = []
-    if rdb:
-        optuna.storages.fail_stale_trials(study)
+    quiet = study.storage.guard.seconds_since_outage()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if "grid_key" not in t.user_attrs:
             continue
-        why = trial_is_dead(t, sweep.stale_after_s, rdb)
+        why = trial_is_dead(t, sweep.stale_after_s, quiet)
         if why is None:
             continue
-        final = total_retries(t) + 1 > sweep.max_retries
-        if fail_trial(study, t._trial_id, why, final=final):
-            log.warning("reaped trial %d (%s): %s", t.number, t.user_attrs.get("grid_key"), why)
-            enqueue_retry(study, t, why, sweep.max_retries)
-            reaped.append(t.number)
+        done = finished_record(t)
+        try:
+            if done is not None:
+                state = report_record(study, t.number, done[0], done[1])
+                log.warning("trial %d (%s): its worker is gone (%s); reported its finished record: %s", t.number,
+                            t.user_attrs.get("grid_key"), why, state)
+            elif fail_and_retry(study, t.number, why, sweep.max_retries):
+                log.warning("reaped trial %d (%s): %s", t.number, t.user_attrs.get("grid_key"), why)
+            else:
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another reaper (or the worker, back from an outage) settled it first
+        reaped.append(t.number)
     return reaped
 
 
-def requeue_failed(study: optuna.Study) -> int:
+def requeue_failed(study: SweepStudy) -> int:
     """Re-enqueue grid points whose every trial failed (``--retry-failed``)."""
     prog = progress(study)
     n = 0
     for key, st in prog.points.items():
         if st == "failed":
             t = prog.last_trial[key]
-            attrs = {k: v for k, v in t.user_attrs.items() if k in ("grid_key", "grid_params", "variant", "seed", "extra_overrides")}
+            attrs = {k: v for k, v in t.user_attrs.items() if k in GRID_ATTRS}
             attrs.update(retries=0, retry_of=t.number, retry_reason="--retry-failed")
             study.enqueue_trial(encode_params(json.loads(t.user_attrs["grid_params"])), user_attrs=attrs)
             n += 1
@@ -296,7 +332,8 @@ def progress(study: optuna.Study, expected_keys: list[str] | None = None) -> Pro
         key = t.user_attrs.get("grid_key")
         if key is None:
             continue
-        st = {TrialState.COMPLETE: "done", TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}.get(t.state, "failed")
+        st = {TrialState.COMPLETE: "done", TrialState.RUNNING: "running",
+              TrialState.WAITING: "waiting"}.get(t.state, "failed")
         if _RANK[st] >= _RANK.get(p.points.get(key, ""), 0):
             p.points[key] = st
             p.last_trial[key] = t

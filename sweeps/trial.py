@@ -26,13 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .definition import SweepDef
 from .record import TrialRecord, write_record
 
-DIVERGED = "diverged"
-
-
-class TrialDiverged(RuntimeError):
-    pass
+DIVERGED = "diverged"  # the reason of a diverged trial starts with this (not retried, see study.report_record)
 
 
 def cli_value(v: Any) -> str:
@@ -53,9 +50,23 @@ def build_cli_args(base_config: str, overrides: dict[str, Any], run_dir: str | o
     return args
 
 
+def trial_overrides(sweep: SweepDef, devices_per_trial: int, *layers: dict[str, Any]) -> dict[str, Any]:
+    """The CLI overrides of a trial: the sweep's, then ``layers`` in order, then the defaults of
+    a sweep trial (no progress bar; DDP on ``devices_per_trial`` devices)."""
+    out = dict(sweep.overrides)
+    for layer in layers:
+        out.update(layer)
+    out.setdefault("trainer.enable_progress_bar", False)
+    if devices_per_trial > 1:
+        out.setdefault("trainer.devices", devices_per_trial)
+        out.setdefault("trainer.strategy", "ddp")
+    return out
+
+
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
         if not sha:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
@@ -91,24 +102,8 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _callbacks():
+def _val_history_callback():
     from lightning.pytorch.callbacks import Callback
-
-    class DivergenceGuard(Callback):
-        """Stops the fit with :class:`TrialDiverged` when the training loss is not finite."""
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            if loss is None:
-                return
-            try:
-                import torch
-                ok = bool(torch.isfinite(loss.detach()).all()) if hasattr(loss, "detach") else math.isfinite(float(loss))
-            except Exception:  # noqa: BLE001
-                return
-            if not ok:
-                raise TrialDiverged(f"{DIVERGED}: non-finite train/loss ({float(loss)}) at epoch "
-                                    f"{trainer.current_epoch}, step {trainer.global_step}")
 
     class ValHistory(Callback):
         """Per-epoch val metrics; saved in checkpoints, so a resumed trial keeps its history."""
@@ -142,7 +137,7 @@ def _callbacks():
         def load_state_dict(self, state_dict):
             self.history = list(state_dict.get("history", []))
 
-    return DivergenceGuard, ValHistory
+    return ValHistory
 
 
 def _net(lm):
@@ -176,6 +171,7 @@ def _count_params_macs(net, input_size) -> tuple[int | None, int | None]:
 def measure_costs(lm, datamodule, device, opts: dict[str, Any]) -> dict[str, Any]:
     """Params, MACs, train throughput, latency at batch 1 and 64, peak memory of a train step."""
     import torch
+
     from odconv.timing import make_train_step, measure_latency, measure_train_throughput, peak_memory
 
     out: dict[str, Any] = {}
@@ -190,7 +186,8 @@ def measure_costs(lm, datamodule, device, opts: dict[str, Any]) -> dict[str, Any
             stats = {}
     net = copy.deepcopy(_net(lm)).to(device)
     if "params" in stats:
-        out.update(params_count=int(stats["params"]), macs=int(stats["macs"]) if stats.get("macs") is not None else None)
+        out.update(params_count=int(stats["params"]),
+                   macs=int(stats["macs"]) if stats.get("macs") is not None else None)
     else:
         p, m = _count_params_macs(net, input_size)
         out.update(params_count=p, macs=m)
@@ -242,7 +239,8 @@ def run_trial(spec: dict[str, Any]) -> int:
     import torch
     if threads:
         torch.set_num_threads(int(threads))
-    rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    rank0 = (int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+             and os.environ.get("NODE_RANK", "0") == "0")
 
     rec = TrialRecord(sweep=spec["sweep"], grid_key=spec["grid_key"], variant=spec["variant"], params=spec["params"],
                       seed=spec.get("seed"), status="failed", attempt=int(spec.get("attempt", 0)),
@@ -259,12 +257,11 @@ def run_trial(spec: dict[str, Any]) -> int:
         return 0
 
     optuna_trial = None
-    if spec.get("prune_storage"):
-        import optuna
-        from .study import make_storage
-        storage = make_storage(spec["prune_storage"], spec["sweep"], spec.get("results_root", "results"), heartbeat=False)
-        study = optuna.load_study(study_name=spec["prune_study"], storage=storage)
-        optuna_trial = optuna.trial.Trial(study, int(spec["prune_trial_id"]))
+    if spec.get("prune_study"):  # a tuning trial reports val accuracy every epoch to its pruner
+        from . import study as S
+        storage = S.make_storage(spec.get("prune_storage"), spec["sweep"], spec.get("results_root", "results"))
+        study = S.load_study(storage, spec["prune_study"], pruner=S.make_pruner(spec.get("pruner", "median")))
+        optuna_trial = study.trial_handle(int(spec["prune_trial_number"]))
 
     import warnings
     # sys.argv stays the trial command on purpose: Lightning's DDP launcher re-runs it for ranks > 0
@@ -287,9 +284,9 @@ def run_trial(spec: dict[str, Any]) -> int:
             rec.data = json.loads(json.dumps(dm.describe(), default=str))
         except Exception:  # noqa: BLE001
             pass
-    DivergenceGuard, ValHistory = _callbacks()
+    ValHistory = _val_history_callback()
     hist = ValHistory(optuna_trial)
-    trainer.callbacks.extend([DivergenceGuard(), hist])
+    trainer.callbacks.append(hist)
 
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt = str(last) if last.exists() else None
@@ -297,10 +294,10 @@ def run_trial(spec: dict[str, Any]) -> int:
     fit_start = time.time()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
-    except (TrialDiverged, FloatingPointError) as e:
+    except FloatingPointError as e:
+        # the training module's report of a non-finite loss (ODConvLightningModule(stop_on_nonfinite=True))
         rec.val_history = hist.history
-        msg = str(e)
-        return finish("failed", msg if msg.startswith(DIVERGED) else f"{DIVERGED}: {msg}")
+        return finish("failed", f"{DIVERGED}: {e}")
     except Exception as e:  # noqa: BLE001
         import optuna
         if isinstance(e, optuna.TrialPruned):
@@ -314,16 +311,12 @@ def run_trial(spec: dict[str, Any]) -> int:
     if getattr(trainer, "interrupted", False):
         raise KeyboardInterrupt("fit interrupted")
     m = trainer.callback_metrics
-    if "train/loss" in m and _finite(m["train/loss"]) is None:
-        return finish("failed", f"{DIVERGED}: non-finite train/loss at the end of the fit")
     rec.val_history = hist.history
     rec.epochs = int(trainer.current_epoch)
     last_row = hist.history[-1] if hist.history else {}
     rec.final_val_top1 = _finite(m.get("val/acc_top1", last_row.get("val/acc_top1")))
     rec.final_val_top5 = _finite(m.get("val/acc_top5", last_row.get("val/acc_top5")))
     rec.final_val_loss = _finite(m.get("val/loss", last_row.get("val/loss")))
-    if rec.final_val_loss is None and "val/loss" in m:
-        return finish("failed", f"{DIVERGED}: non-finite val/loss")
     if hist.history:
         best = max(hist.history, key=lambda h: h.get("val/acc_top1", -1.0))
         rec.best_val_top1 = best.get("val/acc_top1")
@@ -334,7 +327,8 @@ def run_trial(spec: dict[str, Any]) -> int:
         limit = trainer.limit_train_batches
         if isinstance(limit, int):
             samples = min(samples, limit * int(getattr(dm, "batch_size", 1)))
-        epochs_run = rec.epochs - (int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1 if ckpt else 0)
+        start_epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1 if ckpt else 0
+        epochs_run = rec.epochs - start_epoch
         if rec.fit_time_s and epochs_run > 0:
             rec.fit_throughput = samples * epochs_run / rec.fit_time_s
     except Exception:  # noqa: BLE001
@@ -347,7 +341,8 @@ def run_trial(spec: dict[str, Any]) -> int:
         res = trainer.test(model, datamodule=dm, verbose=False)
         if res:
             r = res[0]
-            rec.test_top1, rec.test_top5, rec.test_loss = (_finite(r.get("test/acc_top1")), _finite(r.get("test/acc_top5")),
+            rec.test_top1, rec.test_top5, rec.test_loss = (_finite(r.get("test/acc_top1")),
+                                                           _finite(r.get("test/acc_top5")),
                                                            _finite(r.get("test/loss")))
     if not trainer.is_global_zero:
         return 0

@@ -15,7 +15,6 @@ studies (finished trials count toward the budget; dead ones are failed and repla
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -27,6 +26,9 @@ from optuna.trial import TrialState
 
 from . import study as S
 from .definition import SEED_KEY, SweepDef, slugify
+from .process import Slot, StopRequest, run_workers, worker_command
+from .storage import EXIT_STORAGE, ResilientStorage, StorageUnavailable
+from .trial import build_cli_args, git_commit, trial_overrides
 
 log = logging.getLogger("sweeps")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -50,18 +52,15 @@ def make_sampler(sweep: SweepDef) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(sweep: SweepDef) -> optuna.pruners.BasePruner:
-    if sweep.tune.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
+    return S.make_pruner(sweep.tune.pruner)
 
 
-def open_tune_studies(sweep: SweepDef, storage, base: str, create: bool) -> dict[str, optuna.Study]:
+def open_tune_studies(sweep: SweepDef, storage: ResilientStorage, base: str, create: bool) -> dict[str, S.SweepStudy]:
     out = {}
     for v in variant_points(sweep):
         name = tune_study_name(base, v)
-        if create:
-            optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-        out[v] = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(sweep), pruner=make_pruner(sweep))
+        opener = S.create_study if create else S.load_study
+        out[v] = opener(storage, name, make_sampler(sweep), make_pruner(sweep))
     return out
 
 
@@ -96,97 +95,99 @@ def best_overrides(sweep: SweepDef, studies: dict[str, optuna.Study]) -> dict[st
     return out
 
 
-def tune_worker(sweep: SweepDef, worker) -> int:
-    """The worker loop of the tuning stage (``python -m sweeps _worker --stage tune``)."""
-    from .trial import build_cli_args
+class TuneSource:
+    """The tuning studies as a worker's trial source: the variant with the fewest trials so far
+    (spreading workers over variants) gets a new trial sampled by its TPE sampler, until every
+    variant has its budget. Dead tuning trials are failed for good (the sampler replaces them)."""
 
-    studies = open_tune_studies(sweep, worker.storage, worker.study_name, create=False)
-    points = variant_points(sweep)
-    while not worker.stop:
-        for st in studies.values():
-            for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                why = S.trial_is_dead(t, sweep.stale_after_s, worker.rdb)
-                if why:
-                    S.fail_trial(st, t._trial_id, why, final=True)
-        # the variant with the fewest trials so far (spreads workers over variants)
-        open_ = [(n_counted(st), v) for v, st in studies.items() if n_counted(st) < sweep.tune.n_trials]
-        if not open_:
-            break
-        _, v = min(open_)
-        st = studies[v]
-        trial = st.ask()
-        if n_counted(st) > sweep.tune.n_trials:  # another worker took the last slot meanwhile
-            st.tell(trial, state=TrialState.FAIL)
-            st._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "over budget (race), not run")
-            continue
-        sampled = suggest(trial, sweep.tune.params)
-        params = dict(points[v])
-        params[SEED_KEY] = sweep.grid.get(SEED_KEY, [0])[0]
-        for k, val in {"worker_host": S.HOST, "worker_pid": worker.pid, "worker_start": worker.start,
-                       "heartbeat": time.time(), "variant": v, "claimed_at": time.time()}.items():
-            st._storage.set_trial_user_attr(trial._trial_id, k, val)
-        run_dir = worker.res_dir / "tune" / slugify(v) / f"t{trial.number:03d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        overrides = {**sweep.overrides, **sweep.tune.overrides, **params, **sampled}
-        overrides.setdefault("trainer.enable_progress_bar", False)
-        if worker.devices_per_trial > 1:
-            overrides.setdefault("trainer.devices", worker.devices_per_trial)
-            overrides.setdefault("trainer.strategy", "ddp")
-        spec = {"sweep": sweep.name, "grid_key": f"tune:{v}:{trial.number}", "variant": v, "params": params,
-                "seed": params[SEED_KEY], "attempt": 0, "trial_number": trial.number, "run_dir": str(run_dir),
-                "record_path": str(worker.res_dir / "tune" / "trials" / f"{slugify(v)}-t{trial.number:03d}.json"),
-                "cli_args": build_cli_args(sweep.base_config, overrides, run_dir), "measure": {"enabled": False},
-                "metric": "val/acc_top1", "test": False, "git_commit": worker.git, "results_root": worker.results_root,
-                "prune_storage": worker.storage_url, "prune_study": st.study_name, "prune_trial_id": trial._trial_id}
-        (run_dir / "trial_spec.json").write_text(json.dumps(spec, indent=1))
-        rc, rec = worker.run_child(st, trial._trial_id, spec)
-        if worker.stop and (rec is None or rec.status not in ("complete", "pruned")):
-            S.fail_trial(st, trial._trial_id, "interrupted", final=True)
-            break
-        if rec is not None and rec.status == "complete" and rec.value is not None:
-            st.tell(trial, rec.value)
-        elif rec is not None and rec.status == "pruned":
-            st.tell(trial, state=TrialState.PRUNED)
-        else:
-            st._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
-                                            (rec.reason if rec else None) or f"trial process exited with {rc}")
-            st.tell(trial, state=TrialState.FAIL)
-    return 130 if worker.stop else 0
+    def __init__(self, sweep: SweepDef, storage: ResilientStorage, base: str):
+        self.sweep = sweep
+        self.studies = open_tune_studies(sweep, storage, base, create=False)
+        self.points = variant_points(sweep)
+
+    def claim(self, worker: Any) -> S.Claim | None:
+        """``worker``: the :class:`sweeps.worker.Worker` claiming (its stop flag, identity, results dir)."""
+        sweep = self.sweep
+        quiet = worker.storage.guard.seconds_since_outage()
+        while not worker.stop:
+            for st in self.studies.values():
+                for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    why = S.trial_is_dead(t, sweep.stale_after_s, quiet)
+                    if why:
+                        S.fail_trial(st, t.number, why, final=True)
+            open_ = [(n_counted(st), v) for v, st in self.studies.items() if n_counted(st) < sweep.tune.n_trials]
+            if not open_:
+                return None
+            _, v = min(open_)
+            st = self.studies[v]
+            trial = st.ask()
+            if n_counted(st) > sweep.tune.n_trials:  # another worker took the last slot meanwhile
+                trial.set_user_attr("fail_reason", "over budget (race), not run")
+                st.tell(trial, state=TrialState.FAIL)
+                continue
+            sampled = suggest(trial, sweep.tune.params)
+            params = dict(self.points[v])
+            params[SEED_KEY] = sweep.grid.get(SEED_KEY, [0])[0]
+            trial.set_user_attr("variant", v)
+            worker.mark_claimed(trial)
+            run_dir = worker.res_dir / "tune" / slugify(v) / f"t{trial.number:03d}"
+            overrides = trial_overrides(sweep, worker.devices_per_trial, sweep.tune.overrides, params, sampled)
+            spec = {"sweep": sweep.name, "grid_key": f"tune:{v}:{trial.number}", "variant": v, "params": params,
+                    "seed": params[SEED_KEY], "attempt": 0, "trial_number": trial.number, "run_dir": str(run_dir),
+                    "record_path": str(worker.res_dir / "tune" / "trials" / f"{slugify(v)}-t{trial.number:03d}.json"),
+                    "cli_args": build_cli_args(sweep.base_config, overrides, run_dir), "measure": {"enabled": False},
+                    "metric": "val/acc_top1", "test": False, "git_commit": git_commit(),
+                    "results_root": worker.results_root, "prune_storage": worker.storage_url,
+                    "prune_study": st.study_name, "prune_trial_number": trial.number,
+                    "pruner": sweep.tune.pruner}
+            return S.Claim(st, trial, spec, requeue=False)
+        return None
 
 
-def run_tuning(sweep: SweepDef, storage, storage_url: str | None, base: str, slots, results_root: str,
-               sweep_json: Path, devices_per_trial: int) -> dict[str, dict[str, Any]] | None:
-    """Run the tuning stage to completion; the best values per variant, or None if interrupted."""
-    from .runner import spawn_workers
+def tuning_done(sweep: SweepDef, studies: dict[str, S.SweepStudy]) -> bool:
+    return all(n_finished(st) >= sweep.tune.n_trials for st in studies.values())
 
+
+def run_tuning(sweep: SweepDef, storage: ResilientStorage, storage_url: str | None, base: str, slots: list[Slot],
+               results_root: str, sweep_json: Path, devices_per_trial: int,
+               stop: StopRequest) -> dict[str, dict[str, Any]] | None:
+    """Run the tuning stage to completion (driver side); the best values per variant, or None
+    if interrupted."""
     studies = open_tune_studies(sweep, storage, base, create=True)
     total = sweep.tune.n_trials * len(studies)
-    for _round in range(5):
-        if all(n_finished(st) >= sweep.tune.n_trials for st in studies.values()):
-            break
-        procs = spawn_workers(slots, sweep_json, storage_url, base, results_root, devices_per_trial, stage="tune")
-        last = ""
+    last = ""
+
+    def tick() -> None:
+        nonlocal last
         try:
-            while any(p.poll() is None for p in procs):
+            with storage.guard.no_wait():
                 done = sum(n_finished(st) for st in studies.values())
-                line = f"[tune] {done}/{total} tuning trials finished ({len(studies)} variants x {sweep.tune.n_trials})"
-                if line != last:
-                    print(line, file=sys.stderr, flush=True)
-                    last = line
-                time.sleep(2)
-        except KeyboardInterrupt:
-            for p in procs:
-                p.wait()
-            return None
-        if any(p.returncode == 130 for p in procs):
-            return None
+        except StorageUnavailable:
+            return
+        line = f"[tune] {done}/{total} tuning trials finished ({len(studies)} variants x {sweep.tune.n_trials})"
+        if line != last:
+            print(line, file=sys.stderr, flush=True)
+            last = line
+
+    for _round in range(5):
+        if stop.requested or tuning_done(sweep, studies):
+            break
+        codes = run_workers(slots, lambda slot: worker_command(sweep_json, base, results_root, devices_per_trial,
+                                                               slot.index, "tune", storage_url), stop, tick)
+        if EXIT_STORAGE in codes and not stop.requested:
+            raise StorageUnavailable(f"tuning workers stopped: the storage {storage.guard.label} was unreachable "
+                                     f"for longer than {storage.guard.limit_s:.0f} s")
+    if stop.requested:
+        return None
     # other machines may still be tuning: wait for every study to have its budget
-    while not all(n_finished(st) >= sweep.tune.n_trials for st in studies.values()):
+    while not tuning_done(sweep, studies):
         running = sum(n_counted(st) - n_finished(st) for st in studies.values())
         if running == 0:
             log.warning("tuning budget not reached (failed trials); using the best values found")
             break
         time.sleep(10)
+        if stop.requested:
+            return None
     best = best_overrides(sweep, studies)
     for v, b in best.items():
         log.info("tuned %s: %s", v, b)

@@ -1,10 +1,17 @@
 """A sweep worker: ``python -m sweeps _worker <args>``, started by the driver with its devices
 already pinned (``CUDA_VISIBLE_DEVICES`` in its environment before Python starts).
 
-Loop: reap dead trials -> claim a WAITING grid trial -> run it in a child process
-(``python -m sweeps _trial``) while beating a heartbeat -> tell Optuna. Stops when no trial is
-WAITING (running nothing), or on SIGINT/SIGTERM (the running trial is failed as "interrupted"
-and re-queued without using up a retry; its checkpoint is kept, so it resumes).
+One loop for both stages: claim a trial from its source -- the grid queue
+(:class:`GridSource`) or the tuning studies (:class:`sweeps.tune.TuneSource`) -- run it in a
+child process (``python -m sweeps _trial``) while beating its heartbeat, then tell Optuna the
+outcome its record says. Stops when the source has nothing left (running nothing), or on
+SIGINT/SIGTERM (the running trial is failed as "interrupted"; a grid point is re-queued without
+using up a retry and resumes from its checkpoint).
+
+The storage may be away for a while (:mod:`sweeps.storage`): a trial trains on regardless, its
+record is written to disk before the worker reports it, and the report waits for the storage to
+come back. Only an outage longer than the limit stops the worker (exit code 3), leaving the
+trial RUNNING; the next run reports it from its record on disk.
 """
 
 from __future__ import annotations
@@ -13,73 +20,88 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Protocol
 
 import optuna
-from optuna.trial import TrialState
 
 from . import study as S
-from .definition import SweepDef
+from .definition import GridPoint, SweepDef
+from .process import popen_child
 from .record import TrialRecord, read_record, write_record
-from .trial import build_cli_args, git_commit
+from .storage import EXIT_STORAGE, OutageGuard, StorageUnavailable, make_storage
+from .trial import build_cli_args, git_commit, trial_overrides
+from .tune import TuneSource
 
 log = logging.getLogger("sweeps")
 
 
-def _set_pdeathsig() -> None:
-    """Child dies with its parent (Linux): a SIGKILLed worker does not leave an orphan fit."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
+class TrialSource(Protocol):
+    def claim(self, worker: "Worker") -> S.Claim | None:
+        """Settle dead trials, then claim the next trial to run, or None when there is none."""
 
 
-def popen_child(cmd: list[str], env: dict[str, str], log_path: Path | None = None, new_group: bool = False) -> subprocess.Popen:
-    out = open(log_path, "ab") if log_path else None  # noqa: SIM115
-    try:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
-                                start_new_session=new_group)
-    finally:
-        if out:
-            out.close()
+class GridSource:
+    """The grid queue: WAITING trials enqueued by the driver, one per grid point (and retries)."""
+
+    def claim(self, worker: "Worker") -> S.Claim | None:
+        S.reap(worker.study, worker.sweep)
+        if worker.stop:
+            return None
+        trial = S.pop_waiting(worker.study)
+        if trial is None:
+            return None
+        attrs = worker.mark_claimed(trial)
+        point = GridPoint(json.loads(attrs["grid_params"]))
+        # the grid point as Optuna params (visible in the dashboard), each axis's values as the
+        # choices: Optuna needs one value space per param name in a study
+        for k, v in S.encode_params(point.params).items():
+            choices = [S.encode_value(x) for x in worker.sweep.grid.get(k, [v])]
+            trial.suggest_categorical(k, choices if v in choices else [v])
+        run_dir = worker.res_dir / "runs" / point.slug
+        overrides = trial_overrides(worker.sweep, worker.devices_per_trial,
+                                    json.loads(attrs.get("extra_overrides") or "{}"), point.params)
+        spec = {"sweep": worker.sweep.name, "grid_key": point.key, "variant": point.variant, "params": point.params,
+                "seed": point.seed, "attempt": int(attrs.get("retries", 0)), "trial_number": trial.number,
+                "run_dir": str(run_dir), "record_path": str(worker.res_dir / "trials" / f"{point.slug}.json"),
+                "cli_args": build_cli_args(worker.sweep.base_config, overrides, run_dir),
+                "measure": worker.sweep.measure, "metric": worker.sweep.metric, "git_commit": git_commit(),
+                "results_root": worker.results_root}
+        return S.Claim(worker.study, trial, spec, requeue=True)
 
 
 class Worker:
     def __init__(self, sweep: SweepDef, storage_url: str | None, study_name: str, results_root: str,
-                 devices_per_trial: int = 1, worker_index: int = 0):
+                 devices_per_trial: int = 1, worker_index: int = 0, stage: str = "grid"):
+        self.stop = False
+        self._first_signal = 0.0
+        self.child: Any = None  # the running trial process
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         self.sweep = sweep
         self.storage_url = storage_url
-        self.rdb = S.is_rdb_url(storage_url)
         self.results_root = results_root
-        self.storage = S.make_storage(storage_url, sweep.name, results_root, sweep.max_retries)
-        self.study = S.load_study(self.storage, study_name)
         self.study_name = study_name
         self.devices_per_trial = devices_per_trial
         self.worker_index = worker_index
         self.res_dir = S.results_dir(sweep.name, results_root)
         self.pid = os.getpid()
         self.start = S.process_start_time(self.pid)
-        self.stop = False
-        self._first_signal = 0.0
-        self.child: subprocess.Popen | None = None
-
-    @property
-    def git(self) -> str | None:
-        """The commit (``-dirty`` with uncommitted changes) when a trial is handed out, not when
-        the worker started: code changed during a long sweep is recorded as what the trial ran."""
-        return git_commit()
+        self.guard = OutageGuard(S.storage_label(storage_url, sweep.name, results_root), should_stop=lambda: self.stop)
+        self.storage = make_storage(storage_url, sweep.name, results_root, self.guard)
+        self.study = S.load_study(self.storage, study_name)
+        if stage == "tune":
+            self.source: TrialSource = TuneSource(sweep, self.storage, study_name)
+        else:
+            self.source = GridSource()
 
     # -- signals ---------------------------------------------------------------------------
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """First signal: stop after the running trial, passing SIGINT on to it (Lightning shuts
         down gracefully). Second signal: kill the trial. Never raises inside storage writes."""
         now = time.time()
@@ -96,79 +118,53 @@ class Worker:
                 pass
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        while not self.stop:
-            S.reap(self.study, self.sweep, self.rdb)
-            if self.stop:
-                break
-            trial = S.pop_waiting(self.study)
-            if trial is None:
-                break
-            try:
-                self.run_trial(trial)
-            except Exception as e:  # noqa: BLE001  (the worker's own failure: fail + retry the trial, go on)
-                log.exception("worker error on trial %d", trial.number)
+        """Run trials until the source has none left; 0, 130 (stopped by a signal) or 3 (the
+        storage was unreachable for longer than the outage limit)."""
+        try:
+            while not self.stop:
+                claim = self.source.claim(self)
+                if claim is None:
+                    break
                 try:
-                    frozen = self.study._storage.get_trial(trial._trial_id)
-                    final = S.total_retries(frozen) + 1 > self.sweep.max_retries
-                    if S.fail_trial(self.study, trial._trial_id, f"worker error: {e!r}", final=final):
-                        S.enqueue_retry(self.study, frozen, f"worker error: {e!r}", self.sweep.max_retries)
-                except Exception:  # noqa: BLE001
-                    log.exception("could not fail trial %d", trial.number)
+                    self.run_claim(claim)
+                except StorageUnavailable:
+                    raise
+                except Exception as e:  # noqa: BLE001 (the worker's own failure: fail + retry the trial, go on)
+                    log.exception("worker error on trial %d", claim.trial.number)
+                    self._fail(claim, f"worker error: {e!r}")
+        except StorageUnavailable as e:
+            if self.stop:
+                return 130
+            log.error("%s; stopping this worker (its trial's record, if any, is on disk and is reported when "
+                      "the sweep is run again)", e)
+            return EXIT_STORAGE
         return 130 if self.stop else 0
 
     # -- one trial ------------------------------------------------------------------------
-    def _claim(self, trial: optuna.trial.Trial) -> dict[str, Any]:
-        st = self.study._storage
-        tid = trial._trial_id
+
+    def mark_claimed(self, trial: optuna.trial.Trial) -> dict[str, Any]:
+        """Write this worker's identity into ``trial``; returns its user attributes."""
         # claimed_at last: until it is set, the reaper ignores worker attrs (they may be an old owner's)
         for k, v in {"worker_host": S.HOST, "worker_pid": self.pid, "worker_start": self.start,
                      "heartbeat": time.time(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu",
                      "worker_index": self.worker_index, "claimed_at": time.time()}.items():
-            st.set_trial_user_attr(tid, k, v)
-        frozen = st.get_trial(tid)
-        attrs = frozen.user_attrs
-        params = json.loads(attrs["grid_params"])
-        # record the grid point as Optuna params (visible in the dashboard, copied on retry)
-        # (the whole axis as choices: Optuna needs one value space per param name in a study)
-        for k, v in S.encode_params(params).items():
-            choices = [S.encode_value(x) for x in self.sweep.grid.get(k, [v])]
-            trial.suggest_categorical(k, choices if v in choices else [v])
-        return attrs
+            trial.set_user_attr(k, v)
+        return dict(trial.user_attrs)
 
-    def _heartbeat_loop(self, study: optuna.Study, trial_id: int, done: threading.Event) -> None:
-        if self.rdb:
-            study._storage.record_heartbeat(trial_id)
-        while not done.wait(S.HEARTBEAT_INTERVAL_S if not os.environ.get("SWEEP_FAST_HEARTBEAT") else 2):
+    def _heartbeat_loop(self, study: S.SweepStudy, trial_id: int, done: threading.Event) -> None:
+        interval = 2 if os.environ.get("SWEEP_FAST_HEARTBEAT") else S.HEARTBEAT_INTERVAL_S
+        while not done.wait(interval):
+            # one attempt per beat: during an outage the beat is skipped (the guard logs the outage once)
             try:
-                if self.rdb:
-                    study._storage.record_heartbeat(trial_id)
-                else:
-                    study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
-            except Exception as e:  # noqa: BLE001
-                log.warning("heartbeat failed: %s", e)
+                study.storage.try_set_trial_user_attr(trial_id, "heartbeat", time.time())
+            except Exception as e:  # noqa: BLE001 (e.g. the trial was settled by a reaper: the report says so)
+                log.warning("heartbeat stopped (trial id %d): %r", trial_id, e)
+                return
 
-    def trial_spec(self, trial: optuna.trial.Trial, attrs: dict[str, Any]) -> dict[str, Any]:
-        from .definition import GridPoint
-        point = GridPoint(json.loads(attrs["grid_params"]))
-        run_dir = self.res_dir / "runs" / point.slug
-        overrides = dict(self.sweep.overrides)
-        overrides.update(json.loads(attrs.get("extra_overrides") or "{}"))
-        overrides.update(point.params)
-        overrides.setdefault("trainer.enable_progress_bar", False)
-        if self.devices_per_trial > 1:
-            overrides.setdefault("trainer.devices", self.devices_per_trial)
-            overrides.setdefault("trainer.strategy", "ddp")
-        return {"sweep": self.sweep.name, "grid_key": point.key, "variant": point.variant, "params": point.params,
-                "seed": point.seed, "attempt": int(attrs.get("retries", 0)), "trial_number": trial.number,
-                "run_dir": str(run_dir), "record_path": str(self.res_dir / "trials" / f"{point.slug}.json"),
-                "cli_args": build_cli_args(self.sweep.base_config, overrides, run_dir), "measure": self.sweep.measure,
-                "metric": self.sweep.metric, "git_commit": self.git, "results_root": self.results_root}
-
-    def run_child(self, study: optuna.Study, tid: int, spec: dict[str, Any]) -> tuple[int, TrialRecord | None]:
-        """Run ``python -m sweeps _trial`` for ``spec`` while beating the trial's heartbeat;
-        returns (exit code, the record it wrote or None)."""
+    def run_child(self, claim: S.Claim) -> tuple[int, TrialRecord | None]:
+        """Run ``python -m sweeps _trial`` for the claim's spec while beating the trial's
+        heartbeat; returns (exit code, the record it wrote or None)."""
+        spec, trial = claim.spec, claim.trial
         run_dir = Path(spec["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = run_dir / "trial_spec.json"
@@ -176,16 +172,21 @@ class Worker:
         record_path = Path(spec["record_path"])
         if record_path.exists():  # a stale record of an earlier, failed attempt
             record_path.unlink()
-        study._storage.set_trial_user_attr(tid, "run_dir", str(run_dir))
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("record_path", str(record_path))
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         done = threading.Event()
-        hb = threading.Thread(target=self._heartbeat_loop, args=(study, tid, done), daemon=True)
-        hb.start()
+        hb = threading.Thread(target=self._heartbeat_loop, args=(claim.study, claim.study.trial_id(trial.number), done),
+                              daemon=True)
         try:
             self.child = popen_child([sys.executable, "-m", "sweeps", "_trial", str(spec_path)], env,
                                      run_dir / "train.log")
-            study._storage.set_trial_user_attr(tid, "trial_pid", self.child.pid)
+            hb.start()
+            try:
+                trial.set_user_attr("trial_pid", self.child.pid)
+            except StorageUnavailable:
+                pass  # the storage is away: the trial trains on; the outcome is reported when it is back
             rc = self.child.wait()
         finally:
             done.set()
@@ -198,75 +199,52 @@ class Worker:
                 log.warning("unreadable record %s: %s", record_path, e)
         return rc, rec
 
-    def run_trial(self, trial: optuna.trial.Trial) -> str:
-        tid = trial._trial_id
-        attrs = self._claim(trial)
-        spec = self.trial_spec(trial, attrs)
-        record_path = Path(spec["record_path"])
+    def run_claim(self, claim: S.Claim) -> str:
+        """Run a claimed trial and tell Optuna its outcome; returns the outcome."""
+        spec, trial = claim.spec, claim.trial
         log.info("trial %d: %s (attempt %d) -> %s", trial.number, spec["grid_key"], spec["attempt"], spec["run_dir"])
-        rc, _ = self.run_child(self.study, tid, spec)
-        if self.stop and not self._record_final(record_path, rc):
-            # interrupted: failed as "interrupted", re-queued without using up a retry
-            frozen = self.study._storage.get_trial(tid)
-            if S.fail_trial(self.study, tid, "interrupted", final=False):
-                S.enqueue_retry(self.study, frozen, "interrupted", self.sweep.max_retries, count=False)
-            log.warning("trial %d interrupted; it resumes from its last checkpoint when the sweep is run again",
-                        trial.number)
-            return "interrupted"
-        return self._finish(trial, rc, record_path, attrs, spec)
-
-    @staticmethod
-    def _record_final(record_path: Path, rc: int) -> bool:
-        if rc != 0 or not record_path.exists():
-            return False
-        try:
-            return read_record(record_path).status in ("complete", "pruned")
-        except Exception:  # noqa: BLE001
-            return False
-
-    def _finish(self, trial, rc: int, record_path: Path, attrs: dict[str, Any], spec: dict[str, Any]) -> str:
-        st = self.study._storage
-        tid = trial._trial_id
-        rec: TrialRecord | None = None
-        if record_path.exists():
-            try:
-                rec = read_record(record_path)
-            except Exception as e:  # noqa: BLE001
-                log.warning("unreadable record %s: %s", record_path, e)
-        if rec is not None and rc == 0:
-            for k, v in {"status": rec.status, "reason": rec.reason, "value": rec.value,
-                         "record_path": str(record_path)}.items():
-                st.set_trial_user_attr(tid, k, v)
-            st.set_trial_user_attr(tid, "record", {k[2:]: v for k, v in rec.user_attrs().items()})
-            if rec.status == "complete":
-                self.study.tell(trial, rec.value)
+        rc, rec = self.run_child(claim)
+        record_path = Path(spec["record_path"])
+        if rc == 0 and rec is not None:
+            state = S.report_record(claim.study, trial.number, rec, record_path)
+            if state == "complete":
                 log.info("trial %d complete: %s = %.4f", trial.number, rec.metric, rec.value)
-                return "complete"
-            if rec.status == "pruned":
-                self.study.tell(trial, state=TrialState.PRUNED)
-                return "pruned"
-            # failed with a recorded reason: a divergence is deterministic and not retried
-            st.set_trial_user_attr(tid, "fail_reason", rec.reason)
-            st.set_trial_user_attr(tid, "final_failure", True)
-            self.study.tell(trial, state=TrialState.FAIL)
-            log.warning("trial %d failed: %s", trial.number, rec.reason)
-            return "failed"
+            elif state == "failed":
+                log.warning("trial %d failed: %s", trial.number, rec.reason)
+            return state
+        if self.stop:
+            # interrupted: a grid point is re-queued without using up a retry; it resumes from its checkpoint
+            if claim.requeue:
+                S.fail_and_retry(claim.study, trial.number, "interrupted", self.sweep.max_retries, count=False)
+                log.warning("trial %d interrupted; it resumes from its last checkpoint when the sweep is run again",
+                            trial.number)
+            else:
+                S.fail_trial(claim.study, trial.number, "interrupted", final=True)
+            return "interrupted"
         reason = f"trial process exited with {rc}" + (f" (signal {-rc})" if rc < 0 else "") + \
             f"; see {Path(spec['run_dir']) / 'train.log'}"
         if rec is not None and rec.reason:
             reason += f": {rec.reason}"
-        frozen = st.get_trial(tid)
-        final = S.total_retries(frozen) + 1 > self.sweep.max_retries
-        if S.fail_trial(self.study, tid, reason, final=final):
-            S.enqueue_retry(self.study, frozen, reason, self.sweep.max_retries)
-            if final and rec is None:
-                write_record(record_path, TrialRecord(
-                    sweep=self.sweep.name, grid_key=spec["grid_key"], variant=spec["variant"],
-                    params=json.loads(attrs["grid_params"]), seed=spec["seed"], status="failed", reason=reason,
-                    attempt=spec["attempt"], trial_number=trial.number, host=S.HOST, cli_args=spec["cli_args"],
-                    git_commit=spec.get("git_commit")))
+        final = self._fail(claim, reason)
+        if final and rec is None:
+            write_record(record_path, TrialRecord(
+                sweep=self.sweep.name, grid_key=spec["grid_key"], variant=spec["variant"], params=spec["params"],
+                seed=spec["seed"], status="failed", reason=reason, attempt=spec["attempt"], trial_number=trial.number,
+                host=S.HOST, cli_args=spec["cli_args"], git_commit=spec.get("git_commit")))
         log.warning("trial %d failed: %s", trial.number, reason)
         return "failed"
+
+    def _fail(self, claim: S.Claim, reason: str) -> bool:
+        """Fail the claimed trial (a grid point is retried while its budget lasts); True when
+        this was its final attempt."""
+        number = claim.trial.number
+        if not claim.requeue:
+            S.fail_trial(claim.study, number, reason, final=True)
+            return True
+        frozen = claim.study.storage.get_trial(claim.study.trial_id(number))
+        final = S.total_retries(frozen) + 1 > self.sweep.max_retries
+        S.fail_and_retry(claim.study, number, reason, self.sweep.max_retries)
+        return final
 
 
 def main(argv: list[str]) -> int:
@@ -283,10 +261,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format=f"[worker {a.index}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep = SweepDef.from_dict(json.loads(Path(a.sweep_json).read_text()))
-    w = Worker(sweep, a.storage or None, a.study, a.results_root, a.devices_per_trial, a.index)
-    if a.stage == "tune":
-        from .tune import tune_worker
-        signal.signal(signal.SIGTERM, w._on_signal)
-        signal.signal(signal.SIGINT, w._on_signal)
-        return tune_worker(sweep, w)
+    try:
+        w = Worker(sweep, a.storage or None, a.study, a.results_root, a.devices_per_trial, a.index, a.stage)
+    except StorageUnavailable as e:
+        log.error("%s; not started", e)
+        return EXIT_STORAGE
     return w.run()

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
 from sweeps import study as S
 from sweeps.aggregate import aggregate, t_ppf, welch_ci
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, parse_sweep
+from sweeps.process import plan_slots
 from sweeps.record import RECORD_VERSION, TrialRecord, read_record, write_record
-from sweeps.runner import plan_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -59,8 +58,8 @@ def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
     dead.wait()
     t = S.pop_waiting(st)
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid, "worker_start": "1"}.items():
-        st._storage.set_trial_user_attr(t._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == [t.number]
+        t.set_user_attr(k, v)
+    assert S.reap(st, sw) == [t.number]
     assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
     retry = [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t.number]
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.WAITING
@@ -73,15 +72,16 @@ def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
         others.append(t2)
         t2 = S.pop_waiting(st)
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid}.items():
-        st._storage.set_trial_user_attr(t2._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == [t2.number]
+        t2.set_user_attr(k, v)
+    assert S.reap(st, sw) == [t2.number]
     assert st.trials[t2.number].user_attrs["final_failure"] is True
     assert not [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t2.number]
     # a live worker (this process) is not reaped, nor a fresh trial without worker attrs
     t3 = others[0]
-    for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": os.getpid(), "worker_start": S.process_start_time(os.getpid())}.items():
-        st._storage.set_trial_user_attr(t3._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == []
+    for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": os.getpid(),
+                 "worker_start": S.process_start_time(os.getpid())}.items():
+        t3.set_user_attr(k, v)
+    assert S.reap(st, sw) == []
 
 
 def test_plan_slots():
@@ -171,7 +171,7 @@ def test_aggregate_uses_records_in_the_study(tmp_path):
     while (t := S.pop_waiting(st)) is not None:
         p = json.loads(st.trials[t.number].user_attrs["grid_params"])
         rec = _rec("remote", p["model.conv"], p["seed_everything"], 0.5 + 0.1 * p["seed_everything"])
-        st._storage.set_trial_user_attr(t._trial_id, "record", {k[2:]: v for k, v in rec.user_attrs().items()})
+        t.set_user_attr("record", {k[2:]: v for k, v in rec.user_attrs().items()})
         st.tell(t, rec.value)
     s = aggregate("remote", tmp_path, study=st)["summary"].set_index("variant")
     assert s.loc["odconv1x", "n_seeds"] == 2 and s.loc["odconv1x", "top1_mean"] == pytest.approx(55.0)
@@ -186,6 +186,6 @@ def test_stale_worker_attrs_copied_to_a_retry_are_not_trusted(tmp_path):
     t = S.pop_waiting(st)
     # attrs of an earlier owner (claimed long before this trial started): not this trial's worker
     for k, v in {"claimed_at": time.time() - 3600, "worker_host": S.HOST, "worker_pid": dead.pid}.items():
-        st._storage.set_trial_user_attr(t._trial_id, k, v)
-    assert S.reap(st, sw, rdb=False) == []
-    assert S.reap(st, parse_sweep(_raw(stale_after_s=30)), rdb=False) == []  # started just now
+        t.set_user_attr(k, v)
+    assert S.reap(st, sw) == []
+    assert S.reap(st, parse_sweep(_raw(stale_after_s=30))) == []  # started just now

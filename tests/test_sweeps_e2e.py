@@ -2,7 +2,9 @@
 
 Each test writes a small sweep over experiments/smoke.yaml (synthetic data, tiny model, one
 or a few epochs of 2 batches) into a temporary results root and runs the real command
-(``python -m sweeps run ...``)."""
+(``python -m sweeps run ...``). Tests that act mid-sweep wait on the storage's state (a trial
+RUNNING in its trial process, a checkpoint on disk), and freeze a trial process with SIGSTOP
+while they act, so that the trial cannot finish in between."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 from sweeps import study as S
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -58,7 +60,7 @@ def run_cmd(sweep_yaml: Path, root: Path, *args: str, timeout: float = 600, back
 
 
 def study_of(name: str, root: Path, storage: str | None = None, study: str | None = None) -> optuna.Study:
-    return S.load_study(S.make_storage(storage, name, root, heartbeat=False), study or name)
+    return S.load_study(S.make_storage(storage, name, root), study or name)
 
 
 def assert_each_point_once(st: optuna.Study, keys: list[str]) -> dict[str, optuna.trial.FrozenTrial]:
@@ -108,25 +110,65 @@ def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
     assert len(study_of("e2e", tmp_path).get_trials()) == n_before
 
 
-def _two_drivers(tmp_path, name, storage_args: list[str], storage=None, study=None):
-    sw_yaml = write_sweep(tmp_path, name, {"conv": ["static", "odconv1x"], "seed": [0, 1]})
-    a = run_cmd(sw_yaml, tmp_path, "--workers", "1", *storage_args, background=True)
-    # the second "machine" starts once the first has created the study
-    deadline = time.time() + 120
-    while time.time() < deadline:
+def _trial_in_training(name: str, root: Path, storage=None, study=None, need_ckpt: bool = False, min_done: int = 0):
+    """A RUNNING trial whose trial process has started (and saved a checkpoint, with
+    ``need_ckpt``), once ``min_done`` trials are complete; None otherwise."""
+    def check():
         try:
-            study_of(name, tmp_path, storage, study)
-            break
+            st = study_of(name, root, storage, study)
         except KeyError:
-            time.sleep(0.5)
+            return None
+        trials = st.get_trials()
+        if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) < min_done:
+            return None
+        for t in trials:
+            run = t.user_attrs.get("run_dir")
+            if t.state == optuna.trial.TrialState.RUNNING and "trial_pid" in t.user_attrs and (
+                    not need_ckpt or (Path(run) / "checkpoints" / "last.ckpt").exists()):
+                return t
+        return None
+    return check
+
+
+def _freeze_trial_in_training(name: str, root: Path, **kw) -> optuna.trial.FrozenTrial:
+    """SIGSTOP the trial process of a trial in training (see :func:`_trial_in_training`) and
+    return that trial, checked still RUNNING after the stop (else the next one is taken)."""
+    while True:
+        t = wait_for(_trial_in_training(name, root, **kw), 300, "a trial in training")
+        pid = int(t.user_attrs["trial_pid"])
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        st = study_of(name, root, kw.get("storage"), kw.get("study"))
+        if st.trials[t.number].state == optuna.trial.TrialState.RUNNING:
+            return t
+        os.kill(pid, signal.SIGCONT)
+
+
+def _two_drivers(tmp_path, name, storage_args: list[str], storage=None, study=None):
+    """Two drivers ("machines") with one worker each share one study. The first driver's trial
+    is frozen while the second driver starts and runs the other points, so both win a trial."""
+    sw_yaml = write_sweep(tmp_path, name, {"conv": ["static", "odconv1x"], "seed": [0, 1]})
+    keys = [p.key for p in load_sweep(sw_yaml).points()]
+    a = run_cmd(sw_yaml, tmp_path, "--workers", "1", *storage_args, background=True)
+    first = _freeze_trial_in_training(name, tmp_path, storage=storage, study=study)
     b = run_cmd(sw_yaml, tmp_path, "--workers", "1", *storage_args, background=True)
+    try:
+        def others_done():
+            done = [t for t in study_of(name, tmp_path, storage, study).get_trials()
+                    if t.state == optuna.trial.TrialState.COMPLETE]
+            return len(done) == len(keys) - 1
+        wait_for(others_done, 600, "the second driver to run the other points")
+    finally:
+        os.kill(int(first.user_attrs["trial_pid"]), signal.SIGCONT)
     out_a, _ = a.communicate(timeout=600)
     out_b, _ = b.communicate(timeout=600)
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
     st = study_of(name, tmp_path, storage, study)
-    keys = [p.key for p in load_sweep(sw_yaml).points()]
     done = assert_each_point_once(st, keys)
     assert len(st.get_trials()) == len(keys)
+    assert done[first.user_attrs["grid_key"]].user_attrs["worker_pid"] == first.user_attrs["worker_pid"]
     return done
 
 
@@ -170,32 +212,17 @@ def test_sigkill_worker_mid_trial_then_resume(tmp_path):
     sweep = load_sweep(sw_yaml)
     keys = [p.key for p in sweep.points()]
     drv = run_cmd(sw_yaml, tmp_path, "--workers", "1", background=True)
-    runs = tmp_path / "kill" / "runs"
-    victim = None
-    deadline = time.time() + 300
-    # wait for a trial that has saved a checkpoint and is still fitting, after one trial finished
-    while time.time() < deadline and victim is None:
-        time.sleep(0.2)
-        if drv.poll() is not None:
-            break
-        try:
-            st = study_of("kill", tmp_path)
-        except KeyError:
-            continue
-        n_done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in st.get_trials())
-        for t in st.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            run = t.user_attrs.get("run_dir")
-            if n_done >= 1 and run and (Path(run) / "checkpoints" / "last.ckpt").exists() and "worker_pid" in t.user_attrs:
-                victim = t
-    assert victim is not None, "no trial with a checkpoint to kill: " + (drv.communicate()[0] if drv.poll() is not None else "")
-    finished_before = {t.user_attrs["grid_key"]: t for t in st.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+    # a trial that has saved a checkpoint and is still fitting, after one trial finished
+    victim = _freeze_trial_in_training("kill", tmp_path, need_ckpt=True, min_done=1)
+    st = study_of("kill", tmp_path)
+    finished_before = {t.user_attrs["grid_key"]: t for t in st.get_trials()
+                       if t.state == optuna.trial.TrialState.COMPLETE}
     mtimes = {k: (tmp_path / "kill" / "trials" / f"{S.trial_point(t).slug}.json").stat().st_mtime
               for k, t in finished_before.items()}
     # kill -9 the worker (its fit dies with it), then the whole sweep, as a crash would
     os.kill(int(victim.user_attrs["worker_pid"]), signal.SIGKILL)
     os.killpg(drv.pid, signal.SIGKILL)
     drv.wait()
-    time.sleep(0.5)
     assert study_of("kill", tmp_path).trials[victim.number].state == optuna.trial.TrialState.RUNNING
     r = run_cmd(sw_yaml, tmp_path, "--workers", "1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -261,7 +288,14 @@ def test_tuning_stage_then_grid_with_best_values(tmp_path):
     assert json.loads(grid_trial.user_attrs["extra_overrides"]) == tuned["static"]
     rec = read_record(next((tmp_path / "tuned" / "trials").glob("*.json")))
     assert rec.config["model"]["lr"] == pytest.approx(tuned["static"]["model.lr"])
-    assert not list((tmp_path / "tuned" / "tune" / "trials").glob("*.json")) or True
+    # one record per tuning trial, matching what Optuna was told; the test set is never used to tune
+    recs = {r.trial_number: r for r in map(read_record, (tmp_path / "tuned" / "tune" / "trials").glob("*.json"))}
+    finished = {t.number: t for t in tst.get_trials() if t.state.is_finished()}
+    assert sorted(recs) == sorted(finished)
+    for number, r in recs.items():
+        assert r.status in ("complete", "pruned") and r.metric == "val/acc_top1" and r.test_top1 is None
+        if r.status == "complete":
+            assert finished[number].state == optuna.trial.TrialState.COMPLETE and finished[number].value == r.value
 
 
 def test_ddp_trial_on_cpu_ranks_do_not_rerun_the_driver(tmp_path):
@@ -281,20 +315,9 @@ def test_ddp_trial_on_cpu_ranks_do_not_rerun_the_driver(tmp_path):
 def test_ctrl_c_then_same_command_resumes_without_using_a_retry(tmp_path):
     sw_yaml = write_sweep(tmp_path, "ctrlc", {"conv": ["static"], "seed": [0, 1]}, overrides={"trainer.max_epochs": 6})
     drv = run_cmd(sw_yaml, tmp_path, "--workers", "1", background=True)
-    deadline = time.time() + 300
-    victim = None
-    while time.time() < deadline and victim is None and drv.poll() is None:
-        time.sleep(0.2)
-        try:
-            st = study_of("ctrlc", tmp_path)
-        except KeyError:
-            continue
-        for t in st.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            run = t.user_attrs.get("run_dir")
-            if run and (Path(run) / "checkpoints" / "last.ckpt").exists():
-                victim = t
-    assert victim is not None
+    victim = _freeze_trial_in_training("ctrlc", tmp_path, need_ckpt=True)
     os.killpg(drv.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    os.kill(int(victim.user_attrs["trial_pid"]), signal.SIGCONT)  # the frozen trial gets its SIGINT now
     out, _ = drv.communicate(timeout=180)
     assert drv.returncode == 130, out
     assert "run the same command again to resume" in out

@@ -1,0 +1,296 @@
+"""Storage outages: a sweep rides through a storage that is away for a while, and stops with a
+one-line message only when it stays away longer than the outage limit.
+
+The outages are real: the journal file made unwritable, and a PostgreSQL server that the test
+starts itself (on a free port) and stops and restarts mid-sweep."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.exceptions import StorageInternalError
+from optuna.trial import TrialState
+
+from sweeps import study as S
+from sweeps.definition import load_sweep, parse_sweep
+from sweeps.record import TrialRecord, read_record, write_record
+from sweeps.storage import OutageGuard, StorageUnavailable, is_transient, make_storage
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = str(ROOT / "experiments" / "smoke.yaml")
+
+
+def _raw(**kw):
+    d = {"name": "t", "base_config": BASE, "grid": {"conv": ["static"], "seed": [0, 1]}}
+    d.update(kw)
+    return d
+
+
+def _guard_lines(caplog) -> tuple[list[str], list[str]]:
+    msgs = [r.getMessage() for r in caplog.records if r.name == "sweeps"]
+    return [m for m in msgs if "unreachable" in m], [m for m in msgs if "reachable again" in m]
+
+
+# --- what counts as an outage ------------------------------------------------------------------
+
+def test_transient_errors_are_connection_and_file_access_trouble():
+    import sqlalchemy.exc as sa
+
+    def wrapped(cause: BaseException) -> StorageInternalError:
+        try:
+            raise StorageInternalError("commit failed") from cause
+        except StorageInternalError as e:
+            return e
+
+    refused = sa.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    assert is_transient(refused) and is_transient(wrapped(refused))
+    assert not is_transient(wrapped(sa.DataError("INSERT", {}, Exception("value too long"))))
+    assert is_transient(PermissionError(1, "Operation not permitted"))
+    assert not is_transient(FileNotFoundError(2, "No such file or directory"))
+    assert not is_transient(KeyError("study"))
+    assert not is_transient(optuna.exceptions.UpdateFinishedTrialError("finished"))
+
+
+class Flaky:
+    """Fails with a connection error for the first ``n`` calls, then returns the call count."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        if self.calls <= self.n:
+            raise PermissionError(13, "Permission denied")
+        return self.calls
+
+
+def test_guard_retries_logs_one_line_each_way_and_gives_up_after_the_limit(caplog):
+    caplog.set_level(logging.INFO, logger="sweeps")
+    g = OutageGuard("x", limit_s=30, max_delay_s=0.05)
+    f = Flaky(4)
+    assert g.call(f) == 5 and g.outages == 1
+    down, up = _guard_lines(caplog)
+    assert len(down) == 1 and len(up) == 1  # 4 failed calls, one outage: one line down, one back
+    assert g.seconds_since_outage() < 5
+    # not transient: raised at once, not retried
+    with pytest.raises(KeyError):
+        g.call(lambda: {}["missing"])
+    # an outage longer than the limit
+    g2 = OutageGuard("y", limit_s=0.3, max_delay_s=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable, match=r"unreachable for .* \(limit 0 s"):
+        g2.call(Flaky(10**9))
+    assert 0.3 <= time.monotonic() - t0 < 3
+    # no_wait: a progress line does not wait; a stop request ends the wait
+    with g2.no_wait(), pytest.raises(StorageUnavailable):
+        g2.call(Flaky(1))
+    stop = OutageGuard("z", limit_s=60, should_stop=lambda: True)
+    with pytest.raises(StorageUnavailable, match="stopped"):
+        stop.call(Flaky(10**9))
+
+
+# --- journal file briefly unwritable ---------------------------------------------------------
+
+def _journal_study(tmp_path, raw=None):
+    sw = parse_sweep(raw or _raw())
+    st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
+    S.enqueue_grid(st, sw)
+    return sw, st
+
+
+def test_journal_unwritable_for_a_while_tell_waits_and_succeeds(tmp_path, freezable, caplog):
+    caplog.set_level(logging.INFO, logger="sweeps")
+    sw, st = _journal_study(tmp_path)
+    trial = S.pop_waiting(st)
+    journal = freezable(tmp_path / "t" / "optuna.journal")
+    journal.freeze()
+    threading.Timer(2.0, journal.thaw).start()
+    t0 = time.monotonic()
+    trial.set_user_attr("value_written_during_outage", 1)
+    st.tell(trial, 0.75)
+    assert time.monotonic() - t0 >= 1.5  # it did wait for the file
+    fresh = S.load_study(make_storage(None, sw.name, tmp_path), sw.name)
+    t = fresh.trials[trial.number]
+    assert t.state == TrialState.COMPLETE and t.value == 0.75 and t.user_attrs["value_written_during_outage"] == 1
+    down, up = _guard_lines(caplog)
+    assert len(down) == 1 and len(up) == 1, down + up
+
+
+def test_journal_unwritable_longer_than_the_limit_raises(tmp_path, freezable, monkeypatch):
+    sw, st = _journal_study(tmp_path)
+    trial = S.pop_waiting(st)
+    monkeypatch.setenv("SWEEP_OUTAGE_LIMIT_S", "1")
+    st2 = S.load_study(make_storage(None, sw.name, tmp_path), sw.name)  # a process with a 1 s limit
+    journal = freezable(tmp_path / "t" / "optuna.journal")
+    journal.freeze()
+    try:
+        with pytest.raises(StorageUnavailable, match="SWEEP_OUTAGE_LIMIT_S"):
+            st2.tell(trial.number, 0.5)
+    finally:
+        journal.thaw()
+    assert st.trials[trial.number].state == TrialState.RUNNING  # nothing half-written
+
+
+# --- a dead worker's finished trial is reported, not retrained ----------------------------------
+
+def test_reap_reports_a_finished_record_of_a_dead_worker(tmp_path):
+    sw, st = _journal_study(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    finished, stale = S.pop_waiting(st), S.pop_waiting(st)
+    for t, number in ((finished, finished.number), (stale, stale.number + 100)):
+        path = tmp_path / f"rec{t.number}.json"
+        p = S.trial_point(st.trials[t.number]).params
+        write_record(path, TrialRecord(sweep="t", grid_key=t.user_attrs["grid_key"], variant="static", params=p,
+                                       seed=p["seed_everything"], status="complete", metric="test/acc_top1",
+                                       value=0.625, trial_number=number))
+        for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid,
+                     "record_path": str(path)}.items():
+            t.set_user_attr(k, v)
+    assert sorted(S.reap(st, sw)) == sorted([finished.number, stale.number])
+    done = st.trials[finished.number]
+    assert done.state == TrialState.COMPLETE and done.value == 0.625
+    assert done.user_attrs["record"]["value"] == 0.625
+    # the other record is an earlier attempt's (another trial number): that trial is retried
+    assert st.trials[stale.number].state == TrialState.FAIL
+    retries = [t for t in st.get_trials() if t.user_attrs.get("retry_of") is not None]
+    assert [t.user_attrs["retry_of"] for t in retries] == [stale.number]
+    assert not [t for t in st.get_trials() if t.user_attrs.get("retry_of") == finished.number]
+
+
+# --- real sweeps through real outages ----------------------------------------------------------
+
+FAST = {"trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1, "trainer.limit_test_batches": 1,
+        "data.init_args.num_train": 160, "data.init_args.num_test": 32}
+MEASURE = {"repeats": 1, "latency_batch_sizes": [1], "throughput_batch_size": 8}
+
+
+def _sweep(tmp_path: Path, name: str, seeds: list[int], epochs: int) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump({"name": name, "base_config": BASE, "grid": {"conv": ["static"], "seed": seeds},
+                                 "overrides": {**FAST, "trainer.max_epochs": epochs}, "measure": MEASURE}))
+    return p
+
+
+def _driver(sweep_yaml: Path, root: Path, *args: str, limit_s: float | None = None) -> subprocess.Popen:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", SWEEP_FAST_HEARTBEAT="1")
+    for k in ("STORAGE", "WORKERS", "DEVICES_PER_TRIAL", "STUDY", "SWEEP_OUTAGE_LIMIT_S"):
+        env.pop(k, None)
+    if limit_s is not None:
+        env["SWEEP_OUTAGE_LIMIT_S"] = str(limit_s)
+    return subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(sweep_yaml), "--results-root", str(root),
+                             "--gpus", "cpu", "--progress-interval", "1", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _running_in_child(st_fn):
+    """A RUNNING trial whose worker has started its trial process (``run_dir`` set), or None."""
+    def check():
+        try:
+            st = st_fn()
+        except KeyError:  # the driver has not created the study yet
+            return None
+        for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "trial_pid" in t.user_attrs:
+                return t
+        return None
+    return check
+
+
+def _record_of(root: Path, name: str, t) -> Path:
+    return root / name / "trials" / f"{S.trial_point(t).slug}.json"
+
+
+def _finished_on_disk(path: Path, number: int):
+    def check():
+        try:
+            return path.exists() and read_record(path).trial_number == number
+        except (OSError, ValueError):
+            return False
+    return check
+
+
+def test_postgres_restart_mid_sweep_loses_no_trial(tmp_path, pg_server):
+    """Two workers on a PostgreSQL server that goes away mid-sweep for >= 10 s -- long enough for
+    a trial to finish meanwhile -- and comes back: the sweep completes in the same run, every
+    point once, no trial failed or retried, no traceback."""
+    name = "pgout"
+    sw_yaml = _sweep(tmp_path, name, [0, 1, 2, 3], epochs=3)
+    keys = [p.key for p in load_sweep(sw_yaml).points()]
+
+    def study():
+        return S.load_study(make_storage(pg_server.url, name, tmp_path, OutageGuard("test", limit_s=5)), name)
+
+    drv = _driver(sw_yaml, tmp_path, "--workers", "2", "--storage", pg_server.url)
+    try:
+        victim = wait_for(_running_in_child(study), 300, "a trial in training")
+        pg_server.stop()
+        down_at = time.monotonic()
+        # the server stays away until the trial has finished and written its record to disk
+        wait_for(_finished_on_disk(_record_of(tmp_path, name, victim), victim.number), 300,
+                 "the trial to finish while the server is down")
+        time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
+        outage_s = time.monotonic() - down_at
+        pg_server.start()
+        out, _ = drv.communicate(timeout=600)
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+    assert drv.returncode == 0, out
+    assert outage_s >= 10
+    st = study()
+    trials = st.get_trials()
+    assert sorted(t.user_attrs["grid_key"] for t in trials if t.state == TrialState.COMPLETE) == sorted(keys)
+    assert len(trials) == len(keys), [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials]
+    assert st.trials[victim.number].state == TrialState.COMPLETE  # reported when the server came back
+    assert "Traceback" not in out and "OperationalError" in out  # the cause, on one line per outage
+    assert 1 <= out.count("unreachable (") <= 3 * 2, out  # at most one line per process (driver, 2 workers)
+
+
+def test_journal_away_longer_than_the_limit_stops_then_resumes_without_retraining(tmp_path, freezable):
+    name = "jout"
+    sw_yaml = _sweep(tmp_path, name, [0, 1], epochs=3)
+    keys = [p.key for p in load_sweep(sw_yaml).points()]
+
+    def study():
+        return S.load_study(make_storage(None, name, tmp_path), name)
+
+    drv = _driver(sw_yaml, tmp_path, "--workers", "1", limit_s=4)
+    try:
+        victim = wait_for(_running_in_child(study), 300, "a trial in training")
+        journal = freezable(tmp_path / name / "optuna.journal")
+        journal.freeze()
+        try:
+            record = _record_of(tmp_path, name, victim)
+            wait_for(_finished_on_disk(record, victim.number), 300, "the trial to finish while the journal is away")
+            out, _ = drv.communicate(timeout=120)
+        finally:
+            journal.thaw()
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+    assert drv.returncode == 3, out
+    assert "Traceback" not in out
+    stop_lines = [line for line in out.splitlines() if line.startswith("[sweep] stopped")]
+    assert len(stop_lines) == 1 and "run the same command again" in stop_lines[0], out
+    assert study().trials[victim.number].state == TrialState.RUNNING
+    mtime = record.stat().st_mtime
+    # the storage is back: the same command finishes the sweep; the finished trial is reported, not rerun
+    r = _driver(sw_yaml, tmp_path, "--workers", "1")
+    out2, _ = r.communicate(timeout=600)
+    assert r.returncode == 0, out2
+    st = study()
+    assert st.trials[victim.number].state == TrialState.COMPLETE
+    assert st.trials[victim.number].value == read_record(record).value and record.stat().st_mtime == mtime
+    assert sorted(t.user_attrs["grid_key"] for t in st.get_trials() if t.state == TrialState.COMPLETE) == sorted(keys)
+    assert len(st.get_trials()) == len(keys)  # nothing retried

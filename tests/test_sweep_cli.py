@@ -1,0 +1,82 @@
+"""``odconv-sweep`` at the command line with bad input: one ``error:`` line naming the bad value
+(and what is valid), exit code 2, no traceback. Each case runs the real command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = str(ROOT / "experiments" / "smoke.yaml")
+
+
+def odconv_sweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for k in ("STORAGE", "WORKERS", "GPUS", "DEVICES_PER_TRIAL", "STUDY", "SWEEP_OUTAGE_LIMIT_S"):
+        env.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ran_sweep(tmp_path_factory) -> tuple[Path, Path]:
+    """A results root holding a sweep's study (created by the real storage code, no training)."""
+    root = tmp_path_factory.mktemp("results")
+    sweep_yaml = root / "tiny.yaml"
+    sweep_yaml.write_text(yaml.safe_dump({"name": "tiny", "base_config": BASE,
+                                          "grid": {"conv": ["static"], "seed": [0]}}))
+    from sweeps import study as S
+    from sweeps.definition import load_sweep
+    sweep = load_sweep(sweep_yaml)
+    st = S.create_study(S.make_storage(None, "tiny", root), "tiny")
+    S.enqueue_grid(st, sweep)
+    (root / "tiny").mkdir(exist_ok=True)
+    import json
+    (root / "tiny" / "sweep.json").write_text(json.dumps(sweep.to_dict()))
+    return root, sweep_yaml
+
+
+CASES = [
+    # (arguments, words the one error line must contain); {root} and {yaml} are filled in
+    (["run", "no-such-sweep"], ["no-such-sweep", "not found", "available"]),
+    (["run", "{yaml}", "--workers", "0", "--results-root", "{root}"], ["--workers", "0", ">= 1"]),
+    (["run", "{yaml}", "--gpus", "0,x", "--results-root", "{root}"], ["--gpus", "'0,x'", "cpu"]),
+    (["run", "{yaml}", "--gpus", "0", "--devices-per-trial", "2", "--results-root", "{root}"],
+     ["DEVICES_PER_TRIAL=2", "1 GPU"]),
+    (["run", "{yaml}", "--storage", "bogus://host/db", "--results-root", "{root}"], ["--storage", "bogus", "postgresql://"]),
+    (["run", "{yaml}", "--outage-limit", "-5"], ["--outage-limit", "> 0"]),
+    (["status", "no-such-sweep"], ["no-such-sweep", "not found"]),
+    (["status", "tiny", "--results-root", "{root}", "--study", "other"], ["'other'", "studies there: tiny"]),
+    (["status", "{yaml}", "--results-root", "{root}/empty"], ["has no storage", "has it been run"]),
+    (["results", "no-such-sweep"], ["no-such-sweep", "not found"]),
+    (["estimate", "{yaml}", "--device", "tpu"], ["--device", "'tpu'", "cpu, cuda or cuda:N"]),
+    (["estimate", "{yaml}", "--device", "cuda"], ["cuda", "no CUDA device", "valid: cpu"]),
+    (["check", "{root}/missing.yaml"], ["missing.yaml", "not found"]),
+    (["dashboard", "no-such-sweep"], ["no-such-sweep", "not found"]),
+]
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a[:2]) + f" #{i}" for i, (a, _) in enumerate(CASES)])
+def test_bad_input_one_error_line_exit_2(ran_sweep, args, words):
+    root, sweep_yaml = ran_sweep
+    argv = [a.format(root=root, yaml=sweep_yaml) for a in args]
+    r = odconv_sweep(*argv)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(lines) <= 3, r.stderr  # argparse adds a usage line
+    (err,) = [line for line in lines if "error:" in line]
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_status_of_a_sweep_lists_its_points(ran_sweep):
+    root, sweep_yaml = ran_sweep
+    r = odconv_sweep("status", "tiny", "--results-root", str(root))
+    assert r.returncode == 0, r.stderr
+    assert "0/1 done, 0 running, 1 waiting, 0 failed" in r.stdout
+    assert "waiting  model.conv=static,seed_everything=0" in r.stdout
