@@ -197,8 +197,8 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
                                                                    slot.index, "grid", storage_url),
                                 stop, tick, min(progress_interval, 2.0))
             if EXIT_STORAGE in codes and not stop.requested:
-                raise StorageUnavailable(f"workers stopped: the storage {guard.label} was unreachable for longer "
-                                         f"than {guard.limit_s:.0f} s")
+                raise StorageUnavailable(f"a worker could not reach the storage {guard.label} for longer than "
+                                         f"{guard.limit_s:.0f} s")
             if not stop.requested:
                 S.reap(study, sweep)  # a worker that was killed left its trial RUNNING
             continue

@@ -98,7 +98,9 @@ class OutageGuard:
     """Runs storage calls, retrying through an outage of up to ``limit_s`` seconds.
 
     One guard per process: an outage is one period during which calls fail, whichever thread
-    makes them, so it is logged once and the limit counts from its first failure.
+    makes them, so it is logged once and the limit counts from its first failure. Reads and
+    writes are told apart (``write``): a journal file that cannot be written can still be read,
+    and a successful read does not end an outage of writes (nor the reverse).
     ``should_stop`` (e.g. "Ctrl-C was pressed") ends the wait early."""
 
     def __init__(self, label: str, limit_s: float | None = None, should_stop: Callable[[], bool] | None = None,
@@ -108,6 +110,7 @@ class OutageGuard:
         self.should_stop = should_stop
         self.max_delay_s = max_delay_s
         self.down_since: float | None = None
+        self.down_kinds: set[bool] = set()  # which kinds of call (write: True, read: False) fail now
         self.up_since: float | None = None   # end of the last outage (None: none yet)
         self.outages = 0
         self._lock = threading.Lock()
@@ -123,10 +126,11 @@ class OutageGuard:
         finally:
             self._local.no_wait = False
 
-    def _failed(self, e: BaseException) -> float:
+    def _failed(self, e: BaseException, write: bool) -> float:
         """Note a transient failure; returns seconds the outage has lasted."""
         now = time.monotonic()
         with self._lock:
+            self.down_kinds.add(write)
             if self.down_since is None:
                 self.down_since = now
                 self.outages += 1
@@ -134,11 +138,12 @@ class OutageGuard:
                             self.limit_s)
             return now - self.down_since
 
-    def _ok(self) -> None:
-        if self.down_since is None:
+    def _ok(self, write: bool) -> None:
+        if self.down_since is None or write not in self.down_kinds:
             return
         with self._lock:
-            if self.down_since is not None:
+            self.down_kinds.discard(write)
+            if self.down_since is not None and not self.down_kinds:
                 self.up_since = time.monotonic()
                 log.warning("storage %s reachable again after %.0f s", self.label, self.up_since - self.down_since)
                 self.down_since = None
@@ -150,39 +155,45 @@ class OutageGuard:
             return 0.0
         return float("inf") if self.up_since is None else time.monotonic() - self.up_since
 
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(self, fn: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried while the storage is unreachable; ``write``: whether
+        the call changes the storage."""
         delay = 0.25
+        waiting_since = None
         while True:
             try:
                 out = fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 (classified just below)
                 if not is_transient(e):
                     raise
-                lasted = self._failed(e)
+                lasted = self._failed(e, write)
                 if getattr(self._local, "no_wait", False):
                     raise StorageUnavailable(f"the storage {self.label} is unreachable") from None
-                if lasted > self.limit_s:
+                waiting_since = waiting_since or time.monotonic()
+                # an outage first seen long ago (by a heartbeat) may be nearly over: every call
+                # still waits a while itself before giving up
+                if lasted > self.limit_s and time.monotonic() - waiting_since >= min(self.limit_s, 60.0):
                     raise StorageUnavailable(f"the storage {self.label} has been unreachable for {lasted:.0f} s "
                                              f"(limit {self.limit_s:.0f} s, SWEEP_OUTAGE_LIMIT_S): "
                                              f"{_first_line(e)}") from None
                 if self.should_stop is not None and self.should_stop():
                     raise StorageUnavailable(f"stopped while the storage {self.label} was unreachable") from None
-                time.sleep(min(delay, max(0.05, self.limit_s - lasted + 0.05)))
+                time.sleep(delay)
                 delay = min(delay * 2, self.max_delay_s)
                 continue
-            self._ok()
+            self._ok(write)
             return out
 
     def try_once(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> bool:
-        """One attempt, no waiting (heartbeats): False when the storage is unreachable."""
+        """One attempt of a write, no waiting (heartbeats): False when the storage is unreachable."""
         try:
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             if not is_transient(e):
                 raise
-            self._failed(e)
+            self._failed(e, True)
             return False
-        self._ok()
+        self._ok(True)
         return True
 
 
@@ -199,7 +210,7 @@ class ResilientStorage(BaseStorage):
         self.guard = guard
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.guard.call(getattr(self.inner, name), *args, **kwargs)
+        return self.guard.call(getattr(self.inner, name), *args, write=not name.startswith("get_"), **kwargs)
 
     # -- studies --
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:

@@ -175,8 +175,8 @@ def run_tuning(sweep: SweepDef, storage: ResilientStorage, storage_url: str | No
         codes = run_workers(slots, lambda slot: worker_command(sweep_json, base, results_root, devices_per_trial,
                                                                slot.index, "tune", storage_url), stop, tick)
         if EXIT_STORAGE in codes and not stop.requested:
-            raise StorageUnavailable(f"tuning workers stopped: the storage {storage.guard.label} was unreachable "
-                                     f"for longer than {storage.guard.limit_s:.0f} s")
+            raise StorageUnavailable(f"a tuning worker could not reach the storage {storage.guard.label} for "
+                                     f"longer than {storage.guard.limit_s:.0f} s")
     if stop.requested:
         return None
     # other machines may still be tuning: wait for every study to have its budget
