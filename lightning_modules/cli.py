@@ -129,7 +129,8 @@ _KEY = re.compile(r'Parser key "([^"]+)":')
 
 
 def one_line_error(message: str) -> str:
-    """jsonargparse's report of a bad value, on one line. A bad field of the data class
+    """jsonargparse's report of a bad value (format of jsonargparse 4.53), on one line; any
+    other format is joined into one line as it is. A bad field of the data class
     (``--data.init_args.batch_size -3``) comes wrapped in a report on every type the
     ``data`` section could take; only the nested error matters:
     ``Parser key "data.init_args.batch_size" (lightning_modules.data.SyntheticDataModule): ...``."""

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from odconv.models import build_model
+from odconv.models import build_model, list_models
 
 from .arg_types import ConvSpecName, ModelName, OptimizerName, Placement, ScheduleName
 from .callbacks import TemperatureScheduler, temperature_modules
@@ -75,16 +75,16 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         # The command line checks the typed arguments while parsing; the checks here serve
         # Python callers (cheap, before any data or training, with the same messages).
-        _check_choice("model", model, get_args(ModelName))
+        _check_choice("model", model, tuple(list_models()))  # now: a model may be registered after import
         conv = str(ConvSpecName(conv))
         _check_choice("placement", placement, get_args(Placement))
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("schedule", schedule, SCHEDULES)
         # Plain builtins in the hyperparameters (hparams.yaml, checkpoints), not the parser's types.
         model, placement, optimizer, schedule = str(model), str(placement), str(optimizer), str(schedule)
-        lr, momentum, weight_decay, gamma, min_lr = float(lr), float(momentum), float(weight_decay), float(gamma), \
-            float(min_lr)
-        warmup_epochs, label_smoothing = float(warmup_epochs), float(label_smoothing)
+        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
+        gamma, min_lr, warmup_epochs, label_smoothing = float(gamma), float(min_lr), float(warmup_epochs), \
+            float(label_smoothing)
         temperature_init, temperature_final = float(temperature_init), float(temperature_final)
         temperature_epochs = float(temperature_epochs)
         if not lr > 0:

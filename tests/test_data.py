@@ -331,8 +331,8 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     dm = D.SyntheticDataModule(num_train=100, num_test=10, seed=5, batch_size=10)
     dm.setup()
     l1, l2 = dm.train_dataloader(), dm.train_dataloader()
-    for l in (l1, l2):
-        l.sampler.set_epoch(3)
+    for loader in (l1, l2):
+        loader.sampler.set_epoch(3)
     o1 = torch.cat([b[2] for b in l1])
     torch.manual_seed(123)  # the global RNG plays no part
     o2 = torch.cat([b[2] for b in l2])
