@@ -20,8 +20,8 @@ per-example kernel size X = O*Cg*kk.
     example with its kernel attention. Spatial attention multiplies kernel taps, so it is
     applied per example to the unfolded input patches, which then go through a 1x1 conv
     with the stacked kernels. n times the conv FLOPs, but one large GEMM with a shared
-    weight (its gradient is one reduction over the batch). Best when n is small against L,
-    and always for n = 1 (ODConv-1x). Exportable.
+    weight (its gradient is one reduction over the batch). Best on small maps (n * L
+    small), where per-example kernels are large against the work done with them. Exportable.
 ``mix_cl``
     ``mix`` with the input in channels-last memory format. Exportable.
 ``fused``
@@ -30,12 +30,11 @@ per-example kernel size X = O*Cg*kk.
     kernel gradients are rebuilt chunk by chunk of the batch in the backward pass and
     reduced at once into the gradients of the n kernels and of the attentions, so neither
     they nor their gradients are ever materialised for the whole batch. Memory of a static
-    conv; the per-example-kernel FLOPs of the reference. Inside, each chunk runs as one
-    grouped conv (groups = g * chunk) when L >= FUSED_CONV_MIN_POSITIONS or X / L <=
-    FUSED_CONV_MAX_KERNEL_PER_POSITION, else as patches + batched matmul. Loops over batch chunks in Python: not exportable (``torch.export``
-    specialises the batch).
+    conv; the per-example-kernel FLOPs of the reference. Each chunk (sized to stay in cache,
+    FUSED_CHUNK_ELEMENTS) runs as one grouped conv (groups = g * chunk). Loops over batch
+    chunks in Python: not exportable (``torch.export`` specialises the batch).
 ``fused_bmm``
-    ``fused`` always with the patches + batched-matmul inner kernel. Not exportable.
+    ``fused`` with patches + batched matmul as the inner kernel. Not exportable.
 ``compiled``
     ``bmm`` through ``torch.compile`` (compiled lazily on first use). Exportable (tracing
     goes through to ``bmm``).
@@ -52,19 +51,13 @@ from torch import Tensor
 from .ops.helpers import ConvGeometry, aggregate_kernels, conv_geometry, finish, patches, scale_channels, unpatch
 from .ops.registry import register_strategy
 
-# Largest number of elements the fused strategy lets one batch chunk's per-example kernels,
-# unfolded input or output take (chunks are at least one example).
-FUSED_CHUNK_ELEMENTS = 1 << 23
-
-# When the fused strategy runs each chunk as one grouped conv (groups = g * chunk, mkldnn)
-# rather than as patches + batched matmul: when every example has many output positions
-# (L >= FUSED_CONV_MIN_POSITIONS), or a small kernel for its positions (X <=
-# FUSED_CONV_MAX_KERNEL_PER_POSITION * L). Measured (fwd+bwd, batch 128): mkldnn's grouped conv
-# and its backward are efficient while X / L is small (32->32 at 8x8, X/L = 144: 3.3x static
-# against 6.7x with patches) and very slow when it is large (256->256 at 8x8, X/L = 9216:
-# 33x static; patches + bmm 3.6x).
-FUSED_CONV_MIN_POSITIONS = 256
-FUSED_CONV_MAX_KERNEL_PER_POSITION = 256
+# Largest number of elements one batch chunk's per-example kernels (and, with patches, its
+# unfolded input) may take in the fused strategies (chunks are at least one example). Small
+# enough for the chunk's kernels and their gradients to stay in cache between being built
+# and used: measured on the 2-core EPYC, fwd+bwd at batch 128, 1 thread, ODConv-4x shapes
+# (x static): 128->128 at 8x8: 7.8 with 2^23 elements, 3.1 with 2^19; 64->64 at 32x32:
+# 1.64 -> 1.04; 256->256 at 4x4: 23.8 -> 11.3.
+FUSED_CHUNK_ELEMENTS = 1 << 19
 
 
 # ----------------------------------------------------------------------------- grouped
@@ -272,11 +265,8 @@ class _PerExampleConv(torch.autograd.Function):
 
 
 def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups,
-           use_conv: Optional[bool]) -> Tensor:
+           use_conv: bool) -> Tensor:
     g = conv_geometry(x, weight, stride, padding, dilation)
-    if use_conv is None:
-        use_conv = (g.positions >= FUSED_CONV_MIN_POSITIONS
-                    or weight[0].numel() <= FUSED_CONV_MAX_KERNEL_PER_POSITION * g.positions)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         # The Function writes into preallocated outputs (no autocasting there): run it in the
@@ -292,8 +282,8 @@ def _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, d
 
 @register_strategy("fused", exportable=False)
 def fused_conv(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups) -> Tensor:
-    """Custom autograd Function; inner kernel: grouped conv or patches + bmm (module doc)."""
-    return _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, None)
+    """Custom autograd Function; inner kernel: one grouped conv per chunk."""
+    return _fused(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, True)
 
 
 @register_strategy("fused_bmm", exportable=False)

@@ -173,14 +173,12 @@ def test_bfloat16_matches_float32(strategy, mode):
 
 
 def test_fused_inner_kernels_and_chunking_agree(monkeypatch):
+    """Both inner kernels (grouped conv: fused; patches + bmm: fused_bmm), in one chunk per
+    example, several examples per chunk, and the whole batch in one chunk."""
     x, w, att, geo = _inputs((5, 4, 6, 3, 2, 1, 1, 1, 6, 6), "cfsk", 3)
-    for min_positions, max_kernel_per_position in ((1, 0), (10 ** 9, 0), (10 ** 9, 10 ** 9)):
-        # grouped-conv inner kernel, patches + bmm, grouped conv again (by the X / L clause)
-        monkeypatch.setattr(S, "FUSED_CONV_MIN_POSITIONS", min_positions)
-        monkeypatch.setattr(S, "FUSED_CONV_MAX_KERNEL_PER_POSITION", max_kernel_per_position)
-        for chunk in (1, 200, 10 ** 9):
-            monkeypatch.setattr(S, "FUSED_CHUNK_ELEMENTS", chunk)
-            _assert_all_agree(x, w, att, geo, names=[LOOP, "fused"])
+    for chunk in (1, 200, 10 ** 9):
+        monkeypatch.setattr(S, "FUSED_CHUNK_ELEMENTS", chunk)
+        _assert_all_agree(x, w, att, geo, names=[LOOP, "fused", "fused_bmm"])
 
 
 def test_partial_requires_grad():
