@@ -164,7 +164,10 @@ def run_workers(slots: list[Slot], command: Callable[[Slot], list[str]], stop: S
     for slot in slots:
         procs.append(popen_child(command(slot), slot_env(slot)))
     while any(p.poll() is None for p in procs):
-        tick()
+        try:
+            tick()
+        except Exception:  # noqa: BLE001 (the workers die with this process: a progress line must not end them)
+            log.exception("progress/reaping failed; the workers go on")
         deadline = time.monotonic() + interval
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             time.sleep(0.1)

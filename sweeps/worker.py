@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 
 from . import study as S
 from .definition import GridPoint, SweepDef
@@ -129,6 +130,11 @@ class Worker:
                     self.run_claim(claim)
                 except StorageUnavailable:
                     raise
+                except UpdateFinishedTrialError:
+                    # settled meanwhile by a reaper that judged this worker dead (e.g. its heartbeat
+                    # stopped for longer than stale_after_s): the reaper's outcome stands
+                    log.warning("trial %d was settled by another process while it ran; its outcome there stands",
+                                claim.trial.number)
                 except Exception as e:  # noqa: BLE001 (the worker's own failure: fail + retry the trial, go on)
                     log.exception("worker error on trial %d", claim.trial.number)
                     self._fail(claim, f"worker error: {e!r}")
