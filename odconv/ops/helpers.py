@@ -116,9 +116,14 @@ def shared_kernel_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], fil
 
 
 def patches(x: Tensor, g: ConvGeometry) -> Tensor:
-    """im2col by strided slicing: (B, C, H, W) -> (B, C, kh*kw, ho, wo), the layout of
-    ``F.unfold`` (channel-major, then tap), several times faster than ``F.unfold`` on CPU."""
+    """im2col: (B, C, H, W) -> (B, C, kh*kw, ho, wo) (channel-major, then tap).
+
+    Without autograd by strided slicing (as fast as ``F.unfold`` forward on CPU, faster on
+    large maps); with autograd ``F.unfold``, whose native backward is 3-6x faster than the
+    slices' (measured fwd+bwd, batch 128: 32 channels at 32x32 800 ms -> 190 ms)."""
     (kh, kw), s, p, d, (ho, wo) = g
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.unfold(x, (kh, kw), d, p, s).view(x.shape[0], x.shape[1], kh * kw, ho, wo)
     if p[0] or p[1]:
         x = F.pad(x, (p[1], p[1], p[0], p[0]))
     cols = x.new_empty(x.shape[0], x.shape[1], kh * kw, ho, wo)
