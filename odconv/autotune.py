@@ -75,7 +75,8 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
     if _auto_mode() == "tune" and not exporting:
         return _tuned(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, needs_grad)
     positions = conv_geometry(x, weight, stride, padding, dilation).positions
-    return rule(weight.shape, positions, groups, needs_grad, exporting)
+    return rule(weight.shape, positions, groups, needs_grad, exporting, batch=x.shape[0],
+                input_elements=x[0].numel())
 
 
 # Measured on the 2-core CPU (results/bench/layers.md): mixing outputs costs about n static
@@ -89,13 +90,21 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
 # (L <= POINTWISE_FUSED_MAX_L), where bmm's one big batch of per-example kernels outweighs the
 # little compute and the chunked fused_bmm is faster (measured on two EPYC hosts: 192->64 at
 # 8x8, batch 128: bmm 0.46x and 1.21x the reference, fused_bmm 0.44x and 0.93x).
+# Otherwise per-example kernels: ``folded`` (channel and filter attention multiplied into the
+# kernels, one grouped conv of the whole batch) while all the batch's kernels are few
+# (B * X <= FOLDED_MAX_ELEMENTS) -- measured fwd+bwd at batch 128, 1 thread, x static:
+# 8->8 at 32x32 folded 0.97, fused 1.79; 32->32 at 32x32 1.17 against 1.34; but 64->64 at
+# 32x32 (B * X = 4.7M) 1.62 against 1.34 -- else ``fused`` (cache-sized chunks).
 MIX_MAX_NL = 150
 POINTWISE_FUSED_MAX_L = 64
+FOLDED_MAX_ELEMENTS = 1 << 21
 
 
-def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad: bool, exporting: bool) -> str:
+def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad: bool, exporting: bool,
+         batch: int = 2, input_elements: int = 0) -> str:
     """The measured rule for a per-example kernel at batch > 1: ``weight_shape`` (n, O, Cg,
-    kh, kw), ``positions`` L = H'*W'. Under export, only exportable strategies."""
+    kh, kw), ``positions`` L = H'*W', ``input_elements`` C*H*W of one example. Under export,
+    only exportable strategies."""
     n, out_ch, cg, kh, kw = weight_shape
     if exporting:
         return "mix" if n * positions < MIX_MAX_NL else "bmm"
@@ -105,6 +114,8 @@ def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad:
         return "mix"
     if kh == 1 and kw == 1:
         return "fused_bmm" if not needs_grad and positions <= POINTWISE_FUSED_MAX_L else "bmm"
+    if batch * out_ch * cg * kh * kw <= FOLDED_MAX_ELEMENTS:
+        return "folded"
     return "fused"
 
 
@@ -126,7 +137,7 @@ def set_auto_mode(mode: str) -> None:
 
 
 _TUNED: dict[str, str] = {}
-TUNE_CANDIDATES = ("grouped", "bmm", "mix", "fused")
+TUNE_CANDIDATES = ("grouped", "folded", "bmm", "mix", "fused")
 
 
 def _cache_path() -> Optional[str]:

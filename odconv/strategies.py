@@ -11,6 +11,10 @@ per-example kernel size X = O*Cg*kk.
     aggregate one kernel per example, then one conv with ``groups = g*B``. Not exportable:
     ``torch.export`` keeps the batch symbolic in ``groups``, but ONNX needs a constant group
     count.
+``folded``
+    ``grouped`` with the channel and filter attentions multiplied into the per-example
+    kernels (X elements per example) instead of into the input and output (C*H*W and O*L):
+    cheaper when the kernels are small against the maps. Not exportable.
 ``bmm``
     aggregate per-example kernels, unfold the input (im2col) and run one batched matmul
     ``(B, g, Og, Cg*kk) @ (B, g, Cg*kk, L)``. Plain autograd; exportable.
@@ -48,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops.helpers import ConvGeometry, aggregate_kernels, conv_geometry, finish, patches, scale_channels, unpatch
+from .ops.helpers import (ConvGeometry, aggregate_kernels, conv_geometry, finish, fold_attentions, patches,
+                          scale_channels, unpatch)
 from .ops.registry import register_strategy
 
 # Largest number of elements one batch chunk's per-example kernels (and, with patches, its
@@ -74,6 +79,20 @@ def grouped_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], filter: O
     out = F.conv2d(scale_channels(x, channel).reshape(1, batch * in_ch, height, width), k, None, stride, padding,
                    dilation, groups * batch)
     return finish(out.view(batch, out_ch, out.shape[-2], out.shape[-1]), filter, bias, kernel)
+
+
+@register_strategy("folded", exportable=False)
+def folded_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], filter: Optional[Tensor],
+                spatial: Optional[Tensor], kernel: Optional[Tensor], bias: Optional[Tensor],
+                stride, padding, dilation, groups: int) -> Tensor:
+    """``grouped`` with the channel and filter attentions folded into the per-example kernels:
+    one conv of the raw input, no pass over the input or output for the attentions."""
+    batch, in_ch, height, width = x.shape
+    out_ch = weight.shape[1]
+    k, _ = aggregate_kernels(weight, spatial, kernel, batch)
+    k = fold_attentions(k, channel, filter, groups).reshape(batch * out_ch, *weight.shape[2:])
+    out = F.conv2d(x.reshape(1, batch * in_ch, height, width), k, None, stride, padding, dilation, groups * batch)
+    return finish(out.view(batch, out_ch, out.shape[-2], out.shape[-1]), None, bias, kernel)
 
 
 # --------------------------------------------------------------------------------- bmm

@@ -101,7 +101,9 @@ def test_export_rule_picks_exportable_strategies():
 
     for shape, positions in [((4, 8, 8, 3, 3), 16), ((4, 8, 8, 3, 3), 1024), ((4, 8, 8, 1, 1), 64),
                              ((4, 8, 1, 3, 3), 64)]:
-        assert rule(shape, positions, shape[1] // shape[2], True, exporting=True) in EXPORTABLE_STRATEGIES
+        for batch in (2, 4096):
+            assert rule(shape, positions, shape[1] // shape[2], True, exporting=True, batch=batch,
+                        input_elements=8 * positions) in EXPORTABLE_STRATEGIES
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="onnx is not installed (pip install .[onnx])")

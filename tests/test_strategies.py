@@ -278,10 +278,14 @@ def test_auto_rule():
     # batch 1 inference: aggregate one kernel and run one plain conv
     with torch.no_grad():
         assert choose_strategy(torch.randn(1, 64, 32, 32), w4, kernel=kern[:1], padding=1) == "grouped"
-    # large feature maps: per-example kernels, built chunk by chunk (fused), training or not
-    assert choose_strategy(torch.randn(8, 64, 32, 32), w4, kernel=kern, padding=1) == "fused"
+    # large feature maps, the batch's kernels (64 * 36864 elements) large: per-example kernels
+    # built chunk by chunk (fused), training or not
+    kern64 = torch.rand(64, 4)
+    assert choose_strategy(torch.randn(64, 64, 32, 32), w4, kernel=kern64, padding=1) == "fused"
     with torch.no_grad():
-        assert choose_strategy(torch.randn(8, 64, 32, 32), w4, kernel=kern, padding=1) == "fused"
+        assert choose_strategy(torch.randn(64, 64, 32, 32), w4, kernel=kern64, padding=1) == "fused"
+    # ... the batch's kernels few (8 * 36864 elements): one grouped conv, attentions folded in
+    assert choose_strategy(torch.randn(8, 64, 32, 32), w4, kernel=kern, padding=1) == "folded"
     # n * L small: mix the outputs of the stacked kernels
     assert choose_strategy(torch.randn(8, 64, 4, 4), w4, kernel=kern, padding=1) == "mix"
     # pointwise: batched matmul over per-example (O x C) kernels

@@ -73,6 +73,22 @@ def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optiona
     return mixed * spatial.reshape(batch, 1, kk), mixed
 
 
+def fold_attentions(kernels: Tensor, channel: Optional[Tensor], filter: Optional[Tensor], groups: int) -> Tensor:
+    """Per-example kernels (B, O*Cg, kk) times the channel attention (B, C) on their input
+    channels and the filter attention (B, O) on their output channels: the kernels of
+    ``filter * conv(channel * x, kernels)`` as one conv of ``x``. Returns (B, O*Cg, kk)."""
+    if channel is None and filter is None:
+        return kernels
+    batch, rows, kk = kernels.shape
+    out_ch = rows // (channel.shape[1] // groups) if channel is not None else filter.shape[1]
+    k = kernels.view(batch, groups, out_ch // groups, rows // out_ch, kk)
+    if channel is not None:
+        k = k * channel.reshape(batch, groups, 1, -1, 1)
+    if filter is not None:
+        k = k * filter.reshape(batch, groups, -1, 1, 1)
+    return k.reshape(batch, rows, kk)
+
+
 def per_example_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor], batch: int) -> Tensor:
     """The aggregated kernel of every example, (B, O, Cg, kh, kw). For tests and inspection."""
     return aggregate_kernels(weight, spatial, kernel, batch)[0].reshape(batch, *weight.shape[1:])
