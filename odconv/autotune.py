@@ -183,12 +183,3 @@ def _tuned(x, weight, channel, filter, spatial, kernel, bias, stride, padding, d
             json.dump(_TUNED, f, indent=1, sort_keys=True)
     return best
 
-
-def __getattr__(name: str):
-    # Old import path ``odconv.autotune.set_strategy`` (odconv/bench.py uses it); the function
-    # lives next to set_temperature in odconv.utils, above the layers this module sits below.
-    if name == "set_strategy":
-        from .utils import set_strategy
-
-        return set_strategy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
