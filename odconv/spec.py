@@ -24,7 +24,8 @@ _EXAMPLES = "static, odconv1x, odconv4x, odconv1x-channel+spatial, odconv4x-filt
 _DYNAMIC_RE = re.compile(r"^(odconv|condconv|dyconv)(\d+)x(?:-(.+))?$")
 
 
-def validate_attentions(attentions: frozenset[str] | set[str] | tuple[str, ...] | list[str], kernel_num: int) -> frozenset[str]:
+def validate_attentions(attentions: frozenset[str] | set[str] | tuple[str, ...] | list[str],
+                        kernel_num: int) -> frozenset[str]:
     """Check an ODConv attention subset against its kernel count; returns it as a frozenset.
 
     ``kernel`` attention needs ``kernel_num >= 2`` and ``kernel_num >= 2`` needs ``kernel``

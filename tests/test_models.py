@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from odconv import CondConv2d, DynamicConvBase, DyConv2d, ODConv2d, build_model, list_models, make_conv
+from odconv import CondConv2d, DyConv2d, DynamicConvBase, ODConv2d, build_model, list_models, make_conv
 from odconv.models import model_options, register_model
 
 torch.set_num_threads(1)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odconv import CondConv2d, DynamicConvBase, DyConv2d, ODConv2d, build_model, profile_model
+from odconv import CondConv2d, DyConv2d, DynamicConvBase, ODConv2d, build_model, profile_model
 from odconv.models import DynamicLinear, SharedRouter
 
 torch.set_num_threads(1)

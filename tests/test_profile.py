@@ -21,7 +21,8 @@ def test_count_params_counts_shared_parameters_once():
 def test_published_static_macs_at_224():
     """torchvision / the papers: ResNet-18 1.814 GMACs, MobileNetV2 1.0 300.8 MMACs."""
     with torch.device("meta"):       # shapes only: same count, no memory, fast
-        resnet18, mobilenet = build_model("resnet18", num_classes=1000), build_model("mobilenetv2_100", num_classes=1000)
+        resnet18 = build_model("resnet18", num_classes=1000)
+        mobilenet = build_model("mobilenetv2_100", num_classes=1000)
     assert count_macs(resnet18) == 1_814_073_344
     assert round(count_macs(resnet18) / 1e9, 3) == 1.814
     assert round(count_macs(mobilenet) / 1e6, 1) == 300.8

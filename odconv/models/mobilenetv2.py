@@ -20,8 +20,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ..spec import ConvSpec
-from .placement import (ModelPlan, SharedRouter, call_conv, check_model_options, init_static, make_classifier,
-                        plan_model)
+from .placement import ModelPlan, SharedRouter, call_conv, check_model_options, init_static, make_classifier, plan_model
 from .registry import register_model
 
 # t (expansion), c (channels), n (blocks), s (stride of the first block)
