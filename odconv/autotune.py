@@ -95,7 +95,11 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
 # (B * X <= FOLDED_MAX_ELEMENTS) -- measured fwd+bwd at batch 128, 1 thread, x static:
 # 8->8 at 32x32 folded 0.97, fused 1.79; 32->32 at 32x32 1.17 against 1.34; but 64->64 at
 # 32x32 (B * X = 4.7M) 1.62 against 1.34 -- else ``fused`` (cache-sized chunks).
+# mix also needs a small map: with one kernel (ODConv-1x) at 8x8, n * L = 64, mix measured
+# 3.2-6.0x static against fused's 2.4-2.6x (fwd+bwd, batch 128, 32..128 channels); at 4x4
+# mix 1.1-2.4x against fused's 2.2-7.4x.
 MIX_MAX_NL = 150
+MIX_MAX_POSITIONS = 16
 POINTWISE_FUSED_MAX_L = 64
 FOLDED_MAX_ELEMENTS = 1 << 21
 
@@ -110,7 +114,7 @@ def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad:
         return "mix" if n * positions < MIX_MAX_NL else "bmm"
     if cg == 1 and out_ch == groups:
         return "grouped"
-    if n * positions < MIX_MAX_NL:
+    if n * positions < MIX_MAX_NL and positions <= MIX_MAX_POSITIONS:
         return "mix"
     if kh == 1 and kw == 1:
         return "fused_bmm" if not needs_grad and positions <= POINTWISE_FUSED_MAX_L else "bmm"

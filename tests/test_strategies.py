@@ -256,7 +256,7 @@ def test_overrides(monkeypatch):
     assert layer.strategy == "auto"
     x = torch.randn(2, 4, 6, 6)
     layer(x)
-    assert calls == ["mix"]  # auto: n * L = 4 * 36 is below MIX_MAX_NL (the rule, test_auto_rule)
+    assert calls == ["folded"]  # auto: a 6x6 map is no small map; 2 examples' kernels are few (test_auto_rule)
     layer.strategy = "bmm"
     layer(x)
     assert calls[-1] == "bmm"
@@ -288,6 +288,11 @@ def test_auto_rule():
     assert choose_strategy(torch.randn(8, 64, 32, 32), w4, kernel=kern, padding=1) == "folded"
     # n * L small: mix the outputs of the stacked kernels
     assert choose_strategy(torch.randn(8, 64, 4, 4), w4, kernel=kern, padding=1) == "mix"
+    # ... on small maps only: one kernel with spatial attention at 8x8 (n * L = 64) builds
+    # per-example kernels; at 4x4 it mixes
+    spat64 = torch.rand(64, 3, 3)
+    assert choose_strategy(torch.randn(64, 64, 8, 8), w4[:1], spatial=spat64, padding=1) == "fused"
+    assert choose_strategy(torch.randn(64, 64, 4, 4), w4[:1], spatial=spat64, padding=1) == "mix"
     # pointwise: batched matmul over per-example (O x C) kernels
     w1 = torch.randn(4, 64, 64, 1, 1)
     assert choose_strategy(torch.randn(8, 64, 16, 16), w1, kernel=kern) == "bmm"
