@@ -1,12 +1,12 @@
 """odconv: ODConv2d, the CondConv and DyConv baselines, one conv factory, model builders
 and cost counting. Pure PyTorch."""
 
+from .autotune import choose_strategy, set_auto_mode, use_strategy
 from .factory import make_conv
 from .functional import STRATEGIES, dynamic_conv2d, per_example_kernels
-from .layers import CondConv2d, DynamicConvBase, DyConv2d, ODConv2d
-from .spec import ATTENTIONS, ConvSpec, parse_conv_spec
-from .autotune import choose_strategy, set_auto_mode, use_strategy
+from .layers import CondConv2d, DyConv2d, DynamicConvBase, ODConv2d
 from .ops.registry import EXPORTABLE_STRATEGIES, valid_strategies
+from .spec import ATTENTIONS, ConvSpec, parse_conv_spec
 from .utils import dynamic_layers, load_checkpoint, set_strategy, set_temperature, strip_prefix
 
 __all__ = [

@@ -52,8 +52,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops.helpers import (ConvGeometry, aggregate_kernels, conv_geometry, finish, fold_attentions, patches,
-                          scale_channels, unpatch)
+from .ops.helpers import (
+    ConvGeometry,
+    aggregate_kernels,
+    conv_geometry,
+    finish,
+    fold_attentions,
+    patches,
+    scale_channels,
+    unpatch,
+)
 from .ops.registry import register_strategy
 
 # Largest number of elements one batch chunk's per-example kernels (and, with patches, its

@@ -56,7 +56,8 @@ class RefODConv2d(nn.Module):
                  reduction=0.0625, kernel_num=4):
         super().__init__()
         self.in_planes, self.out_planes, self.kernel_size = in_planes, out_planes, kernel_size
-        self.stride, self.padding, self.dilation, self.groups, self.kernel_num = stride, padding, dilation, groups, kernel_num
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups, self.kernel_num = groups, kernel_num
         self.attention = RefAttention(in_planes, out_planes, kernel_size, groups=groups, reduction=reduction,
                                       kernel_num=kernel_num)
         self.weight = nn.Parameter(torch.randn(kernel_num, out_planes, in_planes // groups, kernel_size, kernel_size))

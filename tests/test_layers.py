@@ -188,7 +188,8 @@ def test_reference_state_dict_loads_strict_and_matches(geom, train, temperature)
     y_ref, y = ref(x1), ours(x2)
     torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-5)
     g_ref = torch.autograd.grad(y_ref.square().sum(), [x1] + list(ref.parameters()))
-    g_ours = torch.autograd.grad(y.square().sum(), [x2] + [dict(ours.named_parameters())[nm] for nm, _ in ref.named_parameters()])
+    ours_params = dict(ours.named_parameters())
+    g_ours = torch.autograd.grad(y.square().sum(), [x2] + [ours_params[nm] for nm, _ in ref.named_parameters()])
     assert_close_grads(g_ours, g_ref)
     if train:  # BN running statistics updated identically
         torch.testing.assert_close(ours.attention.bn.running_mean, ref.attention.bn.running_mean)
@@ -324,7 +325,8 @@ def test_each_kernel_initialised_like_a_static_conv():
 # --- float64 gradcheck ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("atts, n", [(frozenset(ATTENTIONS), 2), (frozenset({"channel", "spatial"}), 1),
-                                     (frozenset({"filter", "kernel"}), 2)], ids=["all", "channel+spatial", "filter+kernel"])
+                                     (frozenset({"filter", "kernel"}), 2)],
+                         ids=["all", "channel+spatial", "filter+kernel"])
 def test_odconv_gradcheck(atts, n):
     torch.manual_seed(0)
     layer = ODConv2d(3, 4, 3, 1, 1, kernel_num=n, attentions=atts, min_channel=2).double()

@@ -46,7 +46,8 @@ def _inputs(geom, subset, n, bias=False, dtype=torch.float32, seed=0):
     gen = torch.Generator().manual_seed(seed)
 
     def r(*shape, positive=False):
-        t = torch.rand(*shape, generator=gen, dtype=dtype) if positive else torch.randn(*shape, generator=gen, dtype=dtype)
+        draw = torch.rand if positive else torch.randn
+        t = draw(*shape, generator=gen, dtype=dtype)
         return t.requires_grad_()
 
     x = r(b, i, h, w)
@@ -107,7 +108,7 @@ def _assert_all_agree(x, weight, att, geo, names=(LOOP, *EXACT), rtol=1e-4, atol
         for label, ta, tb in zip(labels, (oa, *ga), (ob, *gb)):
             scale = tb.abs().max().item() + 1e-12
             torch.testing.assert_close(ta, tb, rtol=rtol, atol=atol * scale,
-                                       msg=lambda m: f"{a} vs {b}, {label}: {m}")
+                                       msg=lambda m, a=a, b=b, label=label: f"{a} vs {b}, {label}: {m}")
 
 
 # spatial attention is never built for a pointwise conv: those pairs are not cases
@@ -137,7 +138,7 @@ def test_gradcheck_float64(strategy):
         x, w, att, geo = _inputs((2, 2, 2, 3, 1, 2, 1, 1, 4, 4), subset, n, bias=bias, dtype=torch.float64)
         names = list(att)
 
-        def f(x, w, *a):
+        def f(x, w, *a, names=names, geo=geo):
             return dynamic_conv2d(x, w, **dict(zip(names, a)), **geo, strategy=strategy)
 
         assert torch.autograd.gradcheck(f, (x, w, *att.values()), eps=1e-6, atol=1e-6)
@@ -169,7 +170,7 @@ def test_bfloat16_matches_float32(strategy, mode):
         for label, a, b in zip(["output", "input", "weight", *att], (out, *grads), (ref, *ref_grads)):
             scale = b.abs().max().item()
             torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=2e-2 * scale,
-                                       msg=lambda m: f"{geom}-{subset} {label}: {m}")
+                                       msg=lambda m, g=geom, s=subset, lb=label: f"{g}-{s} {lb}: {m}")
 
 
 def test_fused_inner_kernels_and_chunking_agree(monkeypatch):
@@ -227,7 +228,7 @@ def test_layers_agree_across_strategies(layer):
     for name, res in results.items():
         assert len(res) == len(results["grouped"])
         for a, b in zip(res, results["grouped"]):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ------------------------------------------------------------------------ choice, overrides
@@ -251,7 +252,8 @@ def test_bad_strategy_name_lists_valid_ones():
 def test_overrides(monkeypatch):
     calls = []
     for name in EXACT:
-        monkeypatch.setitem(STRATEGIES, name, (lambda n, f: lambda *a: calls.append(n) or f(*a))(name, STRATEGIES[name]))
+        counted = (lambda n, f: lambda *a: calls.append(n) or f(*a))(name, STRATEGIES[name])
+        monkeypatch.setitem(STRATEGIES, name, counted)
     layer = ODConv2d(4, 8, 3, padding=1)
     assert layer.strategy == "auto"
     x = torch.randn(2, 4, 6, 6)

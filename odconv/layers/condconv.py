@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import dynamic_conv2d
@@ -70,7 +68,8 @@ class CondConv2d(DynamicConvBase):
         return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * self.num_experts
 
     def _aggregation_macs(self) -> int:
-        return self.num_experts * self.weight[0].numel() + (self.num_experts * self.out_planes if self.bias is not None else 0)
+        bias_macs = self.num_experts * self.out_planes if self.bias is not None else 0
+        return self.num_experts * self.weight[0].numel() + bias_macs
 
     def extra_repr(self) -> str:
         return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -82,7 +82,8 @@ class DyConv2d(DynamicConvBase):
         return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * h + h * self.kernel_num
 
     def _aggregation_macs(self) -> int:
-        return self.kernel_num * self.weight[0].numel() + (self.kernel_num * self.out_planes if self.bias is not None else 0)
+        bias_macs = self.kernel_num * self.out_planes if self.bias is not None else 0
+        return self.kernel_num * self.weight[0].numel() + bias_macs
 
     def extra_repr(self) -> str:
         return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "

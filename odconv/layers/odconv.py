@@ -98,11 +98,12 @@ class ODConv2d(DynamicConvBase):
 
     Args:
         attentions: any subset of ``{"channel", "filter", "spatial", "kernel"}``. Default (None):
-            all four, as the reference (with ``kernel_num=1``: channel, filter, spatial). ``kernel`` requires ``kernel_num >= 2`` and ``kernel_num >= 2`` requires
-            ``kernel``. Following the reference, filter attention is never built for a
-            depthwise conv, spatial attention never for k = 1, and kernel attention never for
-            n = 1; ``active_attentions`` says which are actually built. With none active the
-            layer is exactly ``nn.Conv2d`` (weight ``(1, O, I/g, k, k)``, no attention branch).
+            all four, as the reference (with ``kernel_num=1``: channel, filter, spatial).
+            ``kernel`` requires ``kernel_num >= 2`` and ``kernel_num >= 2`` requires ``kernel``.
+            Following the reference, filter attention is never built for a depthwise conv,
+            spatial attention never for k = 1, and kernel attention never for n = 1;
+            ``active_attentions`` says which are actually built. With none active the layer is
+            exactly ``nn.Conv2d`` (weight ``(1, O, I/g, k, k)``, no attention branch).
 
     Shapes: input (B, in_planes, H, W) -> output (B, out_planes, H', W').
     Parameter names and shapes match the reference implementation with all attentions on.
