@@ -85,11 +85,13 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
 # mix when n * L < MIX_MAX_NL, else fused. The reference grouped conv is never faster than
 # fused for B > 1 except on depthwise convs (per-example kernels are tiny; the grouped conv
 # is one depthwise conv over B*C channels).
-# Pointwise convs: per-example kernels are small (O*C), and plain bmm beats both the
-# reference and fused's chunked grouped conv -- except in inference on small maps
-# (L <= POINTWISE_FUSED_MAX_L), where bmm's one big batch of per-example kernels outweighs the
-# little compute and the chunked fused_bmm is faster (measured on two EPYC hosts: 192->64 at
-# 8x8, batch 128: bmm 0.46x and 1.21x the reference, fused_bmm 0.44x and 0.93x).
+# Pointwise convs (MobileNetV2's 1x1s; results/bench/layers.md, batch 64, x static, fwd /
+# fwd+bwd): on maps of 16x16 and more ``folded`` wins while the batch's kernels are few
+# (32->16 at 32x32: folded 1.39 / 1.18, bmm 1.94 / 2.20, reference 1.72 / 1.61; 144->32 at
+# 16x16: 1.43 / 1.43 against bmm 2.01 / 2.71), then ``bmm``; on maps of at most
+# POINTWISE_GROUPED_MAX_L positions the per-example kernels weigh as much as the compute and
+# the reference is fastest (192->64 at 8x8: 2.19 / 2.11 against folded 2.64 / 2.26, bmm
+# 2.53 / 3.06, fused_bmm 2.61 / 3.03; 64->384 at 8x8 likewise).
 # Otherwise per-example kernels: ``folded`` (channel and filter attention multiplied into the
 # kernels, one grouped conv of the whole batch) while all the batch's kernels are few
 # (B * X <= FOLDED_MAX_ELEMENTS) -- measured fwd+bwd at batch 128, 1 thread, x static:
@@ -100,7 +102,7 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
 # mix 1.1-2.4x against fused's 2.2-7.4x.
 MIX_MAX_NL = 150
 MIX_MAX_POSITIONS = 16
-POINTWISE_FUSED_MAX_L = 64
+POINTWISE_GROUPED_MAX_L = 64
 FOLDED_MAX_ELEMENTS = 1 << 21
 
 
@@ -116,11 +118,12 @@ def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad:
         return "grouped"
     if n * positions < MIX_MAX_NL and positions <= MIX_MAX_POSITIONS:
         return "mix"
+    few_kernels = batch * out_ch * cg * kh * kw <= FOLDED_MAX_ELEMENTS
     if kh == 1 and kw == 1:
-        return "fused_bmm" if not needs_grad and positions <= POINTWISE_FUSED_MAX_L else "bmm"
-    if batch * out_ch * cg * kh * kw <= FOLDED_MAX_ELEMENTS:
-        return "folded"
-    return "fused"
+        if positions <= POINTWISE_GROUPED_MAX_L:
+            return "grouped"
+        return "folded" if few_kernels else "bmm"
+    return "folded" if few_kernels else "fused"
 
 
 

@@ -295,13 +295,15 @@ def test_auto_rule():
     spat64 = torch.rand(64, 3, 3)
     assert choose_strategy(torch.randn(64, 64, 8, 8), w4[:1], spatial=spat64, padding=1) == "fused"
     assert choose_strategy(torch.randn(64, 64, 4, 4), w4[:1], spatial=spat64, padding=1) == "mix"
-    # pointwise: batched matmul over per-example (O x C) kernels
+    # pointwise on maps of 16x16 and more: attentions folded into the few (8 * 4096 elements)
+    # per-example kernels; many kernels (1024 * 4096): batched matmul
     w1 = torch.randn(4, 64, 64, 1, 1)
-    assert choose_strategy(torch.randn(8, 64, 16, 16), w1, kernel=kern) == "bmm"
-    # ... except inference on small maps: chunked fused_bmm
-    assert choose_strategy(torch.randn(8, 64, 8, 8), w1, kernel=kern) == "fused_bmm"
+    assert choose_strategy(torch.randn(8, 64, 16, 16), w1, kernel=kern) == "folded"
+    assert choose_strategy(torch.randn(1024, 64, 16, 16), w1, kernel=torch.rand(1024, 4)) == "bmm"
+    # ... on maps of at most 8x8, training or not: the reference
+    assert choose_strategy(torch.randn(8, 64, 8, 8), w1, kernel=kern) == "grouped"
     w1g = w1.clone().requires_grad_(True)
-    assert choose_strategy(torch.randn(8, 64, 8, 8), w1g, kernel=kern) == "bmm"
+    assert choose_strategy(torch.randn(8, 64, 8, 8), w1g, kernel=kern) == "grouped"
     # depthwise: the reference grouped conv
     wd = torch.randn(4, 64, 1, 3, 3)
     assert choose_strategy(torch.randn(8, 64, 8, 8), wd, kernel=kern, padding=1, groups=64) == "grouped"
