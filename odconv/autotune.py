@@ -84,7 +84,10 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
 # conv plus traffic over B*X kernel elements, which weighs like ~150/L static convs. Hence
 # mix when n * L < MIX_MAX_NL, else fused. The reference grouped conv is never faster than
 # fused for B > 1 except on depthwise convs (per-example kernels are tiny; the grouped conv
-# is one depthwise conv over B*C channels).
+# is one depthwise conv over B*C channels). There ``folded`` is faster still on maps larger
+# than 4x4 (it multiplies the channel attention into the 9 taps instead of the map:
+# results/bench/layers.md, batch 64, 0.74-0.89x the reference's time fwd+bwd and 0.74-0.97x
+# fwd), and the reference on 4x4 maps (folded 1.01-1.13x).
 # Pointwise convs (MobileNetV2's 1x1s; results/bench/layers.md, batch 64, x static, fwd /
 # fwd+bwd): on maps of 16x16 and more ``folded`` wins while the batch's kernels are few
 # (32->16 at 32x32: folded 1.39 / 1.18, bmm 1.94 / 2.20, reference 1.72 / 1.61; 144->32 at
@@ -114,11 +117,11 @@ def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad:
     n, out_ch, cg, kh, kw = weight_shape
     if exporting:
         return "mix" if n * positions < MIX_MAX_NL else "bmm"
-    if cg == 1 and out_ch == groups:
-        return "grouped"
+    few_kernels = batch * out_ch * cg * kh * kw <= FOLDED_MAX_ELEMENTS
+    if cg == 1 and out_ch == groups:  # depthwise
+        return "folded" if few_kernels and positions > MIX_MAX_POSITIONS else "grouped"
     if n * positions < MIX_MAX_NL and positions <= MIX_MAX_POSITIONS:
         return "mix"
-    few_kernels = batch * out_ch * cg * kh * kw <= FOLDED_MAX_ELEMENTS
     if kh == 1 and kw == 1:
         if positions <= POINTWISE_GROUPED_MAX_L:
             return "grouped"

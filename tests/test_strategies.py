@@ -304,9 +304,11 @@ def test_auto_rule():
     assert choose_strategy(torch.randn(8, 64, 8, 8), w1, kernel=kern) == "grouped"
     w1g = w1.clone().requires_grad_(True)
     assert choose_strategy(torch.randn(8, 64, 8, 8), w1g, kernel=kern) == "grouped"
-    # depthwise: the reference grouped conv
+    # depthwise: the channel attention folded into the 9 taps of each example's kernels, but
+    # the reference (one depthwise conv over B*C channels) on 4x4 maps
     wd = torch.randn(4, 64, 1, 3, 3)
-    assert choose_strategy(torch.randn(8, 64, 8, 8), wd, kernel=kern, padding=1, groups=64) == "grouped"
+    assert choose_strategy(torch.randn(8, 64, 8, 8), wd, kernel=kern, padding=1, groups=64) == "folded"
+    assert choose_strategy(torch.randn(8, 64, 4, 4), wd, kernel=kern, padding=1, groups=64) == "grouped"
     # kernel shared by the batch: plain conv
     assert choose_strategy(torch.randn(8, 64, 8, 8), w4[:1], channel=torch.rand(8, 64), padding=1) == "grouped"
 
