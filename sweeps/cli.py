@@ -2,14 +2,16 @@
 
     odconv-sweep run sweeps/ablation.yaml [--storage URL] [--workers N] [--gpus 0,1,2,3]
                                           [--devices-per-trial K] [--retry-failed]
+    odconv-sweep run sweeps/ablation.yaml --launcher slurm [--slurm-jobs N] [--slurm KEY=VALUE ...]
     odconv-sweep results ablation          # aggregate results/ablation/ into tables and plots
     odconv-sweep status ablation           # progress of a (running) sweep
     odconv-sweep check sweeps/x.yaml       # validate a sweep file and list its grid
     odconv-sweep dashboard ablation        # the optuna-dashboard command for its storage
     odconv-sweep estimate ablation         # expected wall time, measured on this machine
 
-``run`` options default to the environment variables STORAGE, WORKERS, GPUS and
-DEVICES_PER_TRIAL (what ``make ablation`` passes), and STUDY for the study name.
+``run`` options default to the environment variables STORAGE, WORKERS, GPUS,
+DEVICES_PER_TRIAL, LAUNCHER and SLURM_JOBS (what ``make ablation`` passes), and STUDY for the
+study name. ``--launcher slurm`` submits the workers as SLURM jobs and returns (docs/slurm.md).
 Exit codes: 0 done, 1 some grid points failed, 2 bad input (one ``error:`` line), 3 the
 storage was unreachable for longer than the outage limit, 130 interrupted.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 from typing import NoReturn
 
@@ -97,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--outage-limit", type=_positive, default=None,
                    help="seconds every sweep process waits for an unreachable storage before stopping "
                         "(default: SWEEP_OUTAGE_LIMIT_S or 300)")
+    r.add_argument("--launcher", default=os.environ.get("LAUNCHER") or "local",
+                   help="local: worker processes on this machine (default); slurm: SLURM jobs, submitted, "
+                        "then this command returns (env LAUNCHER)")
+    r.add_argument("--slurm-jobs", type=int, default=None,
+                   help="SLURM worker jobs to submit (env SLURM_JOBS; default: one per grid point left, "
+                        "at most 32)")
+    r.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the sweep file's slurm: section, e.g. --slurm partition=gpu "
+                        "--slurm time_min=240 (after ODCONV_SLURM_* variables)")
     s = sub.add_parser("results", help="aggregate a sweep's records into summary.csv/md, attention table, plots")
     s.add_argument("sweep", help="sweep name (results/<name>/) or YAML path")
     s.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
@@ -190,6 +202,56 @@ def main(args: list[str] | None = None) -> int:
         raise
 
 
+LAUNCHERS = ("local", "slurm")
+
+
+def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int) -> int:
+    """``run --launcher slurm``: submit the worker jobs (options: the sweep file's ``slurm:``
+    section, then ODCONV_SLURM_* variables, then ``--slurm KEY=VALUE`` flags)."""
+    import yaml
+
+    from .runner import submit_sweep
+    from .slurm import SlurmOptions
+    if workers is not None or a.gpus:
+        raise UsageError("--workers/WORKERS and --gpus/GPUS are for --launcher local; with --launcher slurm "
+                         "use --slurm-jobs/SLURM_JOBS and the slurm: section (gpus_per_job)")
+    jobs = a.slurm_jobs if a.slurm_jobs is not None else _env_int("SLURM_JOBS")
+    overrides = {}
+    for item in a.slurm:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--slurm takes KEY=VALUE (e.g. --slurm partition=gpu), got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            overrides[key.strip()] = value
+    # SlurmOptionsError is a ValueError: one error line naming the bad key or value
+    try:
+        options = SlurmOptions.from_mapping(sweep.slurm).with_overrides(**overrides)
+        return submit_sweep(sweep, options, a.storage, jobs, per_trial, a.results_root, a.study, a.retry_failed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _print_jobs(sweep_name: str, results_root: str) -> None:
+    """The sweep's SLURM jobs (``results/<sweep>/slurm/jobs.txt``) and their states, if it has any."""
+    from .runner import slurm_folder
+    from .slurm import job_ids_in, list_jobs
+    ids = job_ids_in(slurm_folder(sweep_name, results_root))
+    if not ids:
+        return
+    try:
+        jobs = list_jobs(ids)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        print(f"SLURM jobs {', '.join(ids)}: states unavailable here ({e})")
+        return
+    print(f"SLURM jobs ({len(ids)}):")
+    for j in jobs:
+        restarts = "?" if j.restarts is None else j.restarts
+        print(f"  {j.job_id:>10s} {j.state:10s} {j.node or '-':12s} restarts {restarts}"
+              + (f"  ({j.reason})" if j.reason else ""))
+
+
 def _bad_storage_url(e: Exception) -> str | None:
     """The message for a storage URL SQLAlchemy cannot use (unknown dialect, malformed), else None."""
     try:
@@ -217,6 +279,12 @@ def _command(a: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
         sweep = load_sweep(a.sweep)
+        if a.launcher not in LAUNCHERS:
+            raise UsageError(f"--launcher/LAUNCHER must be one of {', '.join(LAUNCHERS)}, got {a.launcher!r}")
+        if a.launcher == "slurm":
+            return _submit(a, sweep, workers, per_trial)
+        if a.slurm or a.slurm_jobs is not None:
+            raise UsageError("--slurm/--slurm-jobs need --launcher slurm (or LAUNCHER=slurm)")
         try:
             return run_sweep(sweep, a.storage, workers, a.gpus, per_trial, a.results_root, a.study,
                              a.retry_failed, not a.no_aggregate, a.progress_interval)
@@ -242,6 +310,7 @@ def _command(a: argparse.Namespace) -> int:
         print(S.format_progress(p, 1))
         for key, state in sorted(p.points.items()):
             print(f"  {state:8s} {key}")
+        _print_jobs(sweep.name, a.results_root)
         return 0
     if a.cmd == "check":
         sweep = load_sweep(a.sweep)

@@ -52,6 +52,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from odconv import list_models, parse_conv_spec
 
+from .slurm import SlurmOptions, SlurmOptionsError
+
 ALIASES = {"conv": "model.conv", "seed": "seed_everything", "lr": "model.lr",
            "weight_decay": "model.weight_decay", "model_name": "model.model", "backbone": "model.model"}
 SEED_KEY = "seed_everything"
@@ -126,6 +128,7 @@ class SweepDef:
     description: str = ""
     source: str = ""
     blocks: list[dict[str, list[Any]]] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` section as written (SlurmOptions keys)
 
     def points(self) -> list[GridPoint]:
         """Every grid point, in a stable order (blocks, axes and values as written)."""
@@ -281,6 +284,20 @@ class SweepFile(_Section):
     stale_after_s: Annotated[float, Field(ge=30)] = 900.0
     measure: MeasureSection | None = None
     tune: TuneSection | None = None
+    # what each worker job asks SLURM for (`--launcher slurm`); checked by _slurm_section
+    slurm: Any = None
+
+
+def _slurm_section(src: str, raw: Any) -> dict[str, Any]:
+    """The `slurm:` section, checked against :class:`sweeps.slurm.SlurmOptions` (environment
+    overrides are applied at submission, not here)."""
+    if raw is None:
+        return {}
+    try:
+        SlurmOptions.from_mapping(raw, environ={})
+    except SlurmOptionsError as e:
+        raise _err(src, str(e)) from None
+    return dict(raw)
 
 
 def _key_path(raw: Any, loc: tuple[Any, ...]) -> str:
@@ -479,9 +496,10 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
                        overrides=_checked_mapping(src, "tune.overrides", f.tune.overrides),
                        pruner=f.tune.pruner or "none", metric=f.tune.metric, seed=f.tune.seed)
     measure = (f.measure or MeasureSection()).model_dump()
+    slurm = _slurm_section(src, f.slurm)
     return SweepDef(name=f.name, base_config=base, grid=grid, overrides=overrides, metric=f.metric,
                     max_retries=f.max_retries, stale_after_s=float(f.stale_after_s), measure=measure, tune=tune,
-                    description=f.description or "", source=src, blocks=blocks)
+                    description=f.description or "", source=src, blocks=blocks, slurm=slurm)
 
 
 def find_sweep_file(name_or_path: str) -> Path:

@@ -102,13 +102,22 @@ def _set_pdeathsig() -> None:
         pass
 
 
-def popen_child(cmd: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
+def popen_child(cmd: list[str], env: dict[str, str], log_path: Path | None = None,
+                ignore: tuple[signal.Signals, ...] = ()) -> subprocess.Popen:
     """Start ``cmd`` as a child that dies with this process; output to ``log_path`` (appended)
-    or inherited."""
+    or inherited. The signals in ``ignore`` start ignored in the child (ignoring survives exec),
+    until it installs its own handlers: e.g. a SLURM warning signal that would otherwise kill
+    a child still starting up."""
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 (the child keeps its own handle)
+
+    def before_exec() -> None:
+        _set_pdeathsig()
+        for s in ignore:
+            signal.signal(s, signal.SIG_IGN)
+
     try:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
+                                preexec_fn=before_exec if sys.platform.startswith("linux") else None)
     finally:
         if out:
             out.close()

@@ -61,6 +61,8 @@ class TrialRecord:
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     host: str | None = None
+    slurm_job_id: str | None = None        # the SLURM job it ran in (None outside SLURM)
+    slurm_node: str | None = None          # that job's node
     devices: str | None = None             # CUDA_VISIBLE_DEVICES or "cpu"
     started_at: str | None = None
     finished_at: str | None = None

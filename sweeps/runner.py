@@ -12,6 +12,10 @@
 7. when the workers are done, re-spawns them if retries were queued meanwhile, then
    aggregates ``results/<sweep>/summary.{csv,md}``, the per-attention table and plots.
 
+With ``--launcher slurm`` (:func:`submit_sweep`) steps 1-5 run here (the login node), then
+step 6 is n SLURM jobs, each running one worker; the command returns once they are submitted
+(``odconv-sweep status`` follows them; ``odconv-sweep results`` does step 7).
+
 Every storage call rides through an outage of up to ``SWEEP_OUTAGE_LIMIT_S`` (see
 :mod:`sweeps.storage`); progress lines are skipped meanwhile.
 """
@@ -31,6 +35,7 @@ from . import study as S
 from .definition import SweepDef
 from .process import Slot, StopRequest, plan_slots, run_workers, worker_command  # noqa: F401 (Slot, plan_slots: API)
 from .record import write_json_atomic
+from .slurm import SlurmOptions, submit_jobs
 from .storage import EXIT_STORAGE, OutageGuard, StorageUnavailable
 
 log = logging.getLogger("sweeps")
@@ -223,3 +228,64 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
         print(INTERRUPTED, file=sys.stderr)
         return 130
     return 0 if p.count("done") == len(keys) else 1
+
+
+MAX_DEFAULT_JOBS = 32  # `--slurm-jobs` default: one job per grid point left, at most this many
+
+
+def slurm_folder(sweep_name: str, results_root: str = "results") -> Path:
+    """Where a sweep's SLURM jobs keep their submitit files (``<job id>/``) and ``jobs.txt``."""
+    return S.results_dir(sweep_name, results_root) / "slurm"
+
+
+def submit_sweep(sweep: SweepDef, options: SlurmOptions, storage_url: str | None = None, n_jobs: int | None = None,
+                 devices_per_trial: int = 1, results_root: str = "results", study_name: str | None = None,
+                 retry_failed: bool = False, prepare_data: bool = True) -> int:
+    """Steps 1-5 of the driver here, then `n_jobs` SLURM jobs (default: one per grid point
+    left, at most :data:`MAX_DEFAULT_JOBS`) that each run one worker of the grid stage; returns
+    once they are submitted: 0 (also when nothing is left to run and every point is done), 1
+    when nothing is left but some points failed, 2 when the data could not be prepared.
+    ``ValueError`` for what SLURM jobs cannot do (the tuning stage, n_jobs < 1).
+
+    A job with ``gpus_per_job`` GPUs runs one trial at a time on all of them (DDP when more
+    than one). The storage must be reachable from the compute nodes (PostgreSQL, or the
+    journal file on a filesystem they share with this node)."""
+    if sweep.tune is not None:
+        raise ValueError(f"sweep {sweep.name!r} has a tuning stage ('tune:'), which runs only with the local "
+                         f"launcher; valid: --launcher local, or a sweep without 'tune:'")
+    if n_jobs is not None and n_jobs < 1:
+        raise ValueError(f"--slurm-jobs/SLURM_JOBS must be >= 1, got {n_jobs}")
+    per_trial = options.gpus_per_job or devices_per_trial
+    res = S.results_dir(sweep.name, results_root).resolve()
+    res.mkdir(parents=True, exist_ok=True)
+    sweep_json = res / "sweep.json"
+    write_json_atomic(sweep_json, sweep.to_dict())
+    name = study_name_for(sweep, study_name)
+    label = S.storage_label(storage_url, sweep.name, results_root)
+    study = S.create_study(S.make_storage(storage_url, sweep.name, results_root, OutageGuard(label)), name)
+    study.set_user_attr("sweep", sweep.name)
+    if prepare_data and not _prepare_data(sweep, res):
+        return 2
+    added = S.enqueue_grid(study, sweep)
+    if retry_failed:
+        added += S.requeue_failed(study)
+    reaped = S.reap(study, sweep)
+    keys = [p.key for p in sweep.points()]
+    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    log.info("sweep %s: %d grid points, storage %s, study %s; enqueued %d new, settled %d of dead workers; "
+             "%d waiting", sweep.name, len(keys), label, name, added, len(reaped), waiting)
+    if waiting == 0:
+        p = S.progress(study, keys)
+        print(f"{S.format_progress(p, 1)}; nothing left to run, no job submitted", file=sys.stderr)
+        return 0 if p.count("done") == len(keys) else 1
+    n = n_jobs or min(waiting, MAX_DEFAULT_JOBS)
+    argv = worker_command(sweep_json, name, str(Path(results_root).resolve()), per_trial, 0, "grid", storage_url)
+    folder = slurm_folder(sweep.name, results_root)
+    ids = submit_jobs(argv, n, options, folder, job_name=f"sweep-{sweep.name}", cwd=os.getcwd())
+    print(f"[sweep] submitted {len(ids)} SLURM worker job(s) for {waiting} waiting trial(s): {' '.join(ids)}\n"
+          f"[sweep] their logs: {folder}/<job id>/; follow with: odconv-sweep status {sweep.name}"
+          + (f" --storage {storage_url}" if storage_url else "")
+          + f" (or squeue -j {','.join(ids)}); tables when done: odconv-sweep results {sweep.name}",
+          file=sys.stderr)
+    print(" ".join(ids))
+    return 0

@@ -378,6 +378,17 @@ class CurrentJob:
     restart_count: int   # SLURM_RESTART_COUNT: 0 on the first run, +1 per requeue
 
 
+def stop_signal(environ: Mapping[str, str] | None = None) -> signal.Signals | None:
+    """The warning signal a worker job of :func:`submit_jobs` gets before it is preempted or
+    hits its time limit (the job's ``SUBMITIT_PREEMPT_SIGNAL``, which the launcher sets);
+    None outside such a job."""
+    environ = os.environ if environ is None else environ
+    name = environ.get("SUBMITIT_PREEMPT_SIGNAL", "").upper().removeprefix("SIG")
+    if not environ.get("SLURM_JOB_ID") or name not in SIGNALS:
+        return None
+    return signal.Signals["SIG" + name]
+
+
 def current_job(environ: Mapping[str, str] | None = None) -> CurrentJob | None:
     """The SLURM job this process runs in, from its environment; None outside SLURM."""
     environ = os.environ if environ is None else environ

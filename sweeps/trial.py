@@ -8,7 +8,14 @@ measurements and the trial record. Its own process because: the worker pins GPUs
 a DDP trial's extra ranks (Lightning re-runs ``sys.argv`` for them) re-run this trial, not the
 sweep driver or the worker loop. Only global rank 0 writes the record.
 
-Exit codes: 0 when a record was written (complete, pruned or diverged), 1 on any other error.
+Under a SLURM worker job (:mod:`sweeps.slurm`) the job's warning signal (``--signal``, also
+``scancel --signal=USR1``) reaches this process directly: the fit stops after the running
+training step, saves ``<run_dir>/checkpoints/last.ckpt`` at that step and exits with
+:data:`EXIT_STOPPED` (no record); the next attempt resumes from it. The trial's own handler
+also keeps Lightning's SLURM handler (which would requeue the job itself) from being installed.
+
+Exit codes: 0 when a record was written (complete, pruned or diverged), 130 when stopped by a
+signal, 1 on any other error.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +36,9 @@ from typing import Any
 
 from .definition import SweepDef
 from .record import TrialRecord, write_record
+from .slurm import current_job, stop_signal
 
+EXIT_STOPPED = 130
 DIVERGED = "diverged"  # the reason of a diverged trial starts with this (not retried, see study.report_record)
 
 
@@ -140,6 +150,46 @@ def _val_history_callback():
     return ValHistory
 
 
+class TrialStopped(Exception):
+    """The fit stopped on the SLURM warning signal after saving its checkpoint."""
+
+
+class StopFlag:
+    """Set by the SLURM warning signal's handler (installed by :meth:`install`)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self, signum: signal.Signals) -> None:
+        def handler(received: int, frame: Any) -> None:
+            self.signum = received
+        signal.signal(signum, handler)
+
+
+def _stop_on_signal_callback(flag: StopFlag, last_ckpt: Path):
+    from lightning.pytorch.callbacks import Callback
+
+    class StopOnSignal(Callback):
+        """After each training step: if the warning signal came (on any rank), save
+        ``last_ckpt`` at this step (written aside, then renamed: a kill mid-write leaves the
+        previous one) and stop the fit by raising :class:`TrialStopped`."""
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if not trainer.strategy.reduce_boolean_decision(flag.signum is not None, all=False):
+                return
+            tmp = last_ckpt.with_name(last_ckpt.name + ".tmp")
+            trainer.save_checkpoint(tmp)
+            trainer.strategy.barrier()
+            if trainer.is_global_zero:
+                os.replace(tmp, last_ckpt)
+                name = signal.Signals(flag.signum).name if flag.signum else "a signal on another rank"
+                print(f"trial stopped by {name}: saved {last_ckpt} at epoch {trainer.current_epoch} "
+                      f"step {trainer.global_step}", file=sys.stderr, flush=True)
+            raise TrialStopped(f"stopped at step {trainer.global_step}")
+
+    return StopOnSignal()
+
+
 def _net(lm):
     import torch.nn as nn
     for name in ("model", "net", "backbone"):
@@ -229,7 +279,7 @@ def _resolved_config(cli) -> dict[str, Any]:
             return {"unavailable": True}
 
 
-def run_trial(spec: dict[str, Any]) -> int:
+def run_trial(spec: dict[str, Any], stop: StopFlag | None = None) -> int:
     """Run the trial described by ``spec`` (written by the worker); returns the exit code."""
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -242,11 +292,13 @@ def run_trial(spec: dict[str, Any]) -> int:
     rank0 = (int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
              and os.environ.get("NODE_RANK", "0") == "0")
 
+    job = current_job()
     rec = TrialRecord(sweep=spec["sweep"], grid_key=spec["grid_key"], variant=spec["variant"], params=spec["params"],
                       seed=spec.get("seed"), status="failed", attempt=int(spec.get("attempt", 0)),
                       trial_number=spec.get("trial_number"), cli_args=list(spec["cli_args"]),
                       git_commit=spec.get("git_commit"), host=platform.node(),
-                      devices=os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu", started_at=started)
+                      devices=os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu", started_at=started,
+                      slurm_job_id=job.job_id if job else None, slurm_node=job.node if job else None)
 
     def finish(status: str, reason: str | None = None) -> int:
         rec.status, rec.reason = status, reason
@@ -289,6 +341,9 @@ def run_trial(spec: dict[str, Any]) -> int:
     trainer.callbacks.append(hist)
 
     last = run_dir / "checkpoints" / "last.ckpt"
+    if stop is not None:
+        last.parent.mkdir(parents=True, exist_ok=True)
+        trainer.callbacks.append(_stop_on_signal_callback(stop, last))
     ckpt = str(last) if last.exists() else None
     rec.resumed_from = ckpt
     fit_start = time.time()
@@ -381,9 +436,17 @@ def prepare(base_config: str, overrides: dict[str, Any]) -> int:
 
 
 def main(spec_path: str) -> int:
+    stop = None
+    sig = stop_signal()
+    if sig is not None:  # first: the worker started this process with the signal ignored
+        stop = StopFlag()
+        stop.install(sig)
     spec = json.loads(Path(spec_path).read_text())
     try:
-        return run_trial(spec)
+        return run_trial(spec, stop)
+    except TrialStopped as e:
+        print(f"trial stopped: {e}", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print("trial interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,11 @@ outcome its record says. Stops when the source has nothing left (running nothing
 SIGINT/SIGTERM (the running trial is failed as "interrupted"; a grid point is re-queued without
 using up a retry and resumes from its checkpoint).
 
+In a SLURM worker job (``odconv-sweep run --launcher slurm``) the job's warning signal
+(:func:`sweeps.slurm.stop_signal`) does the same, except that the trial process got that
+signal from SLURM itself and stops after its running step with a checkpoint at that step;
+the job is then requeued and its next run resumes the trial.
+
 The storage may be away for a while (:mod:`sweeps.storage`): a trial trains on regardless, its
 record is written to disk before the worker reports it, and the report waits for the storage to
 come back. Only an outage longer than the limit stops the worker (exit code 3), leaving the
@@ -20,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -34,11 +40,13 @@ from . import study as S
 from .definition import GridPoint, SweepDef
 from .process import popen_child
 from .record import TrialRecord, read_record, write_record
+from .slurm import current_job, stop_signal
 from .storage import EXIT_STORAGE, OutageGuard, StorageUnavailable, make_storage
 from .trial import build_cli_args, git_commit, trial_overrides
 from .tune import TuneSource
 
 log = logging.getLogger("sweeps")
+WARNING_RESEND_S = 3.0
 
 
 class TrialSource(Protocol):
@@ -83,6 +91,11 @@ class Worker:
         self.child: Any = None  # the running trial process
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self.warned = False  # SLURM's warning signal came
+        self.stop_signal = stop_signal()
+        if self.stop_signal is not None:
+            signal.signal(self.stop_signal, self._on_stop_signal)
+        self.job = current_job()
         self.sweep = sweep
         self.storage_url = storage_url
         self.results_root = results_root
@@ -115,6 +128,19 @@ class Worker:
         if child is not None and child.poll() is None:
             try:
                 child.send_signal(signal.SIGINT if first else signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        """SLURM's warning signal: stop after the running trial, which stops at its next step
+        with a checkpoint. It is passed on in case it was sent to this process alone (the
+        trial's handler only notes it, so getting it twice is harmless)."""
+        self.stop = True
+        self.warned = True
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                child.send_signal(signum)
             except OSError:
                 pass
 
@@ -153,7 +179,9 @@ class Worker:
         # claimed_at last: until it is set, the reaper ignores worker attrs (they may be an old owner's)
         for k, v in {"worker_host": S.HOST, "worker_pid": self.pid, "worker_start": self.start,
                      "heartbeat": time.time(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu",
-                     "worker_index": self.worker_index, "claimed_at": time.time()}.items():
+                     "worker_index": self.worker_index,
+                     **({"slurm_job_id": self.job.job_id, "slurm_node": self.job.node} if self.job else {}),
+                     "claimed_at": time.time()}.items():
             trial.set_user_attr(k, v)
         return dict(trial.user_attrs)
 
@@ -187,13 +215,14 @@ class Worker:
                               daemon=True)
         try:
             self.child = popen_child([sys.executable, "-m", "sweeps", "_trial", str(spec_path)], env,
-                                     run_dir / "train.log")
+                                     run_dir / "train.log",
+                                     ignore=(self.stop_signal,) if self.stop_signal is not None else ())
             hb.start()
             try:
                 trial.set_user_attr("trial_pid", self.child.pid)
             except StorageUnavailable:
                 pass  # the storage is away: the trial trains on; the outcome is reported when it is back
-            rc = self.child.wait()
+            rc = self._wait_child()
         finally:
             done.set()
             self.child = None
@@ -204,6 +233,19 @@ class Worker:
             except Exception as e:  # noqa: BLE001
                 log.warning("unreadable record %s: %s", record_path, e)
         return rc, rec
+
+    def _wait_child(self) -> int:
+        """Wait for the trial process. After SLURM's warning signal, pass it on every few
+        seconds: a trial still starting up ignores it until its own handler is installed."""
+        while True:
+            try:
+                return self.child.wait(timeout=WARNING_RESEND_S)
+            except subprocess.TimeoutExpired:
+                if self.warned:
+                    try:
+                        self.child.send_signal(self.stop_signal)
+                    except OSError:
+                        pass
 
     def run_claim(self, claim: S.Claim) -> str:
         """Run a claimed trial and tell Optuna its outcome; returns the outcome."""
@@ -222,7 +264,8 @@ class Worker:
             # interrupted: a grid point is re-queued without using up a retry; it resumes from its checkpoint
             if claim.requeue:
                 S.fail_and_retry(claim.study, trial.number, "interrupted", self.sweep.max_retries, count=False)
-                log.warning("trial %d interrupted; it resumes from its last checkpoint when the sweep is run again",
+                log.warning("trial %d interrupted; it resumes from its last checkpoint when the sweep (or its SLURM "
+                            "job) runs again",
                             trial.number)
             else:
                 S.fail_trial(claim.study, trial.number, "interrupted", final=True)
@@ -264,7 +307,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--stage", choices=("grid", "tune"), default="grid")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"[worker {a.index}] %(message)s")
+    job = current_job()
+    if job is not None and not os.environ.get("SWEEP_THREADS"):
+        # a SLURM job's trials use the CPUs it was given (torch would take every core of the node)
+        threads = os.environ.get("SLURM_CPUS_PER_TASK") or "1"
+        os.environ.update(SWEEP_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    name = f"worker {a.index}" if job is None else f"worker, SLURM job {job.job_id} on {job.node}"
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep = SweepDef.from_dict(json.loads(Path(a.sweep_json).read_text()))
     try:

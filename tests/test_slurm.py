@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -110,6 +111,18 @@ def test_current_job_reads_the_slurm_environment():
            "SLURM_RESTART_COUNT": "2"}
     assert S.current_job(env) == S.CurrentJob(job_id="42", node="gpu07", restart_count=2)
     assert S.current_job({"SLURM_JOB_ID": "43", "SLURM_JOB_NODELIST": "cn1"}) == S.CurrentJob("43", "cn1", 0)
+
+
+def test_stop_signal_is_the_jobs_warning_signal_only_inside_a_launched_job():
+    assert S.stop_signal({}) is None
+    assert S.stop_signal({"SUBMITIT_PREEMPT_SIGNAL": "USR1"}) is None  # not in a SLURM job
+    assert S.stop_signal({"SLURM_JOB_ID": "7"}) is None                # a job not started by submit_jobs
+    assert S.stop_signal({"SLURM_JOB_ID": "7", "SUBMITIT_PREEMPT_SIGNAL": "USR2"}) == signal.SIGUSR2
+    assert S.stop_signal({"SLURM_JOB_ID": "7", "SUBMITIT_PREEMPT_SIGNAL": "SIGUSR1"}) == signal.SIGUSR1
+    assert S.stop_signal({"SLURM_JOB_ID": "7", "SUBMITIT_PREEMPT_SIGNAL": "TERM"}) is None  # not a warning signal
+    # what the launcher's jobs export: the signal the options ask for
+    setup = S.SlurmOptions(signal="USR2").executor_parameters()["setup"]
+    assert "export SUBMITIT_PREEMPT_SIGNAL=USR2" in setup
 
 
 def test_submit_jobs_rejects_bad_arguments(tmp_path):

@@ -17,7 +17,8 @@ BASE = str(ROOT / "experiments" / "smoke.yaml")
 
 def odconv_sweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    for k in ("STORAGE", "WORKERS", "GPUS", "DEVICES_PER_TRIAL", "STUDY", "SWEEP_OUTAGE_LIMIT_S"):
+    for k in ("STORAGE", "WORKERS", "GPUS", "DEVICES_PER_TRIAL", "STUDY", "SWEEP_OUTAGE_LIMIT_S", "LAUNCHER",
+              "SLURM_JOBS", *[k for k in env if k.startswith("ODCONV_SLURM_")]):
         env.pop(k, None)
     return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -38,6 +39,12 @@ def ran_sweep(tmp_path_factory) -> tuple[Path, Path]:
     (root / "tiny").mkdir(exist_ok=True)
     import json
     (root / "tiny" / "sweep.json").write_text(json.dumps(sweep.to_dict()))
+    grid = {"conv": ["static"], "seed": [0]}
+    (root / "badslurm.yaml").write_text(yaml.safe_dump({"name": "badslurm", "base_config": BASE, "grid": grid,
+                                                        "slurm": {"partitoin": "gpu"}}))
+    (root / "tuned.yaml").write_text(yaml.safe_dump({
+        "name": "tuned", "base_config": BASE, "grid": grid,
+        "tune": {"params": {"model.lr": {"type": "float", "low": 0.01, "high": 0.1}}}}))
     return root, sweep_yaml
 
 
@@ -50,6 +57,17 @@ CASES = [
      ["DEVICES_PER_TRIAL=2", "1 GPU"]),
     (["run", "{yaml}", "--storage", "bogus://host/db", "--results-root", "{root}"], ["--storage", "bogus", "postgresql://"]),
     (["run", "{yaml}", "--outage-limit", "-5"], ["--outage-limit", "> 0"]),
+    (["run", "{yaml}", "--launcher", "pbs"], ["--launcher/LAUNCHER", "local, slurm", "'pbs'"]),
+    (["run", "{yaml}", "--slurm", "partition=gpu"], ["--slurm", "need --launcher slurm"]),
+    (["run", "{yaml}", "--launcher", "slurm", "--slurm", "partiton=gpu"], ["'partiton'", "valid", "partition"]),
+    (["run", "{yaml}", "--launcher", "slurm", "--slurm", "time_min=0"], ["slurm.time_min", ">= 1", "0"]),
+    (["run", "{yaml}", "--launcher", "slurm", "--slurm", "gpu"], ["--slurm", "KEY=VALUE", "'gpu'"]),
+    (["run", "{yaml}", "--launcher", "slurm", "--workers", "2"], ["--workers", "--launcher local", "--slurm-jobs"]),
+    (["run", "{yaml}", "--launcher", "slurm", "--slurm-jobs", "0", "--results-root", "{root}"],
+     ["--slurm-jobs", ">= 1", "0"]),
+    (["run", "{root}/tuned.yaml", "--launcher", "slurm", "--results-root", "{root}"],
+     ["tuning stage", "--launcher local"]),
+    (["check", "{root}/badslurm.yaml"], ["badslurm.yaml", "'partitoin'", "valid keys", "partition"]),
     (["status", "no-such-sweep"], ["no-such-sweep", "not found"]),
     (["status", "tiny", "--results-root", "{root}", "--study", "other"], ["'other'", "studies there: tiny"]),
     (["status", "{yaml}", "--results-root", "{root}/empty"], ["has no storage", "has it been run"]),

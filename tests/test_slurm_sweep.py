@@ -1,0 +1,250 @@
+"""Sweeps on SLURM end to end: ``odconv-sweep run --launcher slurm`` on a real one-node cluster.
+
+The cluster (tests/slurm_cluster.py, the session's ``slurm_cluster`` fixture) runs munged,
+slurmctld and slurmd as root in a temporary directory; without the Debian packages slurm-wlm
+and munge, or not as root, these tests skip with the reason. Each test submits a small sweep
+over experiments/smoke.yaml (synthetic data, a tiny model, 2 batches an epoch) as 2 worker
+jobs of 1 CPU each and waits on the storage's and the scheduler's state, with deadlines.
+A test that acts mid-trial freezes the trial processes it needs still fitting with SIGSTOP
+while it acts (as tests/test_sweeps_e2e.py does).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeps import slurm as SL
+from sweeps import study as S
+from sweeps.definition import load_sweep
+from sweeps.record import read_record
+from tests.conftest import wait_for
+from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401 (the slurm_cluster fixture)
+from tests.test_sweeps_e2e import assert_each_point_once, study_of, write_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE"}
+# 1 CPU a job: the node (this machine) runs both jobs at once; the warning signal's grace is
+# signal_before_s - 10 s for the worker to stop its trial
+SLURM = {"cpus_per_task": 1, "time_min": 15, "signal_before_s": 40}
+RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
+                           optuna.trial.TrialState.FAIL)
+
+
+@pytest.fixture
+def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlurmCluster]:
+    """The session's cluster, with SLURM_CONF set for this test (sbatch passes it on to jobs)."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    for key in [k for k in os.environ if k.startswith(SL.ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    yield slurm_cluster
+    left = slurm_cluster.active_job_ids()
+    if left:  # a failed test's jobs must not hold the node's CPUs for the next test
+        slurm_cluster.run(["scancel", *left], check=False)
+        wait_for(lambda: not slurm_cluster.active_job_ids(), 30, f"jobs {left} to end")
+
+
+def job_env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    for k in ("STORAGE", "WORKERS", "GPUS", "DEVICES_PER_TRIAL", "STUDY", "LAUNCHER", "SLURM_JOBS"):
+        e.pop(k, None)
+    return e
+
+
+def submit(sw_yaml: Path, root: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """``odconv-sweep run <sweep> --launcher slurm --slurm-jobs 2``; the job ids it printed."""
+    r = subprocess.run([sys.executable, "-m", "sweeps", "run", str(sw_yaml), "--results-root", str(root),
+                        "--launcher", "slurm", "--slurm-jobs", "2", *args], cwd=ROOT, env={**job_env(), **(env or {})},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = r.stdout.split()
+    assert len(ids) == 2 and "submitted 2 SLURM worker job(s)" in r.stderr, r.stdout + r.stderr
+    return ids
+
+
+def explain(root: Path, name: str, cluster: SlurmCluster):
+    """What the jobs and trials said: for a timed-out wait's message."""
+    def text() -> str:
+        def tails(pattern: str, n: int) -> str:
+            return "".join(f"\n--- {p}\n" + p.read_text()[-n:] for p in sorted((root / name).glob(pattern)))
+        logs, trials = tails("slurm/*/*_log.*", 2500), tails("runs/*/train.log", 2000)
+        return f"squeue: {cluster.run(['squeue', '--states=all'], check=False).stdout}{logs}{trials}"
+    return text
+
+
+def wait_until(predicate, timeout_s: float, what: str, why) -> object:
+    try:
+        return wait_for(predicate, timeout_s, what, interval=0.3)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{why()}") from None
+
+
+def jobs_ended(ids: list[str]):
+    def check():
+        states = SL.list_jobs(ids)
+        return states if all(s.state in ENDED for s in states) else None
+    return check
+
+
+def all_done(name: str, root: Path, n: int):
+    return lambda: len([t for t in study_of(name, root).get_trials() if t.state == COMPLETE]) == n
+
+
+def trials_in_training(name: str, root: Path, n: int):
+    """n RUNNING trials of distinct jobs whose trial process has saved a checkpoint; else None."""
+    def check():
+        found = {}
+        for t in study_of(name, root).get_trials():
+            a = t.user_attrs
+            if t.state == RUNNING and "trial_pid" in a and a.get("slurm_job_id") and \
+                    (Path(a["run_dir"]) / "checkpoints" / "last.ckpt").exists():
+                found.setdefault(a["slurm_job_id"], t)
+        return found if len(found) >= n else None
+    return check
+
+
+def record_of(root: Path, name: str, t: optuna.trial.FrozenTrial):
+    return read_record(root / name / "trials" / f"{S.trial_point(t).slug}.json")
+
+
+def train_log(root: Path, name: str, t: optuna.trial.FrozenTrial) -> str:
+    return (root / name / "runs" / S.trial_point(t).slug / "train.log").read_text()
+
+
+def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(cluster, tmp_path):
+    sw_yaml = write_sweep(tmp_path, "sl", {"conv": ["static", "odconv1x-channel", "odconv4x-kernel"], "seed": [0]},
+                          slurm=SLURM)
+    keys = [p.key for p in load_sweep(sw_yaml).points()]
+    # options: the file's slurm: section, over it ODCONV_SLURM_* variables, over those --slurm flags
+    ids = submit(sw_yaml, tmp_path, "--slurm", "time_min=14",
+                 env={"ODCONV_SLURM_TIME_MIN": "13", "ODCONV_SLURM_PARTITION": cluster.partition})
+    assert SL.job_ids_in(tmp_path / "sl" / "slurm") == ids
+    for job_id in ids:
+        show = cluster.run(["scontrol", "-o", "show", "job", job_id]).stdout
+        fields = dict(item.split("=", 1) for item in show.split() if "=" in item)
+        assert (fields["TimeLimit"], fields["Partition"], fields["NumCPUs"], fields["Requeue"]) == \
+            ("00:14:00", cluster.partition, "1", "1"), show
+        script = (tmp_path / "sl" / "slurm" / job_id / f"{job_id}_submission.sh").read_text().splitlines()
+        assert "#SBATCH --signal=USR1@40" in script
+    why = explain(tmp_path, "sl", cluster)
+    ended = wait_until(jobs_ended(ids), 240, "both jobs to end", why)
+    assert [(s.state, s.node, s.restarts) for s in ended] == [("COMPLETED", cluster.node, 0)] * 2, why()
+    st = study_of("sl", tmp_path)
+    done = assert_each_point_once(st, keys)
+    assert len(st.get_trials()) == len(keys)  # no retry, no duplicate
+    for key, t in done.items():
+        rec = record_of(tmp_path, "sl", t)
+        assert rec.grid_key == key and rec.status == "complete"
+        assert rec.slurm_job_id in ids and rec.slurm_node == cluster.node and rec.host
+        assert t.user_attrs["slurm_job_id"] == rec.slurm_job_id and t.user_attrs["slurm_node"] == cluster.node
+        assert rec.resumed_from is None
+    status = subprocess.run([sys.executable, "-m", "sweeps", "status", "sl", "--results-root", str(tmp_path)],
+                            cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"{len(keys)}/{len(keys)} done" in status.stdout
+    job_lines = [line.split() for line in status.stdout.splitlines() if line.split()[:1] in ([ids[0]], [ids[1]])]
+    assert [(j[0], j[1], j[2]) for j in job_lines] == [(ids[0], "COMPLETED", cluster.node),
+                                                       (ids[1], "COMPLETED", cluster.node)], status.stdout
+    # the same command again: every point is done, nothing is submitted
+    again = subprocess.run([sys.executable, "-m", "sweeps", "run", str(sw_yaml), "--results-root", str(tmp_path),
+                            "--launcher", "slurm"], cwd=ROOT, env=job_env(), capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "no job submitted" in again.stderr, again.stdout + again.stderr
+    assert SL.job_ids_in(tmp_path / "sl" / "slurm") == ids
+
+
+def test_signalled_job_and_requeued_job_resume_their_trials_from_checkpoints(cluster, tmp_path):
+    sw_yaml = write_sweep(tmp_path, "pre", {"conv": ["static"], "seed": [0, 1]},
+                          overrides={"trainer.max_epochs": 12}, slurm=SLURM)
+    keys = [p.key for p in load_sweep(sw_yaml).points()]
+    ids = submit(sw_yaml, tmp_path)
+    why = explain(tmp_path, "pre", cluster)
+    running = wait_until(trials_in_training("pre", tmp_path, 2), 240, "a trial in training in each job", why)
+    signalled, requeued = sorted(running)
+    victims = {job: running[job] for job in (signalled, requeued)}
+    pids = {job: int(t.user_attrs["trial_pid"]) for job, t in victims.items()}
+    for pid in pids.values():  # frozen while the test acts: they cannot finish their fit meanwhile
+        os.kill(pid, signal.SIGSTOP)
+    st = study_of("pre", tmp_path)
+    assert all(st.trials[t.number].state == RUNNING for t in victims.values())
+    cluster.run(["scancel", "--signal=USR1", signalled])
+    cluster.run(["scontrol", "requeue", requeued])
+    for pid in pids.values():
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    ended = wait_until(jobs_ended(ids), 300, "both jobs to end after their requeue", why)
+    assert [(s.job_id, s.state, s.restarts) for s in ended] == [(signalled, "COMPLETED", 1),
+                                                               (requeued, "COMPLETED", 1)], why()
+    st = study_of("pre", tmp_path)
+    done = assert_each_point_once(st, keys)
+    assert len(st.get_trials()) == len(keys) + 2  # one more trial per stopped point, nothing else
+
+    # the signalled trial stopped gracefully: a checkpoint at its current step, then interrupted
+    # without using up a retry
+    sig = st.trials[victims[signalled].number]
+    assert sig.state == FAIL and sig.user_attrs["fail_reason"] == "interrupted"
+    log = train_log(tmp_path, "pre", sig)
+    assert "trial stopped by SIGUSR1: saved" in log, log[-3000:]
+    retry = done[sig.user_attrs["grid_key"]]
+    assert retry.user_attrs["retry_of"] == sig.number and retry.user_attrs["retries"] == 0
+    # the requeued one was stopped by SIGTERM (KillWait later SIGKILL): interrupted, or reaped
+    # as a dead worker when the kill came first
+    rq = st.trials[victims[requeued].number]
+    assert rq.state == FAIL, rq
+    assert rq.user_attrs["fail_reason"] == "interrupted" or "gone" in rq.user_attrs["fail_reason"], rq.user_attrs
+    for victim in (sig, rq):
+        retry = done[victim.user_attrs["grid_key"]]
+        assert retry.user_attrs["retry_of"] == victim.number
+        rec = record_of(tmp_path, "pre", retry)
+        # resumed from the checkpoint its stopped attempt left, and trained to the end
+        assert rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
+        assert rec.epochs == 12 and len(rec.val_history) == 12
+        assert rec.slurm_job_id in ids and rec.slurm_node == cluster.node
+        assert "Restoring states from the checkpoint path at" in train_log(tmp_path, "pre", retry)
+
+
+def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, tmp_path):
+    sw_yaml = write_sweep(tmp_path, "cxl", {"conv": ["static"], "seed": [0, 1, 2]},
+                          overrides={"trainer.max_epochs": 6}, slurm=SLURM)
+    keys = [p.key for p in load_sweep(sw_yaml).points()]
+    ids = submit(sw_yaml, tmp_path)
+    why = explain(tmp_path, "cxl", cluster)
+    running = wait_until(trials_in_training("cxl", tmp_path, 2), 240, "a trial in training in each job", why)
+    assert sorted(running) == sorted(ids)
+    cancelled, survivor = sorted(running)
+    victim = running[cancelled]
+    survivor_pid = int(running[survivor].user_attrs["trial_pid"])
+    os.kill(survivor_pid, signal.SIGSTOP)  # the survivor is still at work when the other job is gone
+    try:
+        cluster.run(["scancel", cancelled])
+        (gone,) = wait_until(jobs_ended([cancelled]), 60, f"job {cancelled} to end", why)
+        assert gone.state == "CANCELLED"
+    finally:
+        os.kill(survivor_pid, signal.SIGCONT)
+    wait_until(jobs_ended([survivor]), 300, f"job {survivor} to end", why)
+    st = study_of("cxl", tmp_path)
+    done = assert_each_point_once(st, keys)
+    assert len(st.get_trials()) == len(keys) + 1
+    v = st.trials[victim.number]
+    assert v.state == FAIL
+    retry = done[victim.user_attrs["grid_key"]]
+    assert retry.user_attrs["retry_of"] == victim.number
+    # SIGTERM then SIGKILL after KillWait: the worker either marked its trial interrupted in
+    # time (no retry used), or was killed first and the survivor reaped it (one retry used)
+    reason = v.user_attrs["fail_reason"]
+    assert (reason, retry.user_attrs["retries"]) == ("interrupted", 0) or \
+        ("gone" in reason and retry.user_attrs["retries"] == 1), (reason, retry.user_attrs)
+    rec = record_of(tmp_path, "cxl", retry)
+    assert rec.slurm_job_id == survivor and rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
+    assert rec.epochs == 6
