@@ -11,6 +11,8 @@ STORAGE           ?=
 WORKERS           ?=
 GPUS              ?=
 DEVICES_PER_TRIAL ?= 1
+LAUNCHER          ?= local
+SLURM_JOBS        ?=
 
 .PHONY: setup test lint test-slow bench ablation results estimate gpu-check clean
 
@@ -46,9 +48,10 @@ gpu-check:
 
 # Sweeps (README: "Running the ablation sweep"):
 #   make ablation [SWEEP=smoke] [WORKERS=2] [GPUS=0,1,2,3] [DEVICES_PER_TRIAL=2] [STORAGE=postgresql://...]
+#   make ablation SWEEP=ablation LAUNCHER=slurm [SLURM_JOBS=8] STORAGE=postgresql://...   (docs/slurm.md)
 ablation: setup
 	STORAGE="$(STORAGE)" WORKERS="$(WORKERS)" GPUS="$(GPUS)" DEVICES_PER_TRIAL="$(DEVICES_PER_TRIAL)" \
-		$(PY) -m sweeps run sweeps/$(SWEEP).yaml
+		LAUNCHER="$(LAUNCHER)" SLURM_JOBS="$(SLURM_JOBS)" $(PY) -m sweeps run sweeps/$(SWEEP).yaml
 
 results: setup
 	STORAGE="$(STORAGE)" $(PY) -m sweeps results $(SWEEP)
