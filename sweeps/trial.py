@@ -172,9 +172,18 @@ def _stop_on_signal_callback(flag: StopFlag, last_ckpt: Path):
     class StopOnSignal(Callback):
         """After each training step: if the warning signal came (on any rank), save
         ``last_ckpt`` at this step (written aside, then renamed: a kill mid-write leaves the
-        previous one) and stop the fit by raising :class:`TrialStopped`."""
+        previous one) and stop the fit by raising :class:`TrialStopped`. On an epoch's last
+        step it stops at the epoch's end instead, after that epoch's validation: Lightning
+        (2.6) resumed from a checkpoint of an epoch's last step skips that epoch's validation."""
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx + 1 < trainer.num_training_batches:
+                self._stop_if_signalled(trainer)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self._stop_if_signalled(trainer)
+
+        def _stop_if_signalled(self, trainer) -> None:
             if not trainer.strategy.reduce_boolean_decision(flag.signum is not None, all=False):
                 return
             tmp = last_ckpt.with_name(last_ckpt.name + ".tmp")

@@ -4,7 +4,9 @@ The cluster (tests/slurm_cluster.py, the session's ``slurm_cluster`` fixture) ru
 slurmctld and slurmd as root in a temporary directory; without the Debian packages slurm-wlm
 and munge, or not as root, these tests skip with the reason. Each test submits a small sweep
 over experiments/smoke.yaml (synthetic data, a tiny model, 2 batches an epoch) as 2 worker
-jobs of 1 CPU each and waits on the storage's and the scheduler's state, with deadlines.
+jobs of 1 CPU each and waits on the storage's and the scheduler's state, with deadlines. The
+first test runs once with the journal file and once with a PostgreSQL study (SWEEP_TEST_PG,
+as tests/test_sweeps_e2e.py; skipped where that server is unreachable).
 A test that acts mid-trial freezes the trial processes it needs still fitting with SIGSTOP
 while it acts (as tests/test_sweeps_e2e.py does).
 """
@@ -15,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from sweeps.definition import load_sweep
 from sweeps.record import read_record
 from tests.conftest import wait_for
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401 (the slurm_cluster fixture)
-from tests.test_sweeps_e2e import assert_each_point_once, study_of, write_sweep
+from tests.test_sweeps_e2e import PG_URL, _pg_available, assert_each_point_once, study_of, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
@@ -120,12 +123,34 @@ def train_log(root: Path, name: str, t: optuna.trial.FrozenTrial) -> str:
     return (root / name / "runs" / S.trial_point(t).slug / "train.log").read_text()
 
 
-def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(cluster, tmp_path):
+@pytest.fixture(params=["journal", "postgresql"])
+def storage(request) -> Iterator[tuple[str | None, str | None]]:
+    """(storage URL, study name): the journal file under the results root, or a fresh study in
+    the test PostgreSQL server (SWEEP_TEST_PG; skipped where it is unreachable)."""
+    if request.param == "journal":
+        yield None, None
+        return
+    why = _pg_available()
+    if why:
+        pytest.skip(why)
+    study = f"test_slurm_{uuid.uuid4().hex[:10]}"
+    try:
+        yield PG_URL, study
+    finally:
+        try:
+            optuna.delete_study(study_name=study, storage=S.rdb_url(PG_URL))
+        except KeyError:
+            pass
+
+
+def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(cluster, storage, tmp_path):
+    url, study_name = storage
+    where = ["--storage", url, "--study", study_name] if url else []
     sw_yaml = write_sweep(tmp_path, "sl", {"conv": ["static", "odconv1x-channel", "odconv4x-kernel"], "seed": [0]},
                           slurm=SLURM)
     keys = [p.key for p in load_sweep(sw_yaml).points()]
     # options: the file's slurm: section, over it ODCONV_SLURM_* variables, over those --slurm flags
-    ids = submit(sw_yaml, tmp_path, "--slurm", "time_min=14",
+    ids = submit(sw_yaml, tmp_path, "--slurm", "time_min=14", *where,
                  env={"ODCONV_SLURM_TIME_MIN": "13", "ODCONV_SLURM_PARTITION": cluster.partition})
     assert SL.job_ids_in(tmp_path / "sl" / "slurm") == ids
     for job_id in ids:
@@ -138,7 +163,8 @@ def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(clust
     why = explain(tmp_path, "sl", cluster)
     ended = wait_until(jobs_ended(ids), 240, "both jobs to end", why)
     assert [(s.state, s.node, s.restarts) for s in ended] == [("COMPLETED", cluster.node, 0)] * 2, why()
-    st = study_of("sl", tmp_path)
+    st = study_of("sl", tmp_path, url, study_name)
+    assert (tmp_path / "sl" / "optuna.journal").exists() == (url is None)
     done = assert_each_point_once(st, keys)
     assert len(st.get_trials()) == len(keys)  # no retry, no duplicate
     for key, t in done.items():
@@ -147,7 +173,7 @@ def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(clust
         assert rec.slurm_job_id in ids and rec.slurm_node == cluster.node and rec.host
         assert t.user_attrs["slurm_job_id"] == rec.slurm_job_id and t.user_attrs["slurm_node"] == cluster.node
         assert rec.resumed_from is None
-    status = subprocess.run([sys.executable, "-m", "sweeps", "status", "sl", "--results-root", str(tmp_path)],
+    status = subprocess.run([sys.executable, "-m", "sweeps", "status", "sl", "--results-root", str(tmp_path), *where],
                             cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"{len(keys)}/{len(keys)} done" in status.stdout
@@ -155,9 +181,11 @@ def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(clust
     assert [(j[0], j[1], j[2]) for j in job_lines] == [(ids[0], "COMPLETED", cluster.node),
                                                        (ids[1], "COMPLETED", cluster.node)], status.stdout
     # the same command again: every point is done, nothing is submitted
+    # (the launcher from the environment, as `make ablation LAUNCHER=slurm` passes it)
     again = subprocess.run([sys.executable, "-m", "sweeps", "run", str(sw_yaml), "--results-root", str(tmp_path),
-                            "--launcher", "slurm"], cwd=ROOT, env=job_env(), capture_output=True, text=True,
-                           timeout=120)
+                            *where],
+                           cwd=ROOT, env={**job_env(), "LAUNCHER": "slurm", "SLURM_JOBS": "2"}, capture_output=True,
+                           text=True, timeout=120)
     assert again.returncode == 0 and "no job submitted" in again.stderr, again.stdout + again.stderr
     assert SL.job_ids_in(tmp_path / "sl" / "slurm") == ids
 

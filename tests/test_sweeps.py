@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,3 +190,62 @@ def test_stale_worker_attrs_copied_to_a_retry_are_not_trusted(tmp_path):
         t.set_user_attr(k, v)
     assert S.reap(st, sw) == []
     assert S.reap(st, parse_sweep(_raw(stale_after_s=30))) == []  # started just now
+
+
+@pytest.mark.parametrize("signal_at_batch, stop_step, stop_log", [(0, 3, "at epoch 1 step 3"),
+                                                                  (1, 4, "at epoch 1 step 4")])
+def test_stop_on_signal_saves_a_checkpoint_and_the_resumed_fit_validates_every_epoch(
+        tmp_path, capsys, signal_at_batch, stop_step, stop_log):
+    """The trial's answer to SLURM's warning signal, on a tiny Lightning fit (2 steps an epoch,
+    4 epochs). The signal during an epoch's first step: stop after that step (step 3); during
+    its last step: stop at the epoch's end, after its validation (step 4). Either way the fit
+    resumed from last.ckpt reaches step 8 and validates each epoch exactly once overall."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from sweeps.trial import StopFlag, TrialStopped, _stop_on_signal_callback
+
+    class Tiny(L.LightningModule):
+        def __init__(self, validated: list[int]):
+            super().__init__()
+            self.lin, self.validated = torch.nn.Linear(4, 1), validated
+
+        def training_step(self, batch, batch_idx):
+            return self.lin(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("v", self.lin(batch[0]).mean())
+
+        def on_validation_epoch_end(self):
+            self.validated.append(self.current_epoch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    flag = StopFlag()
+
+    class SignalDuringStep(L.Callback):  # stands for the signal handler, at a known step
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if (trainer.current_epoch, batch_idx) == (1, signal_at_batch):
+                flag.signum = int(signal.SIGUSR1)
+
+    data = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+
+    def trainer(callbacks):
+        return L.Trainer(max_epochs=4, limit_train_batches=2, limit_val_batches=1, callbacks=callbacks, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, accelerator="cpu")
+
+    validated: list[int] = []
+    with pytest.raises(TrialStopped):
+        trainer([SignalDuringStep(), _stop_on_signal_callback(flag, last)]).fit(Tiny(validated), data, data)
+    assert f"trial stopped by SIGUSR1: saved {last} {stop_log}" in capsys.readouterr().err
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == stop_step
+    assert not last.with_name("last.ckpt.tmp").exists()
+    resumed = trainer([])
+    resumed.fit(Tiny(validated), data, data, ckpt_path=str(last))
+    assert resumed.global_step == 8
+    assert validated == [0, 1, 2, 3]

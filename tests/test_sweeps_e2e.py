@@ -45,7 +45,8 @@ def write_sweep(tmp_path: Path, name: str, grid: dict, overrides: dict | None = 
 def env() -> dict:
     e = dict(os.environ)
     e.update(CUDA_VISIBLE_DEVICES="", GPUS="cpu", PYTHONUNBUFFERED="1")
-    for k in ("STORAGE", "WORKERS", "DEVICES_PER_TRIAL", "STUDY"):
+    for k in ("STORAGE", "WORKERS", "DEVICES_PER_TRIAL", "STUDY", "LAUNCHER", "SLURM_JOBS", "SLURM_JOB_ID",
+              "SUBMITIT_PREEMPT_SIGNAL"):
         e.pop(k, None)
     return e
 
@@ -97,6 +98,7 @@ def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
         assert rec.config["seed_everything"] == rec.seed
         assert {"torch", "lightning", "optuna", "python"} <= set(rec.versions)
         assert rec.host and rec.git_commit is not None
+        assert rec.slurm_job_id is None and rec.slurm_node is None  # not run under SLURM
         attrs = done[rec.grid_key].user_attrs
         assert attrs["record"]["test_top1"] == rec.test_top1 and attrs["status"] == "complete"
     md = (res / "summary.md").read_text()
@@ -110,7 +112,8 @@ def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
     assert len(study_of("e2e", tmp_path).get_trials()) == n_before
 
 
-def _trial_in_training(name: str, root: Path, storage=None, study=None, need_ckpt: bool = False, min_done: int = 0):
+def _trial_in_training(name: str, root: Path, storage=None, study=None, need_ckpt: bool = False, min_done: int = 0,
+                      skip: frozenset[int] = frozenset()):
     """A RUNNING trial whose trial process has started (and saved a checkpoint, with
     ``need_ckpt``), once ``min_done`` trials are complete; None otherwise."""
     def check():
@@ -123,7 +126,7 @@ def _trial_in_training(name: str, root: Path, storage=None, study=None, need_ckp
             return None
         for t in trials:
             run = t.user_attrs.get("run_dir")
-            if t.state == optuna.trial.TrialState.RUNNING and "trial_pid" in t.user_attrs and (
+            if t.number not in skip and t.state == optuna.trial.TrialState.RUNNING and "trial_pid" in t.user_attrs and (
                     not need_ckpt or (Path(run) / "checkpoints" / "last.ckpt").exists()):
                 return t
         return None
@@ -132,17 +135,22 @@ def _trial_in_training(name: str, root: Path, storage=None, study=None, need_ckp
 
 def _freeze_trial_in_training(name: str, root: Path, **kw) -> optuna.trial.FrozenTrial:
     """SIGSTOP the trial process of a trial in training (see :func:`_trial_in_training`) and
-    return that trial, checked still RUNNING after the stop (else the next one is taken)."""
+    return that trial, checked still RUNNING and still fitting after the stop (else the next
+    one is taken: on a loaded machine a trial may finish its fit between two polls)."""
+    skip: set[int] = set()
     while True:
-        t = wait_for(_trial_in_training(name, root, **kw), 300, "a trial in training")
+        t = wait_for(_trial_in_training(name, root, skip=frozenset(skip), **kw), 300, "a trial in training")
         pid = int(t.user_attrs["trial_pid"])
         try:
             os.kill(pid, signal.SIGSTOP)
         except ProcessLookupError:
             continue
         st = study_of(name, root, kw.get("storage"), kw.get("study"))
-        if st.trials[t.number].state == optuna.trial.TrialState.RUNNING:
+        log = Path(t.user_attrs["run_dir"], "train.log")
+        fit_ended = log.exists() and "`Trainer.fit` stopped" in log.read_text(errors="replace")
+        if st.trials[t.number].state == optuna.trial.TrialState.RUNNING and not fit_ended:
             return t
+        skip.add(t.number)
         os.kill(pid, signal.SIGCONT)
 
 
