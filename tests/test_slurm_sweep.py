@@ -5,8 +5,8 @@ slurmctld and slurmd as root in a temporary directory; without the Debian packag
 and munge, or not as root, these tests skip with the reason. Each test submits a small sweep
 over experiments/smoke.yaml (synthetic data, a tiny model, 2 batches an epoch) as 2 worker
 jobs of 1 CPU each and waits on the storage's and the scheduler's state, with deadlines. The
-first test runs once with the journal file and once with a PostgreSQL study (SWEEP_TEST_PG,
-as tests/test_sweeps_e2e.py; skipped where that server is unreachable).
+first test runs with the journal file, and in the slow suite (``make test-slow``) also with a
+PostgreSQL study (SWEEP_TEST_PG, as tests/test_sweeps_e2e.py; skipped where unreachable).
 A test that acts mid-trial freezes the trial processes it needs still fitting with SIGSTOP
 while it acts (as tests/test_sweeps_e2e.py does).
 """
@@ -123,7 +123,7 @@ def train_log(root: Path, name: str, t: optuna.trial.FrozenTrial) -> str:
     return (root / name / "runs" / S.trial_point(t).slug / "train.log").read_text()
 
 
-@pytest.fixture(params=["journal", "postgresql"])
+@pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.slow)])
 def storage(request) -> Iterator[tuple[str | None, str | None]]:
     """(storage URL, study name): the journal file under the results root, or a fresh study in
     the test PostgreSQL server (SWEEP_TEST_PG; skipped where it is unreachable)."""
