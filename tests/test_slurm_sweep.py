@@ -102,17 +102,33 @@ def all_done(name: str, root: Path, n: int):
     return lambda: len([t for t in study_of(name, root).get_trials() if t.state == COMPLETE]) == n
 
 
+def fit_ended(t: optuna.trial.FrozenTrial) -> bool:
+    log = Path(t.user_attrs["run_dir"], "train.log")
+    return log.exists() and "`Trainer.fit` stopped" in log.read_text(errors="replace")
+
+
 def trials_in_training(name: str, root: Path, n: int):
-    """n RUNNING trials of distinct jobs whose trial process has saved a checkpoint; else None."""
+    """n RUNNING trials of distinct jobs whose trial process has saved a checkpoint and is
+    still fitting; else None."""
     def check():
         found = {}
         for t in study_of(name, root).get_trials():
             a = t.user_attrs
             if t.state == RUNNING and "trial_pid" in a and a.get("slurm_job_id") and \
-                    (Path(a["run_dir"]) / "checkpoints" / "last.ckpt").exists():
+                    (Path(a["run_dir"]) / "checkpoints" / "last.ckpt").exists() and not fit_ended(t):
                 found.setdefault(a["slurm_job_id"], t)
         return found if len(found) >= n else None
     return check
+
+
+def freeze(trials: list[optuna.trial.FrozenTrial]) -> list[int]:
+    """SIGSTOP the trials' processes; their pids. Each must still be fitting once stopped (the
+    trials are long enough that one finishing its fit between a poll and here fails loudly)."""
+    pids = [int(t.user_attrs["trial_pid"]) for t in trials]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    assert not any(fit_ended(t) for t in trials), "a trial finished its fit before it was frozen"
+    return pids
 
 
 def record_of(root: Path, name: str, t: optuna.trial.FrozenTrial):
@@ -192,16 +208,14 @@ def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(clust
 
 def test_signalled_job_and_requeued_job_resume_their_trials_from_checkpoints(cluster, tmp_path):
     sw_yaml = write_sweep(tmp_path, "pre", {"conv": ["static"], "seed": [0, 1]},
-                          overrides={"trainer.max_epochs": 12}, slurm=SLURM)
+                          overrides={"trainer.max_epochs": 20}, slurm=SLURM)
     keys = [p.key for p in load_sweep(sw_yaml).points()]
     ids = submit(sw_yaml, tmp_path)
     why = explain(tmp_path, "pre", cluster)
     running = wait_until(trials_in_training("pre", tmp_path, 2), 240, "a trial in training in each job", why)
     signalled, requeued = sorted(running)
     victims = {job: running[job] for job in (signalled, requeued)}
-    pids = {job: int(t.user_attrs["trial_pid"]) for job, t in victims.items()}
-    for pid in pids.values():  # frozen while the test acts: they cannot finish their fit meanwhile
-        os.kill(pid, signal.SIGSTOP)
+    pids = dict(zip(victims, freeze(list(victims.values()))))  # they cannot finish their fit meanwhile
     st = study_of("pre", tmp_path)
     assert all(st.trials[t.number].state == RUNNING for t in victims.values())
     cluster.run(["scancel", "--signal=USR1", signalled])
@@ -237,14 +251,14 @@ def test_signalled_job_and_requeued_job_resume_their_trials_from_checkpoints(clu
         rec = record_of(tmp_path, "pre", retry)
         # resumed from the checkpoint its stopped attempt left, and trained to the end
         assert rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
-        assert rec.epochs == 12 and len(rec.val_history) == 12
+        assert rec.epochs == 20 and len(rec.val_history) == 20
         assert rec.slurm_job_id in ids and rec.slurm_node == cluster.node
         assert "Restoring states from the checkpoint path at" in train_log(tmp_path, "pre", retry)
 
 
 def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, tmp_path):
     sw_yaml = write_sweep(tmp_path, "cxl", {"conv": ["static"], "seed": [0, 1, 2]},
-                          overrides={"trainer.max_epochs": 6}, slurm=SLURM)
+                          overrides={"trainer.max_epochs": 12}, slurm=SLURM)
     keys = [p.key for p in load_sweep(sw_yaml).points()]
     ids = submit(sw_yaml, tmp_path)
     why = explain(tmp_path, "cxl", cluster)
@@ -252,8 +266,7 @@ def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, t
     assert sorted(running) == sorted(ids)
     cancelled, survivor = sorted(running)
     victim = running[cancelled]
-    survivor_pid = int(running[survivor].user_attrs["trial_pid"])
-    os.kill(survivor_pid, signal.SIGSTOP)  # the survivor is still at work when the other job is gone
+    (survivor_pid,) = freeze([running[survivor]])  # the survivor is still at work when the other job is gone
     try:
         cluster.run(["scancel", cancelled])
         (gone,) = wait_until(jobs_ended([cancelled]), 60, f"job {cancelled} to end", why)
@@ -275,4 +288,4 @@ def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, t
         ("gone" in reason and retry.user_attrs["retries"] == 1), (reason, retry.user_attrs)
     rec = record_of(tmp_path, "cxl", retry)
     assert rec.slurm_job_id == survivor and rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
-    assert rec.epochs == 6
+    assert rec.epochs == 12 and len(rec.val_history) == 12
