@@ -18,7 +18,7 @@ and ``NAME.md`` under ``--out``:
 * ``workers`` (CPU only): training throughput of the sweeps' small CPU model with P worker
   processes of one thread each against one process of P threads (P = the CPU cores).
 
-``targets.md|csv`` then states every target of the issue (model time, memory and latency
+``targets.md|csv`` then states every target of the project (model time, memory and latency
 ratios, the default strategy against the reference and the fastest strategy), what this run
 measured and whether it is met. Timings are medians of interleaved rounds
 (:func:`odconv.timing.time_rounds`); compare ratios within one run only.
@@ -56,7 +56,7 @@ MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5), ("cifar_resnet18",
 PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
 SECTIONS = ("layers", "models", "workers")
 
-# The issue's targets (model training step of cifar_resnet18, batch 128): time of each
+# The project's targets (model training step of cifar_resnet18, batch 128): time of each
 # variant's step over the static model's, peak training memory over static's, batch-1
 # latency of ODConv-4x over static's, and the default strategy per layer row.
 TIME_TARGETS = {"odconv4x": 2.0, "odconv1x": 1.5, "dyconv4x": 1.8, "condconv8x": 1.8}
@@ -469,7 +469,7 @@ def preferred_cpu_workers(path: str = "results/bench/workers.csv") -> Optional[i
 # ----------------------------------------------------------------------------- targets
 def evaluate_targets(model_rows: Sequence[dict], layer_rows: Sequence[dict], ref_tol: float = REFERENCE_TOLERANCE,
                      best_tol: float = BEST_TOLERANCE) -> list[dict]:
-    """The issue's targets against this run: one row per (target, precision, model, width)
+    """The project's targets against this run: one row per (target, precision, model, width)
     for the model targets (``auto`` strategy rows), and one per layer target over all rows."""
     out: list[dict] = []
     static = {(r["model"], r["width"], r["precision"]): r for r in model_rows if r["conv"] == "static"}
@@ -619,7 +619,7 @@ def workers_advice(rows: list[dict]) -> str:
 
 
 def targets_markdown(targets: list[dict], info, argv) -> str:
-    md = [_md_header("Targets: measured against the issue's limits", info, argv)]
+    md = [_md_header("Targets: measured against the project's limits", info, argv)]
     md.append("Model targets: the training step of each model at the models table's batch, the default strategy, "
               "as multiples of the static model of the same width and precision in the same run (`models.md`); one "
               "column per model and width. Layer targets: over every row of `layers.md`, the default strategy's "
