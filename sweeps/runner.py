@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -150,9 +151,11 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
     storage = S.make_storage(storage_url, sweep.name, results_root, guard)
     study = S.create_study(storage, name)
     study.set_user_attr("sweep", sweep.name)
-    log.info("sweep %s: %d grid points (%d variants x %s), storage %s, study %s, %d worker(s): %s",
-             sweep.name, len(sweep.points()), len(sweep.variants()),
-             f"{len(sweep.grid.get('seed_everything', [None]))} seeds", guard.label,
+    points = sweep.points()
+    seeds_per_variant = Counter(p.variant for p in points).values()
+    low, high = min(seeds_per_variant, default=0), max(seeds_per_variant, default=0)
+    log.info("sweep %s: %d grid points (%d variants, %s point(s) each), storage %s, study %s, %d worker(s): %s",
+             sweep.name, len(points), len(sweep.variants()), low if low == high else f"{low}-{high}", guard.label,
              name, len(slots),
              ", ".join(f"GPU {s.devices}" if s.devices else f"CPU x{s.threads} threads" for s in slots))
 
