@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from sweeps.slurm import ENV_PREFIX
+
 BINARIES = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "squeue", "sinfo", "scontrol", "scancel")
 PARTITION = "debug"
 # A requeued job may not start again before its job credential expires (slurm.conf AuthInfo
@@ -315,6 +317,25 @@ def slurm_cluster_fixture() -> Iterator[SlurmCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlurmCluster]:
+    """The session's cluster, with SLURM_CONF set for this test only (sbatch passes it on to
+    jobs) and no ODCONV_SLURM_* override from the environment; a failed test's jobs are
+    cancelled afterwards, so they do not hold the node's CPUs for the next test."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    yield slurm_cluster
+    left = slurm_cluster.active_job_ids()
+    if left:
+        slurm_cluster.run(["scancel", *left], check=False)
+        deadline = time.monotonic() + 30
+        while slurm_cluster.active_job_ids():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"jobs {left} still not ended 30 s after scancel")
+            time.sleep(0.2)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,10 @@ import submitit
 
 from sweeps import slurm as S
 from tests import slurm_cluster as slurm_cluster_module
-from tests.slurm_cluster import (  # noqa: F401  (slurm_cluster_fixture is the slurm_cluster fixture)
+from tests.slurm_cluster import (  # noqa: F401  (the slurm_cluster and cluster fixtures)
     ClusterUnavailable,
     SlurmCluster,
+    cluster_fixture,
     slurm_cluster_fixture,
     start_cluster,
     stepd_pids_under,
@@ -164,19 +164,6 @@ def test_start_cluster_says_why_it_cannot_start(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- the real cluster
-
-@pytest.fixture
-def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlurmCluster]:
-    """The session's cluster, with SLURM_CONF set for this test only (sbatch passes it on to jobs)."""
-    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
-    for key in [k for k in os.environ if k.startswith(S.ENV_PREFIX)]:
-        monkeypatch.delenv(key)
-    yield slurm_cluster
-    left = slurm_cluster.active_job_ids()
-    if left:  # a failed test's jobs must not hold the node's CPUs for the next test
-        slurm_cluster.run(["scancel", *left], check=False)
-        wait_until(lambda: not slurm_cluster.active_job_ids(), 15, f"jobs {left} to end")
-
 
 def wait_until(predicate, timeout_s: float, what: str, explain=lambda: ""):
     deadline = time.monotonic() + timeout_s

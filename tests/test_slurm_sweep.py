@@ -29,7 +29,11 @@ from sweeps import study as S
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
 from tests.conftest import wait_for
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401 (the slurm_cluster fixture)
+from tests.slurm_cluster import (  # noqa: F401 (the slurm_cluster and cluster fixtures)
+    SlurmCluster,
+    cluster_fixture,
+    slurm_cluster_fixture,
+)
 from tests.test_sweeps_e2e import PG_URL, _pg_available, assert_each_point_once, study_of, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,19 +44,6 @@ ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 SLURM = {"cpus_per_task": 1, "time_min": 15, "signal_before_s": 40}
 RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
                            optuna.trial.TrialState.FAIL)
-
-
-@pytest.fixture
-def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlurmCluster]:
-    """The session's cluster, with SLURM_CONF set for this test (sbatch passes it on to jobs)."""
-    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
-    for key in [k for k in os.environ if k.startswith(SL.ENV_PREFIX)]:
-        monkeypatch.delenv(key)
-    yield slurm_cluster
-    left = slurm_cluster.active_job_ids()
-    if left:  # a failed test's jobs must not hold the node's CPUs for the next test
-        slurm_cluster.run(["scancel", *left], check=False)
-        wait_for(lambda: not slurm_cluster.active_job_ids(), 30, f"jobs {left} to end")
 
 
 def job_env() -> dict[str, str]:
