@@ -15,10 +15,12 @@ Pieces (the sweep integration builds on them):
 - :func:`current_job`: inside a job, its SLURM job id, node and restart count (for the trial record).
 
 Signals and requeue inside a job: the batch script runs submitit's job wrapper under
-``srun``, and the wrapper runs the argv as a child process. SLURM delivers the warning
-signal (``--signal``, or ``scancel --signal=<signal>``) to every process of the job step,
-the child's own children included (trial processes, DataLoader workers), so the child gets
-it directly and should stop gracefully (checkpoint, then exit). Note that Lightning (2.6)
+``srun``, and the wrapper runs the argv as a child process. ``scancel --signal=<signal>``
+delivers the warning signal to every process of the job step, the child's own children
+included (trial processes, DataLoader workers); the time limit's warning (``--signal``)
+reaches only the step's task, the wrapper (seen with SLURM 22.05). So the wrapper passes it
+on to the child, which should stop gracefully (checkpoint, then exit) and pass it on to its
+own children. Note that Lightning (2.6)
 in a process under ``srun`` detects SLURM and, unless its Trainer gets
 ``SLURMEnvironment(auto_requeue=False)`` or SIGUSR1 already has a handler or is ignored,
 answers SIGUSR1 by saving an hpc checkpoint and running ``scontrol requeue`` itself. The
@@ -227,9 +229,9 @@ class CommandJob(Checkpointable):
     """The function a worker job runs: `argv` as a child process, its output in the job's log.
 
     Returns the child's exit status 0, or raises CalledProcessError (the job then FAILS).
-    On the preemption signal, submitit calls :meth:`checkpoint`, which waits for the child
-    to exit (it got the same signal from SLURM) and hands back a fresh copy of this job,
-    which submitit requeues.
+    On the preemption signal, submitit calls :meth:`checkpoint`, which passes the signal on
+    to the child (SLURM's time-limit warning reaches the wrapper alone), waits for the child
+    to exit and hands back a fresh copy of this job, which submitit requeues.
     """
 
     def __init__(self, argv: Sequence[str], cwd: str | None = None, grace_s: float = 60.0) -> None:
@@ -248,8 +250,13 @@ class CommandJob(Checkpointable):
 
     def checkpoint(self) -> DelayedSubmission:
         """Runs in the wrapper's signal handler: no Popen call here (the interrupted wait holds its lock)."""
-        pid = self._child_pid
+        pid, sig = self._child_pid, stop_signal()
         if pid is not None:
+            if sig is not None and not _child_exited(pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + self.grace_s
             while not _child_exited(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -7,14 +7,13 @@ over experiments/smoke.yaml (synthetic data, a tiny model, 2 batches an epoch) a
 jobs of 1 CPU each and waits on the storage's and the scheduler's state, with deadlines. The
 first test runs with the journal file, and in the slow suite (``make test-slow``) also with a
 PostgreSQL study (SWEEP_TEST_PG, as tests/test_sweeps_e2e.py; skipped where unreachable).
-A test that acts mid-trial freezes the trial processes it needs still fitting with SIGSTOP
-while it acts (as tests/test_sweeps_e2e.py does).
+A test that acts mid-trial holds its trials at the start of epoch 1 (tests/fit_gate.py) until
+it has acted, so that no trial can finish its fit first.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -29,6 +28,7 @@ from sweeps import study as S
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
 from tests.conftest import wait_for
+from tests.fit_gate import hold_at_epoch
 from tests.slurm_cluster import (  # noqa: F401 (the slurm_cluster and cluster fixtures)
     SlurmCluster,
     cluster_fixture,
@@ -112,14 +112,14 @@ def trials_in_training(name: str, root: Path, n: int):
     return check
 
 
-def freeze(trials: list[optuna.trial.FrozenTrial]) -> list[int]:
-    """SIGSTOP the trials' processes; their pids. Each must still be fitting once stopped (the
-    trials are long enough that one finishing its fit between a poll and here fails loudly)."""
-    pids = [int(t.user_attrs["trial_pid"]) for t in trials]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    assert not any(fit_ended(t) for t in trials), "a trial finished its fit before it was frozen"
-    return pids
+def held_sweep(tmp_path: Path, name: str, seeds: list[int], epochs: int) -> tuple[Path, Path]:
+    """A sweep over static x ``seeds`` whose fits hold at the start of epoch 1 while the gate
+    file (the second value, created here) exists."""
+    gate = tmp_path / f"{name}.hold"
+    gate.touch()
+    sw_yaml = write_sweep(tmp_path, name, {"conv": ["static"], "seed": seeds}, slurm=SLURM,
+                          overrides={"trainer.max_epochs": epochs, "trainer.callbacks": [hold_at_epoch(gate)]})
+    return sw_yaml, gate
 
 
 def record_of(root: Path, name: str, t: optuna.trial.FrozenTrial):
@@ -148,6 +148,25 @@ def storage(request) -> Iterator[tuple[str | None, str | None]]:
             optuna.delete_study(study_name=study, storage=S.rdb_url(PG_URL))
         except KeyError:
             pass
+
+
+def test_default_job_count_is_one_per_waiting_point_capped(tmp_path, monkeypatch):
+    """Without --slurm-jobs: one job per grid point left, at most MAX_DEFAULT_JOBS (no cluster
+    needed: the submission itself is replaced by a recorder)."""
+    from sweeps import runner as R
+    submitted: list[int] = []
+    monkeypatch.setattr(R, "submit_jobs", lambda argv, n, *a, **kw: submitted.append(n) or [str(i) for i in range(n)])
+    opts = SL.SlurmOptions()
+    big = load_sweep(write_sweep(tmp_path, "big", {"conv": ["static"], "seed": list(range(R.MAX_DEFAULT_JOBS + 8))}))
+    assert R.submit_sweep(big, opts, results_root=str(tmp_path), prepare_data=False) == 0
+    small = load_sweep(write_sweep(tmp_path, "small", {"conv": ["static"], "seed": [0, 1, 2]}))
+    assert R.submit_sweep(small, opts, results_root=str(tmp_path), prepare_data=False) == 0
+    st = study_of("small", tmp_path)
+    trial = st.ask()  # one waiting point taken and finished: two left
+    st.tell(trial, 0.5)
+    assert R.submit_sweep(small, opts, results_root=str(tmp_path), prepare_data=False) == 0
+    assert R.submit_sweep(small, opts, n_jobs=5, results_root=str(tmp_path), prepare_data=False) == 0
+    assert submitted == [R.MAX_DEFAULT_JOBS, 3, 2, 5]
 
 
 def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(cluster, storage, tmp_path):
@@ -198,24 +217,20 @@ def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(clust
 
 
 def test_signalled_job_and_requeued_job_resume_their_trials_from_checkpoints(cluster, tmp_path):
-    sw_yaml = write_sweep(tmp_path, "pre", {"conv": ["static"], "seed": [0, 1]},
-                          overrides={"trainer.max_epochs": 20}, slurm=SLURM)
+    sw_yaml, gate = held_sweep(tmp_path, "pre", [0, 1], epochs=4)
     keys = [p.key for p in load_sweep(sw_yaml).points()]
     ids = submit(sw_yaml, tmp_path)
     why = explain(tmp_path, "pre", cluster)
     running = wait_until(trials_in_training("pre", tmp_path, 2), 240, "a trial in training in each job", why)
     signalled, requeued = sorted(running)
     victims = {job: running[job] for job in (signalled, requeued)}
-    pids = dict(zip(victims, freeze(list(victims.values()))))  # they cannot finish their fit meanwhile
     st = study_of("pre", tmp_path)
     assert all(st.trials[t.number].state == RUNNING for t in victims.values())
-    cluster.run(["scancel", "--signal=USR1", signalled])
-    cluster.run(["scontrol", "requeue", requeued])
-    for pid in pids.values():
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    try:
+        cluster.run(["scancel", "--signal=USR1", signalled])
+        cluster.run(["scontrol", "requeue", requeued])
+    finally:
+        gate.unlink()
     ended = wait_until(jobs_ended(ids), 300, "both jobs to end after their requeue", why)
     assert [(s.job_id, s.state, s.restarts) for s in ended] == [(signalled, "COMPLETED", 1),
                                                                (requeued, "COMPLETED", 1)], why()
@@ -242,14 +257,13 @@ def test_signalled_job_and_requeued_job_resume_their_trials_from_checkpoints(clu
         rec = record_of(tmp_path, "pre", retry)
         # resumed from the checkpoint its stopped attempt left, and trained to the end
         assert rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
-        assert rec.epochs == 20 and len(rec.val_history) == 20
+        assert rec.epochs == 4 and len(rec.val_history) == 4
         assert rec.slurm_job_id in ids and rec.slurm_node == cluster.node
         assert "Restoring states from the checkpoint path at" in train_log(tmp_path, "pre", retry)
 
 
 def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, tmp_path):
-    sw_yaml = write_sweep(tmp_path, "cxl", {"conv": ["static"], "seed": [0, 1, 2]},
-                          overrides={"trainer.max_epochs": 12}, slurm=SLURM)
+    sw_yaml, gate = held_sweep(tmp_path, "cxl", [0, 1, 2], epochs=4)
     keys = [p.key for p in load_sweep(sw_yaml).points()]
     ids = submit(sw_yaml, tmp_path)
     why = explain(tmp_path, "cxl", cluster)
@@ -257,13 +271,12 @@ def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, t
     assert sorted(running) == sorted(ids)
     cancelled, survivor = sorted(running)
     victim = running[cancelled]
-    (survivor_pid,) = freeze([running[survivor]])  # the survivor is still at work when the other job is gone
-    try:
+    try:  # the survivor is still at work (held) when the other job is gone
         cluster.run(["scancel", cancelled])
         (gone,) = wait_until(jobs_ended([cancelled]), 60, f"job {cancelled} to end", why)
         assert gone.state == "CANCELLED"
     finally:
-        os.kill(survivor_pid, signal.SIGCONT)
+        gate.unlink()
     wait_until(jobs_ended([survivor]), 300, f"job {survivor} to end", why)
     st = study_of("cxl", tmp_path)
     done = assert_each_point_once(st, keys)
@@ -279,4 +292,41 @@ def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, t
         ("gone" in reason and retry.user_attrs["retries"] == 1), (reason, retry.user_attrs)
     rec = record_of(tmp_path, "cxl", retry)
     assert rec.slurm_job_id == survivor and rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
-    assert rec.epochs == 12 and len(rec.val_history) == 12
+    assert rec.epochs == 4 and len(rec.val_history) == 4
+
+
+@pytest.mark.slow
+def test_time_limit_warning_signal_stops_the_trial_and_the_requeued_job_resumes_it(cluster, tmp_path):
+    """No signal from the test: SLURM itself sends the warning signal signal_before_s before
+    the job's 3-minute limit (slurmctld checks limits about every 30 s), while the trial is
+    held; the job is requeued and resumes the trial from its checkpoint."""
+    gate = tmp_path / "tl.hold"
+    gate.touch()
+    sw_yaml = write_sweep(tmp_path, "tl", {"conv": ["static"], "seed": [0]},
+                          slurm={**SLURM, "time_min": 3, "signal_before_s": 60},
+                          overrides={"trainer.max_epochs": 4, "trainer.callbacks": [hold_at_epoch(gate)]})
+    r = subprocess.run([sys.executable, "-m", "sweeps", "run", str(sw_yaml), "--results-root", str(tmp_path),
+                        "--launcher", "slurm"], cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (job,) = r.stdout.split()  # the default: one job for the one point
+    why = explain(tmp_path, "tl", cluster)
+    (held,) = wait_until(trials_in_training("tl", tmp_path, 1), 120, "the trial held in training", why).values()
+
+    def warned() -> bool:
+        logs = (tmp_path / "tl" / "slurm" / job).glob("*_log.*")
+        return any("Caught signal SIGUSR1" in p.read_text(errors="replace") for p in logs)
+    try:
+        wait_until(warned, 240, "the time limit's warning signal", why)
+    finally:
+        gate.unlink()
+    (ended,) = wait_until(jobs_ended([job]), 240, f"job {job} to end after its requeue", why)
+    assert (ended.state, ended.restarts) == ("COMPLETED", 1), why()
+    st = study_of("tl", tmp_path)
+    (done,) = assert_each_point_once(st, [p.key for p in load_sweep(sw_yaml).points()]).values()
+    stopped = st.trials[held.number]
+    assert stopped.state == FAIL and stopped.user_attrs["fail_reason"] == "interrupted"
+    assert "trial stopped by SIGUSR1: saved" in train_log(tmp_path, "tl", stopped)
+    assert done.user_attrs["retry_of"] == held.number and done.user_attrs["retries"] == 0
+    rec = record_of(tmp_path, "tl", done)
+    assert rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
+    assert rec.epochs == 4 and len(rec.val_history) == 4 and rec.slurm_job_id == job
