@@ -1,5 +1,6 @@
 """``odconv-sweep`` at the command line with bad input: one ``error:`` line naming the bad value
-(and what is valid), exit code 2, no traceback. Each case runs the real command in a subprocess."""
+(and what is valid), exit code 2, no traceback. Each case runs the command's entry point in
+process; two of them also run the real command in a subprocess."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
 
 
+def sweep_env_keys() -> list[str]:
+    """The environment variables odconv-sweep reads (none may leak in from the caller)."""
+    return ["STORAGE", "WORKERS", "GPUS", "DEVICES_PER_TRIAL", "STUDY", "SWEEP_OUTAGE_LIMIT_S", "LAUNCHER",
+            "SLURM_JOBS", *[k for k in os.environ if k.startswith("ODCONV_SLURM_")]]
+
+
 def odconv_sweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    for k in ("STORAGE", "WORKERS", "GPUS", "DEVICES_PER_TRIAL", "STUDY", "SWEEP_OUTAGE_LIMIT_S", "LAUNCHER",
-              "SLURM_JOBS", *[k for k in env if k.startswith("ODCONV_SLURM_")]):
+    for k in sweep_env_keys():
         env.pop(k, None)
     return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -79,17 +85,37 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a[:2]) + f" #{i}" for i, (a, _) in enumerate(CASES)])
-def test_bad_input_one_error_line_exit_2(ran_sweep, args, words):
-    root, sweep_yaml = ran_sweep
-    argv = [a.format(root=root, yaml=sweep_yaml) for a in args]
-    r = odconv_sweep(*argv)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and len(lines) <= 3, r.stderr  # argparse adds a usage line
+def check_one_error_line(code: int, stdout: str, stderr: str, words: list[str]) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, (code, stdout, stderr)
+    assert "Traceback" not in stderr and len(lines) <= 3, stderr  # argparse adds a usage line
     (err,) = [line for line in lines if "error:" in line]
     for w in words:
         assert w in err, (w, err)
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a[:2]) + f" #{i}" for i, (a, _) in enumerate(CASES)])
+def test_bad_input_one_error_line_exit_2(ran_sweep, args, words, capsys, monkeypatch):
+    from sweeps.cli import main
+    root, sweep_yaml = ran_sweep
+    for k in sweep_env_keys():
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.chdir(ROOT)
+    try:
+        code = main([a.format(root=root, yaml=sweep_yaml) for a in args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    check_one_error_line(code, out.out, out.err, words)
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_bad_input_at_the_real_command_line(ran_sweep, case):
+    root, sweep_yaml = ran_sweep
+    args, words = CASES[case]
+    r = odconv_sweep(*[a.format(root=root, yaml=sweep_yaml) for a in args])
+    check_one_error_line(r.returncode, r.stdout, r.stderr, words)
 
 
 def test_status_of_a_sweep_lists_its_points(ran_sweep):
