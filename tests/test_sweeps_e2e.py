@@ -180,6 +180,7 @@ def _two_drivers(tmp_path, name, storage_args: list[str], storage=None, study=No
     return done
 
 
+@pytest.mark.slow  # the fast suite shares a journal between processes in the SLURM test (2 jobs, one journal)
 def test_two_workers_one_journal(tmp_path):
     done = _two_drivers(tmp_path, "twoj", [])
     assert len({t.user_attrs["worker_pid"] for t in done.values()}) == 2  # both drivers' workers ran trials
