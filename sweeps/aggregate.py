@@ -182,7 +182,7 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
     ``df``: :func:`records_frame`; ``bench``: :func:`load_bench` (cost ratios from one
     ``make bench`` run where it has the variant's model, width and conv)."""
     variants: dict[str, dict[str, Any]] = {}
-    for p in sweep.points():
+    for p in sweep.grid_points():
         v = variants.setdefault(p.variant, {"params": {k: x for k, x in p.params.items() if k != SEED_KEY},
                                             "seeds": []})
         v["seeds"].append(p.seed)
@@ -322,7 +322,7 @@ def attention_table(sweep: SweepDef, summary: pd.DataFrame) -> pd.DataFrame:
     if not len(summary):
         return pd.DataFrame()
     info = []
-    for p_label, p in {pt.variant: pt for pt in sweep.points()}.items():
+    for p_label, p in {pt.variant: pt for pt in sweep.grid_points()}.items():
         sa = _spec_atts(p.params.get(CONV_KEY))
         if sa is None:
             continue
@@ -400,7 +400,7 @@ def factorial_groups(sweep: SweepDef) -> tuple[list[FactorialGroup], str]:
     kernel count n >= 2), and, when there are none, why (the cells the nearest one lacks)."""
     by_other: dict[str, dict[str, tuple[Cell, int]]] = {}
     other_label: dict[str, str] = {}
-    for p in sweep.points():
+    for p in sweep.grid_points():
         c = _cell_of(p.params.get(CONV_KEY))
         if c is None:
             continue
@@ -481,7 +481,7 @@ def effects_table(sweep: SweepDef, df: pd.DataFrame) -> EffectsResult:
 
 def _grid_seeds(sweep: SweepDef) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
-    for p in sweep.points():
+    for p in sweep.grid_points():
         out.setdefault(p.variant, []).append(p.seed)
     return out
 
@@ -521,6 +521,55 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
             out.update(effect_sd=e_sd, effect_n_obs=len(design), effect_df=df_res,
                        mdd_main_effect=stats.mdd_t(e_sd * float(se_unit[list(ATTS)].max()), df_res, ALPHA, POWER))
     return out
+
+
+RERUN_TABLE_COLUMNS = ["variant", "seed", "changed", "original", "rerun", "difference", "original_key", "rerun_key"]
+
+
+def rerun_table(sweep: SweepDef, df: pd.DataFrame) -> pd.DataFrame:
+    """One row per rerun (``reruns:`` of the sweep file): the grid point's value and the
+    rerun's (%, NaN until both are done) and their difference (rerun - original, pp).
+    ``df``: :func:`records_frame` with every point's record, reruns included."""
+    value: dict[str, float] = {}
+    for _, r in _complete(df).iterrows():
+        x = pd.to_numeric(r.get("value"), errors="coerce")
+        if pd.notna(x) and math.isfinite(float(x)):
+            value[r["grid_key"]] = 100.0 * float(x)
+    changed = variant_label(sweep.reruns.get("overrides", {})) if sweep.reruns else ""
+    rows = []
+    for rerun, orig in sweep.rerun_pairs():
+        a, b = value.get(orig.key, np.nan), value.get(rerun.key, np.nan)
+        rows.append({"variant": orig.variant, "seed": orig.seed, "changed": changed, "original": a, "rerun": b,
+                     "difference": b - a, "original_key": orig.key, "rerun_key": rerun.key})
+    return pd.DataFrame(rows, columns=RERUN_TABLE_COLUMNS)
+
+
+def rerun_spread(reruns: pd.DataFrame) -> tuple[float, int]:
+    """(run-to-run standard deviation, its degrees of freedom): the pooled SD of the pairs
+    (grid point, rerun) with both values, i.e. RMS(difference) / sqrt(2); (NaN, 0) without one."""
+    pairs = [[r["original"], r["rerun"]] for _, r in reruns.iterrows()
+             if pd.notna(r["original"]) and pd.notna(r["rerun"])]
+    return stats.pooled_sd(pairs)
+
+
+def _rerun_lines(reruns: pd.DataFrame, pw: dict[str, Any] | None) -> list[str]:
+    if not len(reruns):
+        return []
+    sd, df = rerun_spread(reruns)
+    lines = ["## Run-to-run spread", "",
+             f"Grid points run again with the same seed and `{reruns['changed'].iloc[0]}`, which should not change "
+             f"the result: how far apart two runs of one configuration land.", ""]
+    seed_sd = pw.get("pooled_sd") if pw else np.nan
+    if df:
+        lines += [f"- run-to-run standard deviation of top-1: {_f(sd)} pp ({df} pair(s), RMS difference / √2), "
+                  f"against a seed-to-seed standard deviation of {_f(seed_sd)} pp", ""]
+    else:
+        lines += ["- run-to-run standard deviation: n/a (no rerun and its grid point both done yet)", ""]
+    shown = reruns.assign(original=reruns["original"].map(_f), rerun=reruns["rerun"].map(_f),
+                          difference=reruns["difference"].map(lambda x: _f(x, "{:+.2f}")))
+    lines += [_md(shown[["variant", "seed", "original", "rerun", "difference"]].rename(
+        columns={"original": "top-1 (grid)", "rerun": "top-1 (rerun)", "difference": "rerun − grid (pp)"})), ""]
+    return lines
 
 
 # --- markdown --------------------------------------------------------------------------
@@ -574,11 +623,13 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
 
 
 def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, df: pd.DataFrame, metric: str,
-                     effects: EffectsResult | None = None, power: dict[str, Any] | None = None) -> str:
-    """``summary.md``: precision, the per-variant table, attention pairs, factorial effects,
-    failed trials, plots."""
+                     effects: EffectsResult | None = None, power: dict[str, Any] | None = None,
+                     reruns: pd.DataFrame | None = None) -> str:
+    """``summary.md``: precision, the run-to-run spread (with ``reruns``), the per-variant
+    table, attention pairs, factorial effects, failed trials, plots. ``df``: the grid points'
+    records."""
     effects = effects or EffectsResult(pd.DataFrame(columns=EFFECT_TABLE_COLUMNS), [], {}, [])
-    n_points = len(sweep.points())
+    n_points = len(sweep.grid_points())
     n_done = int((df["status"] == "complete").sum()) if len(df) else 0
     synthetic = bool(len(df) and "synthetic" in df.columns and df["synthetic"].fillna(False).astype(bool).any())
     parts = [f"# Sweep `{sweep.name}`", ""]
@@ -592,6 +643,8 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
         parts += ["> **Synthetic data**: these numbers test the machinery; they are not benchmark results.", ""]
     if power is not None:
         parts += _precision_lines(power, effects)
+    if reruns is not None:
+        parts += _rerun_lines(reruns, power)
     rows = []
     for _, r in summary.iterrows():
         is_ref = r["variant"] == r.get("reference")
@@ -717,6 +770,8 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
         df = df[df["grid_key"].isin(keys)].copy()
     else:
         df = pd.DataFrame(columns=["variant", "status", "seed", "value", "grid_key", "host", "reason"])
+    reruns = rerun_table(sweep, df)
+    df = df[df["grid_key"].isin({p.key for p in sweep.grid_points()})].copy()  # the tables: grid points only
     metric = (df[df["status"] == "complete"]["metric"].dropna().iloc[0]
               if len(df) and (df["status"] == "complete").any() else (sweep.metric or "top-1"))
     bench = load_bench(bench_csv if bench_csv is not None else Path(results_root) / "bench" / "models.csv")
@@ -730,7 +785,12 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     summary.to_csv(out_dir / "summary.csv", index=False)
     att.to_csv(out_dir / "attention.csv", index=False)
     effects.table.to_csv(out_dir / "effects.csv", index=False)
-    md = summary_markdown(sweep, summary, att, df, metric, effects, power)
+    md = summary_markdown(sweep, summary, att, df, metric, effects, power, reruns if sweep.reruns else None)
+    reruns_csv = out_dir / "reruns.csv"
+    if sweep.reruns:
+        reruns.to_csv(reruns_csv, index=False)
+    elif reruns_csv.exists():
+        reruns_csv.unlink()  # from an earlier definition with reruns
     (out_dir / "summary.md").write_text(md)
     if len(att):
         amd = md.split("## Effect of each attention", 1)[1].split("## ", 1)[0]
@@ -747,8 +807,9 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     return {"summary_csv": out_dir / "summary.csv", "summary_md": out_dir / "summary.md",
             "attention_csv": out_dir / "attention.csv", "effects_csv": out_dir / "effects.csv",
             "effects_md": out_dir / "effects.md", "plots": plots, "summary": summary, "attention": att,
-            "effects": effects.table, "power": power, "records": df}
+            "effects": effects.table, "power": power, "records": df, "reruns": reruns}
 
 
 __all__ = ["aggregate", "load_sweep_for_results", "records_frame", "summary_table", "attention_table",
-           "effects_table", "factorial_groups", "power_summary", "load_bench", "t_ppf", "welch_ci", "grid_key"]
+           "effects_table", "factorial_groups", "power_summary", "rerun_table", "rerun_spread", "load_bench", "t_ppf",
+           "welch_ci", "grid_key"]

@@ -15,6 +15,10 @@ every key, type, default and error is ``docs/sweep-files.md``)::
     # grid:
     #   - {conv: [static, odconv1x, odconv4x], seed: [0, 1]}
     #   - {conv: [static, odconv4x], seed: [2, 3]}
+    reruns:                          # optional: grid points run again with something that
+      points: {conv: [odconv1x], seed: [0]}     # must not change the result (here: another
+      overrides: {model.model_options: {strategy: grouped}}   # kernel strategy): the
+                                     # run-to-run spread, beside the seed-to-seed one
     metric: test/acc_top1            # optional; default: test top-1 when the config has a
                                      # test set, else final val top-1
     max_retries: 2                   # a trial whose process died is retried this often
@@ -129,10 +133,24 @@ class SweepDef:
     source: str = ""
     blocks: list[dict[str, list[Any]]] = field(default_factory=list)
     slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` section as written (SlurmOptions keys)
+    # the `reruns:` section: {"blocks": [grid blocks of grid points], "overrides": {key: value}}
+    reruns: dict[str, Any] = field(default_factory=dict)
 
-    def points(self) -> list[GridPoint]:
+    def grid_points(self) -> list[GridPoint]:
         """Every grid point, in a stable order (blocks, axes and values as written)."""
         return [p for block in self.blocks or [self.grid] for p in block_points(block)]
+
+    def rerun_pairs(self) -> list[tuple[GridPoint, GridPoint]]:
+        """(rerun point, the grid point it reruns): the grid point's params plus the
+        ``reruns`` overrides, which make it a point of its own (own key, record, run dir)."""
+        if not self.reruns:
+            return []
+        extra = self.reruns["overrides"]
+        return [(GridPoint({**p.params, **extra}), p) for block in self.reruns["blocks"] for p in block_points(block)]
+
+    def points(self) -> list[GridPoint]:
+        """Every point to run: the grid points, then the reruns (:meth:`rerun_pairs`)."""
+        return self.grid_points() + [r for r, _ in self.rerun_pairs()]
 
     def variants(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -269,6 +287,14 @@ class TuneSection(_Section):
     seed: int = 0
 
 
+class RerunsSection(_Section):
+    """``reruns:``: grid points run again with ``overrides`` that must not change the result."""
+
+    # a grid block or a list of them, each point a grid point: checked by _parse_reruns
+    points: Any
+    overrides: Annotated[DottedMapping, Field(min_length=1)]
+
+
 class SweepFile(_Section):
     """A sweep YAML file as written (before the grid and the known keys' values are checked)."""
 
@@ -286,6 +312,9 @@ class SweepFile(_Section):
     tune: TuneSection | None = None
     # what each worker job asks SLURM for (`--launcher slurm`); checked by _slurm_section
     slurm: Any = None
+    reruns: RerunsSection | None = None
+
+
 
 
 def _slurm_section(src: str, raw: Any) -> dict[str, Any]:
@@ -442,6 +471,41 @@ def _parse_grid(src: str, raw: Any) -> list[dict[str, list[Any]]]:
     return blocks
 
 
+def _parse_reruns(src: str, section: RerunsSection | None, blocks: list[dict[str, list[Any]]],
+                  overrides: dict[str, Any]) -> dict[str, Any]:
+    """The ``reruns:`` section: its point blocks (each point a grid point, once) and its
+    overrides (keys that are no grid axis; at least one differs from the sweep's overrides)."""
+    if section is None:
+        return {}
+    raw = section.points
+    if isinstance(raw, dict):
+        rblocks = [_parse_block(src, "reruns.points", raw)]
+    elif isinstance(raw, list) and raw:
+        rblocks = [_parse_block(src, f"reruns.points[{i}]", b) for i, b in enumerate(raw)]
+    else:
+        raise _err(src, f"'reruns.points' must be {_GRID_HELP}; got {raw!r}")
+    grid_keys = {p.key for b in blocks for p in block_points(b)}
+    axes = set(blocks[0])
+    seen: set[str] = set()
+    for b in rblocks:
+        if set(b) != axes:
+            raise _err(src, f"'reruns.points' must name grid points by the grid's axes {sorted(axes)}, "
+                            f"got axes {sorted(b)}")
+        for p in block_points(b):
+            if p.key not in grid_keys:
+                raise _err(src, f"'reruns.points': {p.key} is not a grid point; a rerun repeats a grid point")
+            if p.key in seen:
+                raise _err(src, f"'reruns.points' lists {p.key} twice")
+            seen.add(p.key)
+    extra = _checked_mapping(src, "reruns.overrides", section.overrides)
+    clash = sorted(set(extra) & axes)
+    if clash:
+        raise _err(src, f"'reruns.overrides' sets grid axis/axes {clash}; a rerun changes only what is not an axis")
+    if all(k in overrides and canonical_value(overrides[k]) == canonical_value(v) for k, v in extra.items()):
+        raise _err(src, f"'reruns.overrides' {extra} changes nothing: the sweep's overrides already set it")
+    return {"blocks": rblocks, "overrides": extra}
+
+
 def _axis_values(blocks: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
     """Axis -> every value it takes in any block, first-seen order."""
     out: dict[str, dict[str, Any]] = {}
@@ -497,9 +561,12 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
                        pruner=f.tune.pruner or "none", metric=f.tune.metric, seed=f.tune.seed)
     measure = (f.measure or MeasureSection()).model_dump()
     slurm = _slurm_section(src, f.slurm)
+    reruns = _parse_reruns(src, f.reruns, blocks, overrides)
+    if reruns and tune is not None:
+        raise _err(src, "'reruns' and 'tune' cannot be combined: a rerun repeats a grid point as the grid ran it")
     return SweepDef(name=f.name, base_config=base, grid=grid, overrides=overrides, metric=f.metric,
                     max_retries=f.max_retries, stale_after_s=float(f.stale_after_s), measure=measure, tune=tune,
-                    description=f.description or "", source=src, blocks=blocks, slurm=slurm)
+                    description=f.description or "", source=src, blocks=blocks, slurm=slurm, reruns=reruns)
 
 
 def find_sweep_file(name_or_path: str) -> Path:

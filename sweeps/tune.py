@@ -37,7 +37,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def variant_points(sweep: SweepDef) -> dict[str, dict[str, Any]]:
     """variant label -> its grid params without the seed, plus the first seed of the grid."""
     out: dict[str, dict[str, Any]] = {}
-    for p in sweep.points():
+    for p in sweep.grid_points():
         if p.variant not in out:
             out[p.variant] = dict(p.params)
     return out

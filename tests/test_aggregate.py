@@ -302,3 +302,39 @@ def test_grids_without_a_seed_axis_or_without_static(tmp_path):
     assert out["summary"]["paired_n"].tolist() == [0, 0] and out["power"]["pooled_sd"] == pytest.approx(math.sqrt(0.5))
     md = (tmp_path / "lr" / "summary.md").read_text()
     assert md.count("n/a (no `static` with these axes)") == 2 and "reference" not in md.split("| variant")[1]
+
+
+def test_reruns_give_the_run_to_run_spread_and_stay_out_of_the_tables(tmp_path):
+    grid = {"conv": ["static", "odconv1x"], "seed": [0, 1, 2]}
+    extra = {"model.model_options": {"width": 0.25, "strategy": "grouped"}}
+    sw = parse_sweep({"name": "rr", "base_config": BASE, "grid": grid,
+                      "reruns": {"points": [{"conv": ["static"], "seed": [0]},
+                                            {"conv": ["odconv1x"], "seed": [0, 1, 2]}], "overrides": extra}})
+    grid_top1 = {("static", 0): 70.0, ("static", 1): 71.0, ("static", 2): 70.4,
+                 ("odconv1x", 0): 72.0, ("odconv1x", 1): 71.5, ("odconv1x", 2): 73.1}
+    rerun_delta = {("static", 0): 0.0, ("odconv1x", 0): 0.3, ("odconv1x", 1): -0.5}  # seed 2's rerun not done
+    recs = [_rec("rr", c, s, v) for (c, s), v in grid_top1.items()]
+    for (c, s), d in rerun_delta.items():
+        r = _rec("rr", c, s, grid_top1[c, s] + d)
+        p = {**r.params, **extra}
+        r.params, r.grid_key, r.variant = p, grid_key(p), f"{c} model_options=..."
+        recs.append(r)
+    (tmp_path / "rr").mkdir()
+    (tmp_path / "rr" / "sweep.json").write_text(json.dumps(sw.to_dict()))
+    for r in recs:
+        write_record(tmp_path / "rr" / "trials" / f"{abs(hash(r.grid_key))}.json", r)
+    out = aggregate("rr", tmp_path)
+    rr = out["reruns"]
+    assert len(rr) == 4 and rr["difference"].isna().sum() == 1
+    got = {(v, s): d for v, s, d in zip(rr["variant"], rr["seed"], rr["difference"]) if not math.isnan(d)}
+    assert got == pytest.approx({k: v for k, v in rerun_delta.items()})
+    # pooled SD of the pairs, written out: sum of (d/2)^2 * 2 per pair over 1 df each
+    expected = math.sqrt(sum(d * d / 2 for d in rerun_delta.values()) / len(rerun_delta))
+    md = (tmp_path / "rr" / "summary.md").read_text()
+    assert f"run-to-run standard deviation of top-1: {expected:.2f} pp (3 pair(s)" in md
+    # the tables see the grid points only
+    s = out["summary"].set_index("variant")
+    assert list(s.index) == ["static", "odconv1x"] and s.loc["odconv1x", "n_seeds"] == 3
+    assert s.loc["odconv1x", "paired_delta"] == pytest.approx(np.mean([2.0, 0.5, 2.7]))
+    assert "6/6 grid points done" in md
+    assert len(pd.read_csv(tmp_path / "rr" / "reruns.csv")) == 4

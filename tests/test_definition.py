@@ -80,7 +80,7 @@ def _factorial_cells() -> set[ConvSpec]:
 
 def test_cifar10_factorial_study():
     sw = load_sweep(ROOT / "sweeps" / "cifar10_factorial.yaml")
-    points = sw.points()
+    points = sw.grid_points()
     seeds: dict[ConvSpec, list[int]] = {}
     for p in points:
         assert set(p.params) == {CONV_KEY, SEED_KEY}
@@ -93,6 +93,12 @@ def test_cifar10_factorial_study():
     for spec, s in seeds.items():
         assert len(set(s)) == len(s) >= (4 if spec in more else 2), (str(spec), s)
     assert len(points) == 44
+    # the run-to-run spread: >= 2 seed-0 ODConv points again with another kernel strategy, run last
+    reruns = sw.rerun_pairs()
+    assert len(reruns) >= 2 and [r.key for r, _ in reruns] == [p.key for p in sw.points()[44:]]
+    for rerun, orig in reruns:
+        assert orig in points and orig.seed == 0 and parse_conv_spec(orig.params[CONV_KEY]).kind == "odconv"
+        assert rerun.params == {**orig.params, "model.model_options": {"width": 0.125, "strategy": "grouped"}}
 
     # real CIFAR-10, cifar_resnet18 at cifar10_cpu's width, cifar10_cpu's recipe but the schedule
     cpu = load_sweep(ROOT / "sweeps" / "cifar10_cpu.yaml")
@@ -193,6 +199,40 @@ def test_gitignore_keeps_factorial_journal_and_records_only():
 ])
 def test_bad_sweep_yaml_clear_error(raw, needles):
     msg = _error(raw)
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+def test_reruns_are_grid_points_again_with_overrides_run_last():
+    sw = parse_sweep(_raw(reruns={"points": {"conv": ["odconv1x"], "seed": [1]},
+                                  "overrides": {"model.model_options": {"strategy": "grouped"}}}))
+    assert [p.key for p in sw.grid_points()] == [p.key for p in parse_sweep(_raw()).points()]
+    ((rerun, orig),) = sw.rerun_pairs()
+    assert orig.params == {CONV_KEY: "odconv1x", SEED_KEY: 1}
+    assert rerun.params == {**orig.params, "model.model_options": {"strategy": "grouped"}}
+    assert [p.key for p in sw.points()] == [p.key for p in sw.grid_points()] + [rerun.key]
+    back = SweepDef.from_dict(json.loads(json.dumps(sw.to_dict())))
+    assert back.rerun_pairs() == sw.rerun_pairs()
+
+
+@pytest.mark.parametrize("reruns, needles", [
+    ({"points": {"conv": ["odconv4x"], "seed": [0]}, "overrides": {"model.model_options": {"strategy": "grouped"}}},
+     ["'reruns.points'", "model.conv=odconv4x,seed_everything=0 is not a grid point"]),
+    ({"points": {"conv": ["odconv1x"]}, "overrides": {"model.model_options": {"strategy": "grouped"}}},
+     ["grid's axes ['model.conv', 'seed_everything']", "got axes ['model.conv']"]),
+    ({"points": {"conv": ["odconv1x"], "seed": [0]}, "overrides": {"seed": 3}},
+     ["'reruns.overrides' sets grid axis/axes ['seed_everything']"]),
+    ({"points": {"conv": ["odconv1x"], "seed": [0]}, "overrides": {"trainer.max_epochs": 1}},
+     ["changes nothing", "trainer.max_epochs"]),
+    ({"points": {"conv": ["odconv1x"], "seed": [0]}, "overrides": {}},
+     ["'reruns.overrides' must have at least 1 item"]),
+    ({"points": [{"conv": ["odconv1x"], "seed": [0]}, {"conv": ["odconv1x"], "seed": [0, 1]}],
+      "overrides": {"model.lr": 0.1}}, ["'reruns.points' lists model.conv=odconv1x,seed_everything=0 twice"]),
+    ({"points": {"conv": ["odconv1x"], "seed": [0]}, "overides": {"model.lr": 0.1}},
+     ["unknown key(s) ['overides']", "valid keys: overrides, points"]),
+])
+def test_bad_reruns_clear_error(reruns, needles):
+    msg = _error(_raw(reruns=reruns, overrides={"trainer.max_epochs": 1}))
     for needle in needles:
         assert needle in msg, (needle, msg)
 
