@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 
@@ -73,7 +74,10 @@ def assert_each_point_once(st: optuna.Study, keys: list[str]) -> dict[str, optun
 
 
 def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
-    sw_yaml = write_sweep(tmp_path, "e2e", {"conv": ["static", "odconv1x-channel", "odconv4x-kernel"], "seed": [0, 1]})
+    rerun_options = {"width": 0.125, "strategy": "grouped"}  # smoke.yaml's width, another kernel strategy
+    sw_yaml = write_sweep(tmp_path, "e2e", {"conv": ["static", "odconv1x-channel", "odconv4x-kernel"], "seed": [0, 1]},
+                          reruns={"points": {"conv": ["odconv1x-channel"], "seed": [0]},
+                                  "overrides": {"model.model_options": rerun_options}})
     r = run_cmd(sw_yaml, tmp_path, "--workers", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     sweep = load_sweep(sw_yaml)
@@ -98,9 +102,15 @@ def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
         assert rec.config["seed_everything"] == rec.seed
         assert {"torch", "lightning", "optuna", "python"} <= set(rec.versions)
         assert rec.host and rec.git_commit is not None
+        options = rec.config["model"]["model_options"]
+        assert options == (rerun_options if "model.model_options" in rec.params else {"width": 0.125}), options
         assert rec.slurm_job_id is None and rec.slurm_node is None  # not run under SLURM
         attrs = done[rec.grid_key].user_attrs
         assert attrs["record"]["test_top1"] == rec.test_top1 and attrs["status"] == "complete"
+    ((rerun, _),) = sweep.rerun_pairs()
+    assert keys[-1] == rerun.key  # run after the grid
+    assert "## Run-to-run spread" in (res / "summary.md").read_text()
+    assert len(pd.read_csv(res / "reruns.csv")) == 1
     md = (res / "summary.md").read_text()
     assert "`odconv4x-kernel`" in md and "Synthetic data" in md and "2/2" in md
     att = (res / "attention.md").read_text()
