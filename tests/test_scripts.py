@@ -35,3 +35,20 @@ def test_attention_diagnostics_rejects_a_bad_set(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         _load("attention_diagnostics").main(["--conv", "odconv4x", "--set", "model.lr"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_op_breakdown_table(tmp_path):
+    torch.set_num_threads(1)
+    mod = _load("op_breakdown")
+    out = tmp_path / "ob.md"
+    assert mod.main(["--widths", "0.125", "--convs", "static,odconv1x", "--rounds", "1", "--batch", "4",
+                     "--threads", "1", "--out", str(out)]) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| 0.125")]
+    assert [(r[1], r[2]) for r in rows] == [("static", "fp32"), ("static", "bf16"), ("odconv1x", "fp32"),
+                                            ("odconv1x", "bf16")]
+    for r in rows:  # the step is the sum of its kinds; convolutions run in every step
+        kinds = [float(x) for x in r[4:9]]
+        assert abs(float(r[3]) - sum(kinds)) <= 0.3 and kinds[0] > 0
+    # ODConv applies its attentions with elementwise operators (the static step has few)
+    assert float(rows[2][6]) > float(rows[0][6])
+    assert mod.kind_of("aten::mul") == "elementwise and reductions" and mod.kind_of("aten::foo") == "other"
