@@ -165,12 +165,22 @@ def _node_hardware() -> dict[str, str]:
     return fields
 
 
-def _write_conf(root: Path, node: str, hardware: dict[str, str], ctld_port: int, slurmd_port: int) -> Path:
+def _write_conf(root: Path, node: str, hardware: dict[str, str], ctld_port: int, slurmd_port: int,
+                fake_gpus: int = 0) -> Path:
     dirs = {name: root / name for name in ("state", "spool", "log", "run", "munge")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     (root / "plugstack.conf").write_text("")  # no SPANK plugins from /etc/slurm
     node_hw = " ".join(f"{k}={v}" for k, v in hardware.items())
+    gres = ""
+    if fake_gpus:
+        # GPUs that are plain files: SLURM schedules and binds them (CUDA_VISIBLE_DEVICES, the
+        # job's GRES index) without any device behind them
+        for i in range(fake_gpus):
+            (root / f"fakegpu{i}").touch()
+        (root / "gres.conf").write_text(f"NodeName={node} Name=gpu File={root}/fakegpu[0-{fake_gpus - 1}]\n")
+        node_hw += f" Gres=gpu:{fake_gpus}"
+        gres = "GresTypes=gpu\n"
     conf = root / "slurm.conf"
     conf.write_text(f"""\
 ClusterName=odconvtest
@@ -208,14 +218,15 @@ KillWait=2
 MinJobAge=600
 InactiveLimit=0
 SlurmdTimeout=60
-NodeName={node} NodeAddr=127.0.0.1 {node_hw} State=UNKNOWN
+{gres}NodeName={node} NodeAddr=127.0.0.1 {node_hw} State=UNKNOWN
 PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """)
     return conf
 
 
-def start_cluster(root: Path, timeout: float = 30) -> SlurmCluster:
-    """Start the cluster with all its files under `root` (created); raise ClusterUnavailable."""
+def start_cluster(root: Path, timeout: float = 30, fake_gpus: int = 0) -> SlurmCluster:
+    """Start the cluster with all its files under `root` (created); raise ClusterUnavailable.
+    ``fake_gpus``: the node offers that many GPUs (GRES ``gpu``) backed by plain files."""
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
         raise ClusterUnavailable(f"SLURM/MUNGE binaries not found: {', '.join(missing)} "
@@ -237,7 +248,7 @@ def start_cluster(root: Path, timeout: float = 30) -> SlurmCluster:
     except (subprocess.SubprocessError, OSError, ValueError) as e:
         raise ClusterUnavailable(f"`slurmd -C` failed: {e}") from e
     ctld_port, slurmd_port = _free_ports(2)
-    conf = _write_conf(root, node, hardware, ctld_port, slurmd_port)
+    conf = _write_conf(root, node, hardware, ctld_port, slurmd_port, fake_gpus)
     munge_dir = root / "munge"
     munge_dir.chmod(0o755)  # clients must reach the socket: execute permission for all
     key = munge_dir / "munge.key"
@@ -308,7 +319,7 @@ def slurm_cluster_fixture() -> Iterator[SlurmCluster]:
     root = Path(tempfile.mkdtemp(prefix="odconv-slurm-"))
     root.chmod(0o755)
     try:
-        cluster = start_cluster(root)
+        cluster = start_cluster(root, fake_gpus=2)  # GPUs for the GPU-job test: plain files
     except ClusterUnavailable as e:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"no local SLURM test cluster: {e}")

@@ -330,3 +330,29 @@ def test_time_limit_warning_signal_stops_the_trial_and_the_requeued_job_resumes_
     rec = record_of(tmp_path, "tl", done)
     assert rec.resumed_from and Path(rec.resumed_from).name == "last.ckpt"
     assert rec.epochs == 4 and len(rec.val_history) == 4 and rec.slurm_job_id == job
+
+
+def test_gpu_jobs_get_one_gpu_each(cluster, tmp_path):
+    """`gpus_per_job: 1` reaches sbatch (--gpus-per-node): on the test node's two GPUs (plain
+    files, tests/slurm_cluster.py) the two worker jobs run at once, one GPU each (read while
+    their trials are held, as SLURM shows a job's GPU indices only while it runs)."""
+    gate = tmp_path / "gpu.hold"
+    gate.touch()
+    sw_yaml = write_sweep(tmp_path, "gpu", {"conv": ["static"], "seed": [0, 1]}, slurm={**SLURM, "gpus_per_job": 1},
+                          overrides={"trainer.max_epochs": 2, "trainer.callbacks": [hold_at_epoch(gate)]})
+    keys = [p.key for p in load_sweep(sw_yaml).points()]
+    ids = submit(sw_yaml, tmp_path)
+    why = explain(tmp_path, "gpu", cluster)
+    gpus = {}
+    try:
+        wait_until(trials_in_training("gpu", tmp_path, 2), 240, "a trial in training in each job", why)
+        for job in ids:
+            detail = cluster.run(["scontrol", "show", "job", "-d", job]).stdout
+            assert "TresPerNode=gres:gpu:1" in detail, detail
+            gpus[job] = [line.split("GRES=gpu:1(IDX:")[1].split(")")[0] for line in detail.splitlines()
+                         if "GRES=gpu:1(IDX:" in line]
+    finally:
+        gate.unlink()
+    assert sorted(gpus.values()) == [["0"], ["1"]], (gpus, why())
+    wait_until(jobs_ended(ids), 300, "both GPU jobs to end", why)
+    assert_each_point_once(study_of("gpu", tmp_path), keys)
