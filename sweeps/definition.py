@@ -448,14 +448,18 @@ def _parse_block(src: str, where: str, block: Any) -> dict[str, list[Any]]:
     return out
 
 
+def _parse_blocks(src: str, where: str, raw: Any) -> list[dict[str, list[Any]]]:
+    """The blocks of a grid-like key (``grid``, ``reruns.points``): one for a mapping."""
+    if isinstance(raw, dict):
+        return [_parse_block(src, where, raw)]
+    if isinstance(raw, list) and raw:
+        return [_parse_block(src, f"{where}[{i}]", b) for i, b in enumerate(raw)]
+    raise _err(src, f"'{where}' must be {_GRID_HELP}; got {raw!r}")
+
+
 def _parse_grid(src: str, raw: Any) -> list[dict[str, list[Any]]]:
     """The grid blocks of ``grid:`` (one block for a mapping), every point in one block only."""
-    if isinstance(raw, dict):
-        blocks = [_parse_block(src, "grid", raw)]
-    elif isinstance(raw, list) and raw:
-        blocks = [_parse_block(src, f"grid[{i}]", b) for i, b in enumerate(raw)]
-    else:
-        raise _err(src, f"'grid' must be {_GRID_HELP}; got {raw!r}")
+    blocks = _parse_blocks(src, "grid", raw)
     axes = set(blocks[0])
     for i, b in enumerate(blocks[1:], start=1):
         if set(b) != axes:
@@ -477,13 +481,7 @@ def _parse_reruns(src: str, section: RerunsSection | None, blocks: list[dict[str
     overrides (keys that are no grid axis; at least one differs from the sweep's overrides)."""
     if section is None:
         return {}
-    raw = section.points
-    if isinstance(raw, dict):
-        rblocks = [_parse_block(src, "reruns.points", raw)]
-    elif isinstance(raw, list) and raw:
-        rblocks = [_parse_block(src, f"reruns.points[{i}]", b) for i, b in enumerate(raw)]
-    else:
-        raise _err(src, f"'reruns.points' must be {_GRID_HELP}; got {raw!r}")
+    rblocks = _parse_blocks(src, "reruns.points", section.points)
     grid_keys = {p.key for b in blocks for p in block_points(b)}
     axes = set(blocks[0])
     seen: set[str] = set()
