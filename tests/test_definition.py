@@ -317,3 +317,9 @@ def test_snapshot_roundtrip_and_snapshots_without_blocks(tmp_path):
     expected = [f"model.conv={c},seed_everything={s}" for c in old["grid"]["model.conv"] for s in (0, 1)]
     del old["blocks"]
     assert [p.key for p in SweepDef.from_dict(old).points()] == expected
+
+
+def test_reruns_and_tuning_do_not_combine():
+    msg = _error(_raw(reruns={"points": {"conv": ["odconv1x"], "seed": [0]}, "overrides": {"model.lr": 0.1}},
+                      tune={"params": {"model.weight_decay": {"type": "float", "low": 1.0e-5, "high": 1.0e-3}}}))
+    assert "'reruns' and 'tune' cannot be combined" in msg, msg
