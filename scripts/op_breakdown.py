@@ -3,7 +3,8 @@
     .venv/bin/python scripts/op_breakdown.py [--widths 0.125,0.5] [--convs static,odconv1x,odconv4x]
         [--threads 2] [--rounds 3] [--out results/bench/op_breakdown.md]
 
-For each `cifar_resnet18` width and conv: one forward + backward at batch 128 (random data),
+For each `cifar_resnet18` width and conv: one training step at batch 128 (random data;
+``odconv.timing.make_train_step``, as in ``make bench``),
 profiled with torch.profiler (self CPU time of each aten operator), fp32 and bf16 rounds
 interleaved, the median over ``--rounds``. Operators are grouped as convolution (forward and
 backward), matmul, broadcast/elementwise and reductions (mul, sum, add, ...: where the
@@ -23,6 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from odconv import build_model
+from odconv.timing import make_train_step
 
 KINDS = {
     "convolution": {"aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution",
@@ -43,11 +45,9 @@ def kind_of(op: str) -> str:
 
 
 def step_profile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> dict[str, float]:
-    """Self CPU milliseconds of one forward + backward, per operator kind and per operator."""
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
+    """Self CPU milliseconds of one training step (the benchmark's: forward, backward, SGD
+    step), per operator kind and per operator."""
+    step = make_train_step(model, x, y, torch.bfloat16 if bf16 else None)
     step()  # warm-up (oneDNN primitives, allocator)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [*KINDS, "other"]
     lines = [f"# Training step by operator kind, fp32 vs bf16 autocast ({platform.processor() or platform.machine()},"
              f" torch {torch.__version__}, {a.threads} threads)", "",
-             f"`scripts/op_breakdown.py`: `cifar_resnet18`, batch {a.batch}, one forward + backward, self CPU ms "
+             f"`scripts/op_breakdown.py`: `cifar_resnet18`, batch {a.batch}, one training step, self CPU ms "
              f"per operator kind (torch.profiler), median of {a.rounds} interleaved rounds.", "",
              "| width | conv | precision | step ms | " + " | ".join(kinds) + " | largest operators |",
              "|---|---|---|---|" + "---|" * len(kinds) + "---|"]
