@@ -15,6 +15,10 @@ and ``NAME.md`` under ``--out``:
   dyconv4x and condconv8x convs: training step time (batch 128), batch-1 inference latency
   and training peak memory, as ratios to the static model of the same run, in fp32 and under
   bf16 autocast (``bf16-mixed``; the static model in bf16 is then the reference).
+* ``strategies``: the same model measurement for ODConv-1x and ODConv-4x at widths 0.125 and
+  0.5 under several strategies (default ``auto`` and ``fused``): what each execution strategy
+  costs in time and peak memory against the static model, i.e. the memory floor (``fused``
+  saves only each layer's inputs) and its price in time.
 * ``workers`` (CPU only): training throughput of the sweeps' small CPU model with P worker
   processes of one thread each against one process of P threads (P = the CPU cores).
 
@@ -46,6 +50,7 @@ from torch import nn
 
 import odconv
 
+from .spec import parse_conv_spec
 from .timing import autocast, make_train_step, median_ratio, peak_memory, time_rounds
 
 REFERENCE = "grouped"
@@ -54,7 +59,11 @@ NOT_TIMED_BY_DEFAULT = ("compiled",)
 MODEL_CONVS = ("static", "odconv1x", "odconv4x", "dyconv4x", "condconv8x")
 MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5), ("cifar_resnet18", 1.0))
 PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
-SECTIONS = ("layers", "models", "workers")
+SECTIONS = ("layers", "models", "strategies", "workers")
+# The strategies section: the models and convs it runs by default, and the strategies it compares.
+STRATEGY_MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5))
+STRATEGY_CONVS = ("static", "odconv1x", "odconv4x")
+MODEL_STRATEGIES = ("auto", "fused")
 
 # The project's targets (model training step of cifar_resnet18, batch 128): time of each
 # variant's step over the static model's, peak training memory over static's, batch-1
@@ -305,18 +314,17 @@ def final_ratios(row: dict) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------ models
 def bench_models(models: Sequence[tuple[str, float]], convs: Sequence[str], batch: int, device: torch.device,
-                 precision: str, train_rounds: int, latency_rounds: int, reference_strategy: bool = False,
+                 precision: str, train_rounds: int, latency_rounds: int, strategies: Sequence[str] = ("auto",),
                  log=print) -> list[dict]:
     """Per (model, width): every conv's training step (forward + backward + SGD step at
     ``batch``, inputs (batch, 3, 32, 32)), batch-1 eval latency and training peak memory under
     ``precision`` (``fp32``, or ``bf16`` autocast); ratios to the static model are medians of
-    per-round ratios. Dynamic models run the default strategy (``auto``), and with
-    ``reference_strategy`` the reference too."""
+    per-round ratios. Every dynamic model runs once per name in ``strategies`` (``auto``: the
+    default choice), all interleaved in the same rounds."""
     dtype = PRECISIONS[precision]
     rows: list[dict] = []
     for model_name, width in models:
-        dynamic = ("auto", REFERENCE) if reference_strategy else ("auto",)
-        entries = [(conv, s) for conv in convs for s in (("-",) if conv == "static" else dynamic)]
+        entries = [(conv, s) for conv in convs for s in (("-",) if conv == "static" else strategies)]
         train_fns, infer_fns, params = {}, {}, {}
         for conv, strategy in entries:
             torch.manual_seed(0)
@@ -587,6 +595,41 @@ def models_markdown(rows: list[dict], info, argv, train_rounds: int, latency_rou
     return "\n".join(md)
 
 
+def strategies_markdown(rows: list[dict], info, argv, train_rounds: int) -> str:
+    md = [_md_header("Execution strategies in whole models: time against memory", info, argv)]
+    md.append("The models table's training step (batch B) with each dynamic model run under each strategy named "
+              "(`auto`: the default choice; every strategy computes the same function), as multiples of the static "
+              f"model of the same width and precision in the same run (time: median of per-round ratios over "
+              f"{train_rounds} interleaved rounds; peak memory of one step). The memory target is "
+              f"<= {MEMORY_TARGET:g}x static.\n")
+    header = ["model", "width", "conv", "strategy", "B", "train step ms", "x static", "train peak MB", "x static"]
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        lines = [[r["model"], r["width"], r["conv"], r["strategy"], r["batch"], r["train_step_ms"],
+                  f"{r['train_vs_static']:.2f}", r["train_peak_mb"], f"{r['mem_vs_static']:.2f}"]
+                 for r in rows if r["precision"] == precision]
+        md.append(f"## {precision}\n\n" + _md_table(header, lines) + "\n")
+    md.append(memory_floor_summary(rows) + "\n")
+    return "\n".join(md)
+
+
+def memory_floor_summary(rows: Sequence[dict], limit: float = MEMORY_TARGET) -> str:
+    """One line per (precision, model, width, conv): the strategy of least peak memory, its
+    memory and time against static, and whether it meets ``limit``."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if r["conv"] == "static":
+            continue
+        key = (r["precision"], r["model"], r["width"], r["conv"])
+        if key not in best or r["mem_vs_static"] < best[key]["mem_vs_static"]:
+            best[key] = r
+    lines = ["Least memory per model (the strategy, its memory and time against static):", ""]
+    for (precision, model, width, conv), r in best.items():
+        verdict = "within" if r["mem_vs_static"] <= limit else "above"
+        lines.append(f"- {precision} {model.replace('cifar_', '')} w{width:g} {conv}: `{r['strategy']}`, "
+                     f"{r['mem_vs_static']:.2f}x memory ({verdict} {limit:g}x), {r['train_vs_static']:.2f}x time")
+    return "\n".join(lines)
+
+
 def workers_markdown(rows: list[dict], info, argv, seconds: float, repeats: int) -> str:
     md = [_md_header("Worker layout: P processes x 1 thread against 1 process x P threads", info, argv)]
     md.append("Training throughput (forward + backward + SGD step, images/s of all processes together) of the "
@@ -674,6 +717,20 @@ def _parse_models(p: argparse.ArgumentParser, text: str) -> tuple[tuple[str, flo
     return tuple(out)
 
 
+def _parse_convs(p: argparse.ArgumentParser, option: str, text: str, add_static: bool = True) -> tuple[str, ...]:
+    """Comma-separated conv specs, each checked by :func:`odconv.spec.parse_conv_spec`;
+    ``static`` first unless there or ``add_static`` is False."""
+    convs = tuple(c for c in text.split(",") if c)
+    if not convs:
+        p.error(f"{option}: nothing given")
+    for c in convs:
+        try:
+            parse_conv_spec(c)
+        except ValueError as e:
+            p.error(f"{option}: {e}")
+    return convs if "static" in convs or not add_static else ("static", *convs)
+
+
 def _int_list(p: argparse.ArgumentParser, option: str, text: str) -> list[int]:
     try:
         values = [int(b) for b in text.split(",") if b]
@@ -717,6 +774,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-repeats", type=int, default=3, help="timed rounds of the training steps")
     g.add_argument("--reference-models", action="store_true",
                    help="also time each dynamic model with the reference strategy (slow at width 1)")
+    g = p.add_argument_group("strategies")
+    g.add_argument("--strategy-models", default=None,
+                   help="model:width pairs of the strategies section (default "
+                        f"{','.join(f'{m}:{w:g}' for m, w in STRATEGY_MODELS)})")
+    g.add_argument("--strategy-convs", default=None,
+                   help=f"convs of the strategies section (default {','.join(STRATEGY_CONVS)}; static is always added)")
+    g.add_argument("--model-strategies", default=None,
+                   help=f"strategies each dynamic model runs under there (default {','.join(MODEL_STRATEGIES)})")
     g = p.add_argument_group("workers")
     g.add_argument("--workers-model", default="cifar_resnet18:0.125", help="model:width of the layout measurement")
     g.add_argument("--workers-convs", default=None, help="convs of the layout measurement (default static,odconv4x)")
@@ -756,13 +821,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if REFERENCE not in strategies:
         strategies.insert(0, REFERENCE)
     precisions = _parse_list(p, "--precisions", args.precisions or ",".join(PRECISIONS), list(PRECISIONS))
-    convs = tuple(c for c in (args.convs or ",".join(MODEL_CONVS)).split(",") if c)
-    if "static" not in convs:
-        convs = ("static", *convs)
+    convs = _parse_convs(p, "--convs", args.convs or ",".join(MODEL_CONVS))
     w_model = _parse_models(p, args.workers_model)
     if len(w_model) != 1:
         p.error(f"--workers-model: one model:width, got {args.workers_model!r}")
-    w_convs = [c for c in (args.workers_convs or ("static" if args.quick else "static,odconv4x")).split(",") if c]
+    model_strategies = _parse_list(p, "--model-strategies", args.model_strategies or ",".join(MODEL_STRATEGIES),
+                                   ["auto", *sorted(odconv.STRATEGIES)])
+    s_convs = _parse_convs(p, "--strategy-convs", args.strategy_convs or ",".join(STRATEGY_CONVS))
+    w_default = "static" if args.quick else "static,odconv4x"
+    w_convs = list(_parse_convs(p, "--workers-convs", args.workers_convs or w_default, add_static=False))
 
     if args.quick:
         batches = _int_list(p, "--batches", args.batches or "2")
@@ -770,12 +837,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         models = _parse_models(p, args.models) if args.models else (("cifar_resnet18", 0.125),)
         if not args.convs:
             convs = ("static", "odconv4x")
+        s_models = _parse_models(p, args.strategy_models) if args.strategy_models else (("cifar_resnet18", 0.125),)
+        if not args.strategy_convs:
+            s_convs = ("static", "odconv4x")
         rounds, train_rounds, recheck_rounds = 2, 2, 3
         w_batch, w_seconds, w_repeats = args.workers_batch or 8, args.workers_seconds or 1.0, args.workers_repeats or 1
     else:
         batches = _int_list(p, "--batches", args.batches or "1,64")
         model_batch = args.model_batch or 128
         models = _parse_models(p, args.models) if args.models else MODELS
+        s_models = _parse_models(p, args.strategy_models) if args.strategy_models else STRATEGY_MODELS
         rounds, train_rounds, recheck_rounds = args.repeats, args.train_repeats, args.recheck_repeats
         w_batch, w_seconds = args.workers_batch or 128, args.workers_seconds or 6.0
         w_repeats = args.workers_repeats or 2
@@ -812,10 +883,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         for precision in precisions:
             say(f"models ({precision}): {models} x {convs}, train batch {model_batch}")
             model_rows += bench_models(models, convs, model_batch, device, precision, train_rounds, latency_rounds,
-                                       args.reference_models, log=say)
+                                       ("auto", REFERENCE) if args.reference_models else ("auto",), log=say)
         write_csv(os.path.join(args.out, "models.csv"), model_rows)
         with open(os.path.join(args.out, "models.md"), "w") as f:
             f.write(models_markdown(model_rows, info, argv, train_rounds, latency_rounds))
+    if "strategies" in sections:
+        strategy_rows: list[dict] = []
+        for precision in precisions:
+            say(f"strategies ({precision}): {s_models} x {s_convs} x {model_strategies}, train batch {model_batch}")
+            strategy_rows += bench_models(s_models, s_convs, model_batch, device, precision, train_rounds,
+                                          latency_rounds, model_strategies, log=say)
+        write_csv(os.path.join(args.out, "strategies.csv"), strategy_rows)
+        with open(os.path.join(args.out, "strategies.md"), "w") as f:
+            f.write(strategies_markdown(strategy_rows, info, argv, train_rounds))
+        say("strategies: " + memory_floor_summary(strategy_rows).replace("\n", "\n  "))
     if "workers" in sections:
         cores = os.cpu_count() or 1
         if cores < 2:

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from odconv.bench import evaluate_targets, layer_shapes, main, preferred_cpu_workers, recheck_layers
+from odconv.bench import (evaluate_targets, layer_shapes, main, memory_floor_summary, preferred_cpu_workers,
+                          recheck_layers)
 from odconv.timing import time_rounds
 
 # The issue's limits, written out here (not imported) so a changed constant is caught.
@@ -53,7 +54,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_bench_writes_every_table(quick_run):
     out, seconds = quick_run
-    for name in ("layers", "models", "workers", "targets"):
+    for name in ("layers", "models", "strategies", "workers", "targets"):
         assert (out / f"{name}.csv").exists()
         text = (out / f"{name}.md").read_text()
         assert "torch:" in text and "cpu:" in text and "load_average:" in text
@@ -103,6 +104,38 @@ def test_quick_bench_model_ratios_are_medians_of_per_round_ratios(quick_run):
             assert float(r[ratio]) == pytest.approx(expected, rel=5e-3)
         assert float(r["mem_vs_static"]) == pytest.approx(float(r["train_peak_mb"]) / float(static["train_peak_mb"]),
                                                           rel=5e-3)
+
+
+def test_quick_bench_strategies_table_times_each_model_under_each_strategy(quick_run):
+    out = quick_run[0]
+    rows = _read(out / "strategies.csv")
+    assert {(r["precision"], r["conv"], r["strategy"]) for r in rows} == {
+        (p, c, s) for p in ("fp32", "bf16") for c, s in (("static", "-"), ("odconv4x", "auto"), ("odconv4x", "fused"))}
+    for r in rows:
+        static = next(s for s in rows if s["conv"] == "static" and s["precision"] == r["precision"])
+        mine, base = _samples(r["train_samples_ms"]), _samples(static["train_samples_ms"])
+        assert float(r["train_vs_static"]) == pytest.approx(statistics.median(a / b for a, b in zip(mine, base)),
+                                                            rel=5e-3)
+        assert float(r["mem_vs_static"]) == pytest.approx(float(r["train_peak_mb"]) / float(static["train_peak_mb"]),
+                                                          rel=5e-3)
+    text = (out / "strategies.md").read_text()
+    for precision in ("fp32", "bf16"):
+        dynamic = [r for r in rows if r["precision"] == precision and r["conv"] != "static"]
+        least = min(dynamic, key=lambda r: float(r["mem_vs_static"]))
+        assert f"- {precision} resnet18 w0.125 odconv4x: `{least['strategy']}`, {float(least['mem_vs_static']):.2f}x" \
+            in text
+
+
+def test_memory_floor_summary_names_the_leanest_strategy_and_its_verdict():
+    def row(conv, strategy, mem, time_ratio, precision="fp32"):
+        return dict(precision=precision, model="cifar_resnet18", width=0.5, conv=conv, strategy=strategy,
+                    mem_vs_static=mem, train_vs_static=time_ratio)
+    rows = [row("static", "-", 1.0, 1.0), row("odconv4x", "auto", 2.0, 2.6), row("odconv4x", "fused", 1.43, 5.0),
+            row("odconv1x", "auto", 1.6, 1.8), row("odconv1x", "fused", 1.55, 3.6)]
+    text = memory_floor_summary(rows, limit=1.5)
+    assert "- fp32 resnet18 w0.5 odconv4x: `fused`, 1.43x memory (within 1.5x), 5.00x time" in text
+    assert "- fp32 resnet18 w0.5 odconv1x: `fused`, 1.55x memory (above 1.5x), 3.60x time" in text
+    assert "w0.5 static" not in text and text.count("\n- ") == 2
 
 
 def test_quick_bench_targets_use_the_issue_limits(quick_run):
@@ -235,7 +268,11 @@ def test_targets_against_hand_computed_verdicts():
 
 
 @pytest.mark.parametrize("args, names", [
-    (["--sections", "layers,bogus"], ["'bogus'", "layers, models, workers"]),
+    (["--sections", "layers,bogus"], ["'bogus'", "layers, models, strategies, workers"]),
+    (["--model-strategies", "auto,nah"], ["'nah'", "fused", "grouped"]),
+    (["--convs", "odconv4x,bogus"], ["'bogus'", "odconv4x", "dyconv4x"]),
+    (["--strategy-convs", "odconv3"], ["'odconv3'", "odconv1x"]),
+    (["--strategy-models", "resnet99:1"], ["'resnet99'", "cifar_resnet18"]),
     (["--strategies", "grouped,nope"], ["'nope'", "fused"]),
     (["--precisions", "fp8"], ["'fp8'", "fp32, bf16"]),
     (["--models", "resnet99:1"], ["'resnet99'", "cifar_resnet18"]),
