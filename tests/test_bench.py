@@ -12,8 +12,14 @@ import time
 
 import pytest
 
-from odconv.bench import (evaluate_targets, layer_shapes, main, memory_floor_summary, preferred_cpu_workers,
-                          recheck_layers)
+from odconv.bench import (
+    evaluate_targets,
+    layer_shapes,
+    main,
+    memory_floor_summary,
+    preferred_cpu_workers,
+    recheck_layers,
+)
 from odconv.timing import time_rounds
 
 # The limits, written out here (not imported) so a changed constant is caught.
