@@ -51,7 +51,7 @@ from torch import nn
 import odconv
 
 from .spec import parse_conv_spec
-from .timing import autocast, make_train_step, median_ratio, peak_memory, time_rounds
+from .timing import autocast, cpu_name, make_train_step, median_ratio, peak_memory, time_rounds
 
 REFERENCE = "grouped"
 # torch.compile: minutes of compilation per shape, and not an eager strategy to choose.
@@ -88,7 +88,7 @@ def machine_info(device: torch.device) -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_cores": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
         "device": str(device),
@@ -104,17 +104,6 @@ def machine_info(device: torch.device) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = "n/a"
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _warm_then_measure_memory(fns: dict[str, Callable[[], object]], device: torch.device) -> dict[str, int]:

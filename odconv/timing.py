@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 import statistics
 import time
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``): which
+    machine a timing, or a trial, ran on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _sync(device: torch.device) -> None:

@@ -87,7 +87,9 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 
 
 def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    from odconv.timing import cpu_name
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name()}
     for mod in ("torch", "lightning", "torchmetrics", "optuna", "numpy", "jsonargparse", "pandas"):
         try:
             out[mod] = __import__(mod).__version__
