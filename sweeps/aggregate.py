@@ -490,7 +490,9 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
     """Seed-to-seed spread and the smallest differences this design detects (80% power,
     two-sided 5%): a row vs ``static`` for each number of seeds a row shares with its
     reference in the grid (paired, and unpaired), and a main effect of the factorial as the
-    grid plans it (every cell at its grid seeds), with the fit's residual SD."""
+    grid plans it (every cell at its grid seeds), with the fit's residual SD; and the half-widths
+    of the 95% intervals the same design gives (``halfwidth_rows``, ``halfwidth_main_effect``,
+    which is ``halfwidth_per_sd`` times the residual SD: known before any SD is)."""
     by_seed = _seed_values(df)
     grid_seeds = _grid_seeds(sweep)
     sd, sd_df = stats.pooled_sd(list(s.values()) for s in by_seed.values())
@@ -508,7 +510,12 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
                            "n_seeds": sorted({len(v) for v in grid_seeds.values()}),
                            "mdd_rows": {n: (stats.mdd_paired(sd_diff, n, ALPHA, POWER),
                                             stats.mdd_two_sample(sd, n, ALPHA, POWER)) for n in sorted(shared)},
-                           "mdd_main_effect": np.nan, "effect_sd": np.nan, "effect_n_obs": 0, "effect_df": np.nan}
+                           "halfwidth_rows": {n: (stats.ci_halfwidth_paired(sd_diff, n, 1 - ALPHA),
+                                                  stats.ci_halfwidth_two_sample(sd, n, 1 - ALPHA),
+                                                  stats.ci_halfwidth_paired(1.0, n, 1 - ALPHA))
+                                              for n in sorted(shared)},
+                           "mdd_main_effect": np.nan, "effect_sd": np.nan, "effect_n_obs": 0, "effect_df": np.nan,
+                           "halfwidth_main_effect": np.nan, "halfwidth_per_sd": np.nan}
     if effects.groups:
         g = effects.groups[0]
         design = pd.DataFrame([{"seed": seed, **dict(zip(ATTS, cell))}
@@ -518,8 +525,10 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
         e_sd = fit.resid_sd if fit is not None else sd
         if planned is not None:
             se_unit, df_res = planned
+            per_sd = stats.t_ppf(1 - ALPHA / 2, df_res) * float(se_unit[list(ATTS)].max())
             out.update(effect_sd=e_sd, effect_n_obs=len(design), effect_df=df_res,
-                       mdd_main_effect=stats.mdd_t(e_sd * float(se_unit[list(ATTS)].max()), df_res, ALPHA, POWER))
+                       mdd_main_effect=stats.mdd_t(e_sd * float(se_unit[list(ATTS)].max()), df_res, ALPHA, POWER),
+                       halfwidth_per_sd=per_sd, halfwidth_main_effect=per_sd * e_sd)
     return out
 
 
@@ -607,12 +616,17 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
         lines.append(f"- pooled standard deviation of the paired differences (row − `static`, same seed): "
                      f"{_f(pw['paired_diff_sd'])} pp ({pw['paired_diff_sd_df']} df)")
     for n, (paired, unpaired) in pw["mdd_rows"].items():
-        lines.append(f"- smallest difference a row vs `static` detects with {n} seed(s) on both (80% power, "
-                     f"two-sided 5%): paired {_f(paired)} pp, unpaired {_f(unpaired)} pp")
+        hw_paired, hw_unpaired, hw_per_sd = pw.get("halfwidth_rows", {}).get(n, (np.nan,) * 3)
+        lines.append(f"- a row vs `static` with {n} seed(s) on both: 95% interval ± {_f(hw_paired)} pp paired "
+                     f"({_f(hw_per_sd)} × the SD of paired differences; ± {_f(hw_unpaired)} unpaired); smallest "
+                     f"difference detected (80% power, two-sided 5%): paired {_f(paired)} pp, unpaired "
+                     f"{_f(unpaired)} pp")
     if effects.groups:
-        lines.append(f"- smallest main effect the factorial detects (80% power, two-sided 5%; {pw['effect_n_obs']} "
-                     f"planned results, {_f(pw['effect_df'], '{:g}')} residual df, residual SD "
-                     f"{_f(pw['effect_sd'])} pp): {_f(pw['mdd_main_effect'])} pp")
+        lines.append(f"- a main effect of the factorial ({pw['effect_n_obs']} planned results, "
+                     f"{_f(pw['effect_df'], '{:g}')} residual df, residual SD {_f(pw['effect_sd'])} pp): 95% interval "
+                     f"± {_f(pw.get('halfwidth_main_effect'))} pp ({_f(pw.get('halfwidth_per_sd'))} × the residual "
+                     f"SD); smallest main effect the factorial detects (80% power, two-sided 5%): "
+                     f"{_f(pw['mdd_main_effect'])} pp")
     else:
         lines.append(f"- smallest main effect: n/a ({effects.notes[0][5:] if effects.notes else 'no factorial'})")
     if ns and max(ns) < 2:

@@ -10,6 +10,8 @@ Every test and interval comes from scipy or statsmodels:
 - :func:`mdd_paired`, :func:`mdd_two_sample`, :func:`mdd_t`: the smallest true difference
   detected with a given power, from ``statsmodels.stats.power``; :func:`effect_standard_errors`
   gives a planned factorial's effect standard errors for :func:`mdd_t`.
+- :func:`ci_halfwidth_paired`, :func:`ci_halfwidth_two_sample`: the planned half-width of an
+  interval from a standard deviation and a number of seeds (``scipy.stats.t``).
 
 Values missing or too few for a statistic give NaN, never an exception.
 """
@@ -168,6 +170,23 @@ def mdd_two_sample(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -
     es = TTestIndPower().solve_power(effect_size=None, nobs1=n, ratio=1.0, alpha=alpha, power=power,
                                      alternative="two-sided")
     return float(es) * sd
+
+
+def ci_halfwidth_paired(sd_diff: float, n: int, level: float = 0.95) -> float:
+    """Half-width of the ``level`` t interval of a mean paired difference over ``n`` pairs whose
+    differences have standard deviation ``sd_diff`` (what :func:`paired_diff` reports)."""
+    if n < 2 or not np.isfinite(sd_diff):
+        return NAN
+    return t_ppf(0.5 + level / 2, n - 1) * sd_diff / math.sqrt(n)
+
+
+def ci_halfwidth_two_sample(sd: float, n: int, level: float = 0.95) -> float:
+    """Half-width of the ``level`` t interval of a difference of two means of ``n`` values each
+    with common standard deviation ``sd`` (pooled, 2n - 2 df; Welch's equals it when the two
+    sample SDs are equal)."""
+    if n < 2 or not np.isfinite(sd):
+        return NAN
+    return t_ppf(0.5 + level / 2, 2 * n - 2) * sd * math.sqrt(2.0 / n)
 
 
 def mdd_t(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:

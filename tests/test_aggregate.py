@@ -150,10 +150,21 @@ def test_paired_rows_holm_and_power_match_independent_computations(factorial):
     assert _power_nct(pw["mdd_main_effect"] / (2 * resid_sd / math.sqrt(48)), 35) == pytest.approx(0.8, abs=1e-6)
     paired3, unpaired3 = pw["mdd_rows"][3]
     assert unpaired3 > 0 and paired3 > 0 and set(pw["mdd_rows"]) == {3}
+    # 95% half-widths: t quantile x standard error, for the main effect and for 3 paired seeds
+    per_sd = ss.t.ppf(0.975, 35) * 2 / math.sqrt(48)
+    assert pw["halfwidth_per_sd"] == pytest.approx(per_sd) and pw["halfwidth_main_effect"] == pytest.approx(
+        per_sd * resid_sd)
+    hw_paired3, hw_unpaired3, hw_per_sd3 = pw["halfwidth_rows"][3]
+    assert hw_per_sd3 == pytest.approx(ss.t.ppf(0.975, 2) / math.sqrt(3))
+    assert hw_paired3 == pytest.approx(ss.t.ppf(0.975, 2) * pw["paired_diff_sd"] / math.sqrt(3))
+    assert hw_unpaired3 == pytest.approx(ss.t.ppf(0.975, 4) * pw["pooled_sd"] * math.sqrt(2 / 3))
     md = (res / "summary.md").read_text()
     head = md.split("| variant")[0]
     assert "## Precision of this design" in head and "pooled seed-to-seed standard deviation" in head
     assert "smallest main effect the factorial detects" in head and f"{pw['mdd_main_effect']:.2f} pp" in head
+    assert f"95% interval ± {pw['halfwidth_main_effect']:.2f} pp ({per_sd:.2f} × the residual SD)" in head
+    assert (f"95% interval ± {hw_paired3:.2f} pp paired ({hw_per_sd3:.2f} × the SD of paired differences; "
+            f"± {hw_unpaired3:.2f} unpaired)") in head
 
 
 def test_cost_columns_and_pareto_fronts(factorial):

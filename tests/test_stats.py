@@ -108,6 +108,22 @@ def test_paired_mdd_has_80_percent_power_by_the_noncentral_t():
     assert math.isnan(S.mdd_paired(1.0, 1))
 
 
+def test_planned_halfwidths_match_scipys_intervals_on_data_with_that_sd():
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 4, 9):
+        a, b = rng.normal(80, 0.5, n), rng.normal(80.3, 0.5, n)
+        d = a - b
+        ci = ss.ttest_rel(a, b).confidence_interval(0.95)
+        assert S.ci_halfwidth_paired(float(d.std(ddof=1)), n) == pytest.approx((ci.high - ci.low) / 2)
+        # two samples of one common SD: the pooled-variance interval
+        b = b - b.mean() + a.mean() + 0.3
+        b = (b - b.mean()) * a.std(ddof=1) / b.std(ddof=1) + b.mean()  # same sample SD as a
+        ci = ss.ttest_ind(a, b, equal_var=True).confidence_interval(0.95)
+        assert S.ci_halfwidth_two_sample(float(a.std(ddof=1)), n) == pytest.approx((ci.high - ci.low) / 2)
+    assert S.ci_halfwidth_paired(1.0, 4, level=0.9) == pytest.approx(ss.t.ppf(0.95, 3) / 2)
+    assert math.isnan(S.ci_halfwidth_paired(1.0, 1)) and math.isnan(S.ci_halfwidth_two_sample(float("nan"), 3))
+
+
 def test_mdd_t_has_80_percent_power_by_the_noncentral_t():
     for se, df in [(0.3, 5), (1.0, 20), (2.5, 65), (0.1, 200)]:
         mdd = S.mdd_t(se, df)
