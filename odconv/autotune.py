@@ -68,12 +68,15 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
     if kernel is None and spatial is None:
         return "grouped"  # the kernel is shared: dynamic_conv2d runs one plain conv whatever the name
     exporting = is_exporting()
-    if not exporting and x.shape[0] == 1:
-        return "grouped"  # one aggregated kernel + one plain conv: the cheapest path
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, channel, filter, spatial, kernel, bias))
     if _auto_mode() == "tune" and not exporting:
         return _tuned(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, needs_grad)
+    if not exporting and x.shape[0] == 1:
+        # One aggregated kernel + one plain conv. Measured exceptions (pointwise convs that
+        # reduce channels, where bmm's matmul beat the 1x1 conv by up to 1.4x) did not hold
+        # across shapes (192->64 at 8x8: bmm 1.4-1.5x slower on two CPUs); tune mode measures.
+        return "grouped"
     positions = conv_geometry(x, weight, stride, padding, dilation).positions
     return rule(weight.shape, positions, groups, needs_grad, exporting, batch=x.shape[0],
                 input_elements=x[0].numel())

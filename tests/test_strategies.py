@@ -327,6 +327,11 @@ def test_tune_mode_caches(tmp_path, monkeypatch):
         torch.testing.assert_close(out, ref)
         assert len(A._TUNED) == 1 and list(A._TUNED.values())[0] in STRATEGIES
         assert (tmp_path / "tune.json").exists()
+        # batch 1 is measured too (the rule's fixed choice there is not the fastest everywhere)
+        with torch.no_grad():
+            name = choose_strategy(x[:1], layer.weight, kernel=torch.full((1, 4), 0.25), padding=1)
+        key = next(k for k in A._TUNED if k.startswith("(1, 4, 6, 6)"))
+        assert A._TUNED[key] == name and key.endswith("|infer") and len(A._TUNED) == 2
     finally:
         set_auto_mode("rule")
     with pytest.raises(ValueError):
