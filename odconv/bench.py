@@ -15,8 +15,8 @@ and ``NAME.md`` under ``--out``:
   dyconv4x and condconv8x convs: training step time (batch 128), batch-1 inference latency
   and training peak memory, as ratios to the static model of the same run, in fp32 and under
   bf16 autocast (``bf16-mixed``; the static model in bf16 is then the reference).
-* ``strategies``: the same model measurement for ODConv-1x and ODConv-4x at widths 0.125 and
-  0.5 under several strategies (default ``auto`` and ``fused``): what each execution strategy
+* ``strategies``: the same model measurement for ODConv-1x, ODConv-4x and CondConv-8x at widths
+  0.125 and 0.5 under several strategies (default ``auto`` and ``fused``): what each execution strategy
   costs in time and peak memory against the static model, i.e. the memory floor (``fused``
   saves only each layer's inputs) and its price in time.
 * ``workers`` (CPU only): training throughput of the sweeps' small CPU model with P worker
@@ -62,7 +62,7 @@ PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bflo
 SECTIONS = ("layers", "models", "strategies", "workers")
 # The strategies section: the models and convs it runs by default, and the strategies it compares.
 STRATEGY_MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5))
-STRATEGY_CONVS = ("static", "odconv1x", "odconv4x")
+STRATEGY_CONVS = ("static", "odconv1x", "odconv4x", "condconv8x")
 MODEL_STRATEGIES = ("auto", "fused")
 
 # The project's targets (model training step of cifar_resnet18, batch 128): time of each
