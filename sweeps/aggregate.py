@@ -529,7 +529,44 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
             out.update(effect_sd=e_sd, effect_n_obs=len(design), effect_df=df_res,
                        mdd_main_effect=stats.mdd_t(e_sd * float(se_unit[list(ATTS)].max()), df_res, ALPHA, POWER),
                        halfwidth_per_sd=per_sd, halfwidth_main_effect=per_sd * e_sd)
+    out["goals"] = precision_goals(sweep, summary, effects, out, grid_seeds)
     return out
+
+
+def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResult, pw: dict[str, Any],
+                    grid_seeds: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The sweep's ``precision_goals`` against the results: one dict per goal with ``goal``
+    (what), ``aim`` (half-width, pp), ``measured`` (the half-width of the interval the results
+    gave: the widest of the four main effects' 95% intervals, or the row's paired interval vs
+    its reference), ``planned`` (the design's half-width at the pooled SDs measured so far)
+    and ``verdict`` (``met``, ``not met``, or ``open`` while nothing is measured)."""
+    goals = sweep.precision_goals or {}
+    rows: list[dict[str, Any]] = []
+
+    def add(goal: str, aim: float, measured: float, planned: float) -> None:
+        verdict = "open" if pd.isna(measured) else "met" if measured <= aim else "not met"
+        rows.append({"goal": goal, "aim": aim, "measured": measured, "planned": planned, "verdict": verdict})
+
+    if goals.get("main_effect") is not None:
+        measured = np.nan
+        if effects.groups and effects.groups[0].label in effects.fits:
+            e = effects.fits[effects.groups[0].label].effects.set_index("term")
+            mains = e.loc[[a for a in ATTS if a in e.index]]
+            if len(mains):
+                measured = float(((mains["ci_high"] - mains["ci_low"]) / 2).max())
+        add("each main effect of the factorial", float(goals["main_effect"]), measured,
+            float(pw.get("halfwidth_main_effect", np.nan)))
+    by_variant = summary.set_index("variant") if len(summary) else pd.DataFrame()
+    for variant, aim in (goals.get("rows") or {}).items():
+        measured, ref = np.nan, "static"
+        if variant in by_variant.index:
+            r = by_variant.loc[variant]
+            ref = r.get("reference") or ref
+            measured = (float(r["paired_ci_high"]) - float(r["paired_ci_low"])) / 2
+        n = len(set(grid_seeds.get(variant, [])) & set(grid_seeds.get(ref, [])))
+        add(f"`{variant}` vs `{ref}` (paired, {n} seeds)", float(aim), measured,
+            stats.ci_halfwidth_paired(pw["paired_diff_sd"], n, 1 - ALPHA))
+    return rows
 
 
 RERUN_TABLE_COLUMNS = ["variant", "seed", "changed", "original", "rerun", "difference", "original_key", "rerun_key"]
@@ -633,6 +670,13 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
         lines.append("- one seed per variant: no interval, p-value or detectable difference for a row; read "
                      "differences as single runs")
     lines.append("")
+    if pw.get("goals"):
+        lines += ["Precision goals of the sweep file (half-widths of 95% intervals, pp): *measured* is the "
+                  "interval the results gave (the widest of the four main effects'), *planned* what the design "
+                  "gives at the pooled SDs above (n/a until a variant has 2 results).", ""]
+        table = pd.DataFrame([{"goal": g["goal"], "aim": f"± {_f(g['aim'])}", "measured": f"± {_f(g['measured'])}",
+                               "planned": f"± {_f(g['planned'])}", "verdict": g["verdict"]} for g in pw["goals"]])
+        lines += [_md(table), ""]
     return lines
 
 

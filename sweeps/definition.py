@@ -15,6 +15,9 @@ every key, type, default and error is ``docs/sweep-files.md``)::
     # grid:
     #   - {conv: [static, odconv1x, odconv4x], seed: [0, 1]}
     #   - {conv: [static, odconv4x], seed: [2, 3]}
+    precision_goals:                 # optional: the 95% interval half-widths (pp) aimed for;
+      main_effect: 0.4               # summary.md says whether they were reached
+      rows: {odconv4x: 0.75}         # a grid variant against its reference (static)
     reruns:                          # optional: grid points run again with something that
       points: {conv: [odconv1x], seed: [0]}     # must not change the result (here: another
       overrides: {model.model_options: {strategy: grouped}}   # kernel strategy): the
@@ -135,6 +138,8 @@ class SweepDef:
     slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` section as written (SlurmOptions keys)
     # the `reruns:` section: {"blocks": [grid blocks of grid points], "overrides": {key: value}}
     reruns: dict[str, Any] = field(default_factory=dict)
+    # the `precision_goals:` section: {"main_effect": pp or None, "rows": {variant: pp}}
+    precision_goals: dict[str, Any] = field(default_factory=dict)
 
     def grid_points(self) -> list[GridPoint]:
         """Every grid point, in a stable order (blocks, axes and values as written)."""
@@ -295,6 +300,15 @@ class RerunsSection(_Section):
     overrides: Annotated[DottedMapping, Field(min_length=1)]
 
 
+class PrecisionGoalsSection(_Section):
+    """``precision_goals:``: the half-widths (percentage points) of the 95% intervals a study
+    aims for: of every main effect of the attention factorial, and of named rows against
+    their reference. Checked against the results by ``odconv-sweep results``."""
+
+    main_effect: Annotated[float, Field(gt=0)] | None = None
+    rows: dict[str, Annotated[float, Field(gt=0)]] | None = None
+
+
 class SweepFile(_Section):
     """A sweep YAML file as written (before the grid and the known keys' values are checked)."""
 
@@ -313,6 +327,7 @@ class SweepFile(_Section):
     # what each worker job asks SLURM for (`--launcher slurm`); checked by _slurm_section
     slurm: Any = None
     reruns: RerunsSection | None = None
+    precision_goals: PrecisionGoalsSection | None = None
 
 
 
@@ -504,6 +519,20 @@ def _parse_reruns(src: str, section: RerunsSection | None, blocks: list[dict[str
     return {"blocks": rblocks, "overrides": extra}
 
 
+def _parse_goals(src: str, section: PrecisionGoalsSection | None, variants: list[str]) -> dict[str, Any]:
+    """The ``precision_goals:`` section; every row it names is a variant of the grid."""
+    if section is None:
+        return {}
+    rows = dict(section.rows or {})
+    unknown = [v for v in rows if v not in variants]
+    if unknown:
+        raise _err(src, f"'precision_goals.rows' names {', '.join(map(repr, unknown))}, not a variant of the "
+                        f"grid; valid: {', '.join(variants)}")
+    if section.main_effect is None and not rows:
+        raise _err(src, "'precision_goals' sets no goal: give main_effect and/or rows")
+    return {"main_effect": section.main_effect, "rows": rows}
+
+
 def _axis_values(blocks: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
     """Axis -> every value it takes in any block, first-seen order."""
     out: dict[str, dict[str, Any]] = {}
@@ -562,9 +591,12 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
     reruns = _parse_reruns(src, f.reruns, blocks, overrides)
     if reruns and tune is not None:
         raise _err(src, "'reruns' and 'tune' cannot be combined: a rerun repeats a grid point as the grid ran it")
+    variants = list(dict.fromkeys(p.variant for b in blocks for p in block_points(b)))
+    goals = _parse_goals(src, f.precision_goals, variants)
     return SweepDef(name=f.name, base_config=base, grid=grid, overrides=overrides, metric=f.metric,
                     max_retries=f.max_retries, stale_after_s=float(f.stale_after_s), measure=measure, tune=tune,
-                    description=f.description or "", source=src, blocks=blocks, slurm=slurm, reruns=reruns)
+                    description=f.description or "", source=src, blocks=blocks, slurm=slurm, reruns=reruns,
+                    precision_goals=goals)
 
 
 def find_sweep_file(name_or_path: str) -> Path:

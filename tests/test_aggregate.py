@@ -43,8 +43,8 @@ def _rec(sweep: str, conv: str, seed: int, top1_pct: float | None, status: str =
                        config={"model": {"model": "cifar_resnet18", "model_options": {"width": width}}})
 
 
-def _write(root: Path, name: str, grid: dict, recs: list[TrialRecord]):
-    sw = parse_sweep({"name": name, "base_config": BASE, "grid": grid})
+def _write(root: Path, name: str, grid: dict, recs: list[TrialRecord], **extra):
+    sw = parse_sweep({"name": name, "base_config": BASE, "grid": grid, **extra})
     (root / name).mkdir(parents=True, exist_ok=True)
     (root / name / "sweep.json").write_text(json.dumps(sw.to_dict()))
     for r in recs:
@@ -75,8 +75,7 @@ def _power_nct(nc: float, df: float) -> float:
     return ss.nct.sf(c, df, nc) + ss.nct.cdf(-c, df, nc)
 
 
-@pytest.fixture
-def factorial(tmp_path):
+def _factorial_records(name: str):
     rng = np.random.default_rng(3)
     recs, truth = [], {}
     for cell, conv in CELLS.items():
@@ -89,9 +88,55 @@ def factorial(tmp_path):
     recs.append(_rec("fac", "condconv8x", 2, None, status="failed", tput=50.0, params=9000))
     # dyconv4x: seed 1 missing (not run yet)
     recs += [_rec("fac", "dyconv4x", s, 69.0 + SEED_SHIFT[s] + 0.1 * s, tput=300.0, params=4000) for s in (0, 2)]
-    sw = _write(tmp_path, "fac", {"conv": list(CELLS.values()) + ["condconv8x", "dyconv4x"], "seed": [0, 1, 2]},
-                recs)
+    for r in recs:
+        r.sweep = name
+    return recs, truth
+
+
+FACTORIAL_GRID = {"conv": list(CELLS.values()) + ["condconv8x", "dyconv4x"], "seed": [0, 1, 2]}
+
+
+@pytest.fixture
+def factorial(tmp_path):
+    recs, truth = _factorial_records("fac")
+    sw = _write(tmp_path, "fac", FACTORIAL_GRID, recs)
     return sw, truth, aggregate("fac", tmp_path), tmp_path / "fac"
+
+
+def test_precision_goals_are_judged_on_the_intervals_the_results_gave(tmp_path):
+    recs, truth = _factorial_records("goals")
+    goals = {"main_effect": 0.1, "rows": {"odconv4x": 5.0, "condconv8x": 0.2, "dyconv4x": 1.0}}
+    _write(tmp_path, "goals", FACTORIAL_GRID, recs, precision_goals=goals)
+    out = aggregate("goals", tmp_path)
+    res = tmp_path / "goals"
+    eff = pd.read_csv(res / "effects.csv").set_index("term")
+    widest = max((eff.loc[a, "ci_high"] - eff.loc[a, "ci_low"]) / 2 for a in ATTS)
+    s = pd.read_csv(res / "summary.csv", dtype={"failed_seeds": str, "missing_seeds": str}).set_index("variant")
+    got = {g["goal"]: g for g in out["power"]["goals"]}
+    main = got["each main effect of the factorial"]
+    assert main["measured"] == pytest.approx(widest) and main["verdict"] == ("met" if widest <= 0.1 else "not met")
+    # odconv4x: 3 seeds paired with static, an interval computed by hand
+    d = np.array([truth[("odconv4x", k)] - truth[("static", k)] for k in (0, 1, 2)])
+    half = ss.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    o4 = got["`odconv4x` vs `static` (paired, 3 seeds)"]
+    assert o4["measured"] == pytest.approx(half) and o4["verdict"] == "met"  # noise 0.05: far inside 5 pp
+    assert o4["planned"] == pytest.approx(ss.t.ppf(0.975, 2) * out["power"]["paired_diff_sd"] / math.sqrt(3))
+    # condconv8x: 2 seeds (one failed), its paired interval is wide: over 0.2
+    c8 = got["`condconv8x` vs `static` (paired, 3 seeds)"]
+    c8_half = (s.loc["condconv8x", "paired_ci_high"] - s.loc["condconv8x", "paired_ci_low"]) / 2
+    assert c8["measured"] == pytest.approx(c8_half) and c8["verdict"] == "not met"
+    md = (res / "summary.md").read_text().split("| variant")[0]
+    assert "Precision goals of the sweep file" in md and "| `condconv8x` vs `static` (paired, 3 seeds) | ± 0.20" in md
+    assert md.count("not met") >= 1
+
+
+def test_precision_goals_stay_open_without_results(tmp_path):
+    _write(tmp_path, "open", {"conv": ["static", "odconv4x"], "seed": [0, 1]}, [],
+           precision_goals={"rows": {"odconv4x": 0.75}})
+    out = aggregate("open", tmp_path)
+    [g] = out["power"]["goals"]
+    assert g["verdict"] == "open" and math.isnan(g["measured"])
+    assert g["goal"] == "`odconv4x` vs `static` (paired, 2 seeds)"
 
 
 def test_factorial_effects_recover_the_known_effects(factorial):

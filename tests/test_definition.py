@@ -98,6 +98,9 @@ def test_cifar10_factorial_study():
     assert len(reruns) >= 2 and [r.key for r, _ in reruns] == [p.key for p in sw.points()[44:]]
     for rerun, orig in reruns:
         assert orig in points and orig.seed == 0 and parse_conv_spec(orig.params[CONV_KEY]).kind == "odconv"
+    # the precision goals, judged in summary.md
+    assert sw.precision_goals == {"main_effect": 0.4, "rows": {"odconv4x": 0.75, "condconv8x": 0.75,
+                                                               "dyconv4x": 0.75}}
         assert rerun.params == {**orig.params, "model.model_options": {"width": 0.125, "strategy": "grouped"}}
 
     # real CIFAR-10, cifar_resnet18 at cifar10_cpu's width, cifar10_cpu's recipe but the schedule
@@ -233,6 +236,30 @@ def test_reruns_are_grid_points_again_with_overrides_run_last():
 ])
 def test_bad_reruns_clear_error(reruns, needles):
     msg = _error(_raw(reruns=reruns, overrides={"trainer.max_epochs": 1}))
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+def test_precision_goals_are_kept_and_round_trip():
+    sw = parse_sweep(_raw(precision_goals={"main_effect": 0.4, "rows": {"odconv1x": 0.75}}))
+    assert sw.precision_goals == {"main_effect": 0.4, "rows": {"odconv1x": 0.75}}
+    assert SweepDef.from_dict(json.loads(json.dumps(sw.to_dict()))).precision_goals == sw.precision_goals
+    assert parse_sweep(_raw()).precision_goals == {}
+    # a definition saved before the key existed still loads
+    old = parse_sweep(_raw()).to_dict()
+    del old["precision_goals"]
+    assert SweepDef.from_dict(old).precision_goals == {}
+
+
+@pytest.mark.parametrize("goals, needles", [
+    ({"rows": {"odconv4x": 0.75}}, ["'precision_goals.rows' names 'odconv4x'", "valid: static, odconv1x"]),
+    ({"main_effect": 0}, ["'precision_goals.main_effect' must be > 0"]),
+    ({"rows": {"odconv1x": -1}}, ["precision_goals.rows.odconv1x", "must be > 0"]),
+    ({}, ["'precision_goals' sets no goal"]),
+    ({"main": 0.4}, ["unknown key(s) ['main']", "valid keys: main_effect, rows"]),
+])
+def test_bad_precision_goals_clear_error(goals, needles):
+    msg = _error(_raw(precision_goals=goals))
     for needle in needles:
         assert needle in msg, (needle, msg)
 
