@@ -98,10 +98,10 @@ def test_cifar10_factorial_study():
     assert len(reruns) >= 2 and [r.key for r, _ in reruns] == [p.key for p in sw.points()[44:]]
     for rerun, orig in reruns:
         assert orig in points and orig.seed == 0 and parse_conv_spec(orig.params[CONV_KEY]).kind == "odconv"
+        assert rerun.params == {**orig.params, "model.model_options": {"width": 0.125, "strategy": "grouped"}}
     # the precision goals, judged in summary.md
     assert sw.precision_goals == {"main_effect": 0.4, "rows": {"odconv4x": 0.75, "condconv8x": 0.75,
                                                                "dyconv4x": 0.75}}
-        assert rerun.params == {**orig.params, "model.model_options": {"width": 0.125, "strategy": "grouped"}}
 
     # real CIFAR-10, cifar_resnet18 at cifar10_cpu's width, cifar10_cpu's recipe but the schedule
     cpu = load_sweep(ROOT / "sweeps" / "cifar10_cpu.yaml")
