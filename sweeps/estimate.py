@@ -11,7 +11,9 @@ by the images one trial processes:
     trial = fit + eval + overhead  (start-up, checkpoints, the cost measurements)
 
 The sweep's wall time is the sum over all grid points divided by the number of workers
-(trials are independent; a worker takes the next free point). The train images per epoch
+(trials are independent; a worker takes the next free point). On a CPU each worker gets
+cores / workers threads (as ``make ablation`` splits them), and the throughput is measured
+with that many. The train images per epoch
 come from the dataset's official size, ``val_split`` and ``trainer.limit_train_batches``;
 nothing is read from disk, so it works before the data is downloaded. The default overhead
 (25 s per trial) is what the CPU sweep `cifar10_cpu` measured (trial wall time minus fit and
@@ -116,9 +118,20 @@ def measure_point(base_config: str, overrides: dict[str, Any], device: torch.dev
             "eval_img_s": dm.eval_batch_size / eval_s}
 
 
+def worker_threads(workers: int, cpus: Optional[int] = None) -> int:
+    """Threads each of ``workers`` CPU workers gets from ``make ablation`` on this machine (the
+    runner's split, :func:`sweeps.process.plan_slots`)."""
+    from .process import plan_slots
+
+    return plan_slots(gpus="cpu", workers=workers, cpus=cpus)[0].threads or 1
+
+
 def estimate_sweep(sweep: SweepDef, device: str | torch.device = "cpu", overhead_s: float = DEFAULT_OVERHEAD_S,
-                   repeats: int = 5, log: Callable[[str], None] = print) -> list[VariantEstimate]:
-    """One :class:`VariantEstimate` per variant of ``sweep`` (its first seed is measured)."""
+                   repeats: int = 5, log: Callable[[str], None] = print,
+                   threads: Optional[int] = None) -> list[VariantEstimate]:
+    """One :class:`VariantEstimate` per variant of ``sweep`` (its first seed is measured). On
+    CPU with ``threads``, measured with that many torch threads (a worker's share: see
+    :func:`worker_threads`)."""
     device = torch.device(device)
     if sweep.tune:
         log("note: the tuning stage is not included in the estimate")
@@ -126,16 +139,23 @@ def estimate_sweep(sweep: SweepDef, device: str | torch.device = "cpu", overhead
     for p in sweep.points():
         by_variant.setdefault(p.variant, []).append(p)
     out = []
-    for variant, pts in by_variant.items():
-        m = measure_point(sweep.base_config, {**sweep.overrides, **pts[0].params}, device, repeats)
-        est = VariantEstimate(variant, len(pts), overhead_s=overhead_s, **m)
-        log(f"  {variant:40s} train {est.train_img_s:8.0f} img/s  eval {est.eval_img_s:8.0f} img/s  "
-            f"-> {est.trial_s / 60:6.1f} min per trial")
-        out.append(est)
+    before = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        for variant, pts in by_variant.items():
+            m = measure_point(sweep.base_config, {**sweep.overrides, **pts[0].params}, device, repeats)
+            est = VariantEstimate(variant, len(pts), overhead_s=overhead_s, **m)
+            log(f"  {variant:40s} train {est.train_img_s:8.0f} img/s  eval {est.eval_img_s:8.0f} img/s  "
+                f"-> {est.trial_s / 60:6.1f} min per trial")
+            out.append(est)
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
-def format_estimate(sweep: SweepDef, rows: list[VariantEstimate], device: str, workers: int) -> str:
+def format_estimate(sweep: SweepDef, rows: list[VariantEstimate], device: str, workers: int,
+                    threads: Optional[int] = None) -> str:
     total = sum(r.trial_s * r.seeds for r in rows)
     n = sum(r.seeds for r in rows)
     lines = [f"# Estimated wall time of sweep `{sweep.name}` on {device}", "",
@@ -146,12 +166,16 @@ def format_estimate(sweep: SweepDef, rows: list[VariantEstimate], device: str, w
                      f"{r.epochs} x {r.train_images_per_epoch} | {r.trial_s / 60:.1f} |")
     lines += ["", f"{n} trials, {total / 3600:.2f} h of trial time; with {workers} worker(s) "
               f"about {total / 3600 / max(1, workers):.2f} h (trials are independent; the last one may run alone)."]
+    if threads:
+        lines += ["", f"Measured with {threads} thread(s), each worker's share of this CPU with {workers} worker(s); "
+                      "workers side by side also share memory bandwidth, so the wall time may be somewhat longer."]
     return "\n".join(lines) + "\n"
 
 
 def main(sweep: SweepDef, device: str, workers: int, overhead_s: Optional[float], repeats: int) -> int:
     import sys
+    threads = worker_threads(workers) if torch.device(device).type == "cpu" else None
     rows = estimate_sweep(sweep, device, DEFAULT_OVERHEAD_S if overhead_s is None else overhead_s, repeats,
-                          log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_estimate(sweep, rows, device, workers))
+                          log=lambda line: print(line, file=sys.stderr, flush=True), threads=threads)
+    print(format_estimate(sweep, rows, device, workers, threads))
     return 0

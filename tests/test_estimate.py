@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_modules.data import CIFAR10DataModule, CIFAR100DataModule, SyntheticDataModule, TinyImageNetDataModule
 from sweeps.cli import main as cli_main
@@ -54,6 +55,25 @@ def test_estimate_smoke_sweep(capsys):
         assert r.train_img_s > 0 and r.eval_img_s > r.train_img_s / 20
     text = format_estimate(sweep, rows, "cpu", workers=2)
     assert "14 trials" in text and "with 2 worker(s)" in text
+
+
+def test_cpu_estimate_measures_with_each_workers_threads(monkeypatch, capsys):
+    import sweeps.estimate as E
+
+    seen = []
+
+    def fake_measure(base, overrides, device, repeats):
+        seen.append(torch.get_num_threads())
+        return dict(train_images_per_epoch=100, epochs=1, eval_images=10, train_img_s=10.0, eval_img_s=10.0)
+
+    monkeypatch.setattr(E, "measure_point", fake_measure)
+    before = torch.get_num_threads()
+    sweep = load_sweep(str(ROOT / "sweeps" / "smoke.yaml"))
+    assert E.worker_threads(2, cpus=8) == 4 and E.worker_threads(3, cpus=2) == 1
+    E.main(sweep, "cpu", workers=2, overhead_s=0.0, repeats=1)
+    expected = E.worker_threads(2)
+    assert seen and set(seen) == {expected} and torch.get_num_threads() == before
+    assert f"Measured with {expected} thread(s)" in capsys.readouterr().out
 
 
 def test_estimate_cli_names_a_bad_sweep(capsys):
