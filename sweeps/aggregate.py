@@ -105,8 +105,19 @@ def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
         d.pop("cli_args", None)
         d.pop("data", None)
         d["key_params"] = json.dumps(r.params, sort_keys=True)
+        d["machine"] = machine_label(r)
         rows.append(d)
     return pd.DataFrame(rows)
+
+
+def machine_label(rec: TrialRecord) -> str | None:
+    """Which machine a trial ran on: its host name, with the CPU model the record names (or,
+    in records written before the CPU was recorded, the platform string), since host names
+    alone (e.g. a VM's) do not tell two machines apart."""
+    what = (rec.versions or {}).get("cpu") or (rec.versions or {}).get("platform")
+    if rec.host is None and what is None:
+        return None
+    return f"{rec.host or '?'} ({what})" if what else str(rec.host)
 
 
 def _other_axes(params: dict[str, Any]) -> dict[str, Any]:
@@ -218,8 +229,8 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
         failed_seeds = set(failed[failed["variant"] == label]["seed"]) - done_seeds if len(failed) else set()
         missing = [s for s in v["seeds"] if s not in done_seeds]
         ref = ref_label(v["params"])
-        hosts = sorted({str(h) for h in complete[complete["variant"] == label]["host"].dropna()}) \
-            if len(complete) and "host" in complete.columns else []
+        hosts = sorted({str(h) for h in complete[complete["variant"] == label]["machine"].dropna()}) \
+            if len(complete) and "machine" in complete.columns else []
         row: dict[str, Any] = {
             "variant": label, "conv": v["params"].get(CONV_KEY),
             "top1_mean": np.mean(top1) if top1 else np.nan,

@@ -17,7 +17,7 @@ from scipy import stats as ss
 from sweeps.aggregate import aggregate, factorial_groups
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
-from sweeps.record import TrialRecord, write_record
+from sweeps.record import TrialRecord, read_records, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -254,6 +254,14 @@ def test_cost_ratios_come_from_the_bench_table_when_it_has_the_model(tmp_path):
     assert s.loc["odconv1x-channel", "cost_source"] == "trials"
     assert s.loc["odconv1x-channel", "train_time_ratio"] == pytest.approx(3.0)
     assert s.loc["odconv1x", "hosts"] == "host0,host1"
+    # one host name, two CPUs (a VM moved between machines): two machines, flagged
+    statics = sorted((r for r in read_records(tmp_path / "b" / "trials") if r.variant == "static"),
+                     key=lambda r: r.seed)
+    for r, cpu in zip(statics, ["AMD EPYC", "Intel Xeon"]):
+        r.host, r.versions = "vm", {"cpu": cpu, "platform": "Linux"}
+        write_record(tmp_path / "b" / "trials" / f"{r.grid_key.replace('=', '_').replace(',', '__')}.json", r)
+    s3 = aggregate("b", tmp_path)["summary"].set_index("variant")
+    assert s3.loc["static", "hosts"] == "vm (AMD EPYC),vm (Intel Xeon)"
     md = (tmp_path / "b" / "summary.md").read_text()
     row = [ln for ln in md.splitlines() if ln.startswith("| `odconv1x` ")][0]
     assert "2.70x" in row and "bench" in row
