@@ -127,8 +127,13 @@ def enqueue_grid(study: SweepStudy, sweep: SweepDef, extra_overrides: dict[str, 
 
 def pop_waiting(study: SweepStudy) -> optuna.trial.Trial | None:
     """Claim one WAITING trial (atomically: WAITING -> RUNNING, as ``Study.ask`` does) or return
-    None; never creates a trial, so a late worker that finds the queue empty runs nothing."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    None; never creates a trial, so a late worker that finds the queue empty runs nothing.
+
+    Retries go first, then the queue in enqueue order: a retry resumes its grid point's last
+    checkpoint, and it belongs to an earlier part of the grid than the points enqueued after it
+    (the grid runs seed by seed, reruns last), so a study stopped part-way holds whole seeds."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for t in sorted(waiting, key=lambda t: ("retry_of" not in t.user_attrs, t.number)):
         tid = study.trial_id(t.number)
         try:
             if not study.storage.set_trial_state_values(tid, state=TrialState.RUNNING):
