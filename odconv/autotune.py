@@ -73,10 +73,7 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
     if _auto_mode() == "tune" and not exporting:
         return _tuned(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, needs_grad)
     if not exporting and x.shape[0] == 1:
-        # One aggregated kernel + one plain conv. Measured exceptions (pointwise convs that
-        # reduce channels, where bmm's matmul beat the 1x1 conv by up to 1.4x) did not hold
-        # across shapes (192->64 at 8x8: bmm 1.4-1.5x slower on two CPUs); tune mode measures.
-        return "grouped"
+        return batch1_rule(weight.shape, x[0].numel(), conv_geometry(x, weight, stride, padding, dilation).positions)
     positions = conv_geometry(x, weight, stride, padding, dilation).positions
     return rule(weight.shape, positions, groups, needs_grad, exporting, batch=x.shape[0],
                 input_elements=x[0].numel())
@@ -109,7 +106,25 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
 MIX_MAX_NL = 150
 MIX_MAX_POSITIONS = 16
 POINTWISE_GROUPED_MAX_L = 64
+# At batch 1 a kernel element costs about two map elements to scale (two broadcast products
+# on a 5-d view against one each on the maps): measured on the 2-core Xeon, all 36 layer
+# shapes at batch 1, inference and training (`--batches 1 --all-shapes`), x static
+# (grouped / folded): 32->16 at 32x32 0.92 / 0.65, 192->64 at 8x8 1.92 / 2.08 (kernel 12288
+# elements, maps 16384), 576->160 at 4x4 3.76 / 4.14.
+BATCH1_FOLD_COST = 2
 FOLDED_MAX_ELEMENTS = 1 << 21
+
+
+def batch1_rule(weight_shape: tuple[int, ...], input_elements: int, positions: int) -> str:
+    """The rule at batch 1: one aggregated kernel and one plain conv, with the channel and
+    filter attentions multiplied into the kernel (``folded``) when it is small against the
+    maps they would otherwise scale, ``BATCH1_FOLD_COST * O*Cg*kh*kw < C*H*W + O*L``, else
+    applied to the input and output maps (``grouped``). ``weight_shape`` (n, O, Cg, kh, kw),
+    ``input_elements`` C*H*W, ``positions`` L = H'*W'."""
+    n, out_ch, cg, kh, kw = weight_shape
+    if BATCH1_FOLD_COST * out_ch * cg * kh * kw < input_elements + out_ch * positions:
+        return "folded"
+    return "grouped"
 
 
 def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad: bool, exporting: bool,

@@ -59,6 +59,7 @@ from .ops.helpers import (
     finish,
     fold_attentions,
     patches,
+    plain_conv2d,
     scale_channels,
     unpatch,
 )
@@ -84,8 +85,8 @@ def grouped_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], filter: O
     out_ch = weight.shape[1]
     k, _ = aggregate_kernels(weight, spatial, kernel, batch)
     k = k.reshape(batch * out_ch, *weight.shape[2:])
-    out = F.conv2d(scale_channels(x, channel).reshape(1, batch * in_ch, height, width), k, None, stride, padding,
-                   dilation, groups * batch)
+    out = plain_conv2d(scale_channels(x, channel).reshape(1, batch * in_ch, height, width), k, stride, padding,
+                       dilation, groups * batch)
     return finish(out.view(batch, out_ch, out.shape[-2], out.shape[-1]), filter, bias, kernel)
 
 
@@ -99,7 +100,7 @@ def folded_conv(x: Tensor, weight: Tensor, channel: Optional[Tensor], filter: Op
     out_ch = weight.shape[1]
     k, _ = aggregate_kernels(weight, spatial, kernel, batch)
     k = fold_attentions(k, channel, filter, groups).reshape(batch * out_ch, *weight.shape[2:])
-    out = F.conv2d(x.reshape(1, batch * in_ch, height, width), k, None, stride, padding, dilation, groups * batch)
+    out = plain_conv2d(x.reshape(1, batch * in_ch, height, width), k, stride, padding, dilation, groups * batch)
     return finish(out.view(batch, out_ch, out.shape[-2], out.shape[-1]), None, bias, kernel)
 
 

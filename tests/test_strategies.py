@@ -31,6 +31,7 @@ GEOMETRIES = {
     "pointwise": (2, 4, 6, 1, 1, 1, 0, 1, 5, 5),
     "pointwise_s2": (2, 4, 6, 1, 1, 2, 0, 1, 6, 6),
     "batch1": (1, 4, 6, 3, 1, 1, 1, 1, 6, 6),
+    "pointwise_batch1": (1, 4, 6, 1, 1, 1, 0, 1, 5, 5),  # one example's 1x1 conv runs as a matmul
     "k5": (2, 3, 4, 5, 1, 1, 2, 1, 7, 7),
 }
 
@@ -134,8 +135,11 @@ def test_kernel_mixing_with_bias_agrees(geom, bias):
 
 @pytest.mark.parametrize("strategy", EXACT)
 def test_gradcheck_float64(strategy):
-    for subset, n, bias in [("cfsk", 2, False), ("k", 2, True), ("s", 1, False), ("cs", 1, False)]:
-        x, w, att, geo = _inputs((2, 2, 2, 3, 1, 2, 1, 1, 4, 4), subset, n, bias=bias, dtype=torch.float64)
+    small, pointwise_batch1 = (2, 2, 2, 3, 1, 2, 1, 1, 4, 4), (1, 3, 2, 1, 1, 1, 0, 1, 3, 3)
+    for geom, subset, n, bias in [(small, "cfsk", 2, False), (small, "k", 2, True), (small, "s", 1, False),
+                                  (small, "cs", 1, False), (pointwise_batch1, "cfk", 2, True),
+                                  (pointwise_batch1, "cf", 1, False)]:
+        x, w, att, geo = _inputs(geom, subset, n, bias=bias, dtype=torch.float64)
         names = list(att)
 
         def f(x, w, *a, names=names, geo=geo):
@@ -146,7 +150,7 @@ def test_gradcheck_float64(strategy):
 
 # (geometry, attentions, n): every kind of conv the models use
 BF16_CASES = [("plain", "cfsk", 3), ("stride2", "cs", 1), ("groups2", "fk", 4), ("depthwise", "csk", 3),
-              ("pointwise", "cfk", 4), ("plain", "k", 4)]
+              ("pointwise", "cfk", 4), ("pointwise_batch1", "cfk", 4), ("plain", "k", 4)]
 
 
 @pytest.mark.parametrize("mode", ["bfloat16", "autocast"])
@@ -277,9 +281,17 @@ def test_overrides(monkeypatch):
 def test_auto_rule():
     w4 = torch.randn(4, 64, 64, 3, 3, requires_grad=True)
     kern = torch.rand(8, 4)
-    # batch 1 inference: aggregate one kernel and run one plain conv
+    # batch 1: aggregate one kernel and run one plain conv, the channel and filter attentions
+    # multiplied into the kernel when it is small against the maps (2 * O*Cg*kk < C*H*W + O*L)
     with torch.no_grad():
-        assert choose_strategy(torch.randn(1, 64, 32, 32), w4, kernel=kern[:1], padding=1) == "grouped"
+        # 3x3, 64->64 at 32x32: 2 * 36864 kernel elements against 65536 + 65536 map elements
+        assert choose_strategy(torch.randn(1, 64, 32, 32), w4, kernel=kern[:1], padding=1) == "folded"
+        # ... at 16x16: 2 * 36864 against 16384 + 16384
+        assert choose_strategy(torch.randn(1, 64, 16, 16), w4, kernel=kern[:1], padding=1) == "grouped"
+        w_pw = torch.randn(4, 16, 32, 1, 1)  # pointwise 32->16 at 32x32: 2 * 512 against 49152
+        assert choose_strategy(torch.randn(1, 32, 32, 32), w_pw, kernel=kern[:1]) == "folded"
+        w_pw = torch.randn(4, 64, 192, 1, 1)  # 192->64 at 8x8: 2 * 12288 against 16384
+        assert choose_strategy(torch.randn(1, 192, 8, 8), w_pw, kernel=kern[:1]) == "grouped"
     # large feature maps, the batch's kernels (64 * 36864 elements) large: per-example kernels
     # built chunk by chunk (fused), training or not
     kern64 = torch.rand(64, 4)
