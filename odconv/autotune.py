@@ -72,8 +72,6 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
         t is not None and t.requires_grad for t in (x, weight, channel, filter, spatial, kernel, bias))
     if _auto_mode() == "tune" and not exporting:
         return _tuned(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, needs_grad)
-    if not exporting and x.shape[0] == 1:
-        return batch1_rule(weight.shape, x[0].numel(), conv_geometry(x, weight, stride, padding, dilation).positions)
     positions = conv_geometry(x, weight, stride, padding, dilation).positions
     return rule(weight.shape, positions, groups, needs_grad, exporting, batch=x.shape[0],
                 input_elements=x[0].numel())
@@ -87,7 +85,9 @@ def choose_strategy(x: Tensor, weight: Tensor, *, channel: Optional[Tensor] = No
 # is one depthwise conv over B*C channels). There ``folded`` is faster still on maps larger
 # than 4x4 (it multiplies the channel attention into the 9 taps instead of the map:
 # results/bench/layers.md, batch 64, 0.74-0.89x the reference's time fwd+bwd and 0.74-0.97x
-# fwd), and the reference on 4x4 maps (folded 1.01-1.13x).
+# fwd), and the reference on 4x4 maps (folded 1.01-1.13x). Input maps: a stride-2 conv of
+# an 8x8 map folds too (576 channels, batch 64, x static, fwd / fwd+bwd: folded 1.46 / 1.40,
+# reference 1.61 / 1.66; an earlier run 1.63 / 1.43 against 1.80 / 1.63).
 # Pointwise convs (MobileNetV2's 1x1s; results/bench/layers.md, batch 64, x static, fwd /
 # fwd+bwd): on maps of 16x16 and more ``folded`` wins while the batch's kernels are few
 # (32->16 at 32x32: folded 1.39 / 1.18, bmm 1.94 / 2.20, reference 1.72 / 1.61; 144->32 at
@@ -107,7 +107,7 @@ MIX_MAX_NL = 150
 MIX_MAX_POSITIONS = 16
 POINTWISE_GROUPED_MAX_L = 64
 # At batch 1 a kernel element costs about two map elements to scale (two broadcast products
-# on a 5-d view against one each on the maps): measured on the 2-core Xeon, all 36 layer
+# on a 5-d view against one each on the maps): measured on the 2-core EPYC, all 36 layer
 # shapes at batch 1, inference and training (`--batches 1 --all-shapes`), x static
 # (grouped / folded): 32->16 at 32x32 0.92 / 0.65, 192->64 at 8x8 1.92 / 2.08 (kernel 12288
 # elements, maps 16384), 576->160 at 4x4 3.76 / 4.14.
@@ -129,15 +129,17 @@ def batch1_rule(weight_shape: tuple[int, ...], input_elements: int, positions: i
 
 def rule(weight_shape: tuple[int, ...], positions: int, groups: int, needs_grad: bool, exporting: bool,
          batch: int = 2, input_elements: int = 0) -> str:
-    """The measured rule for a per-example kernel at batch > 1: ``weight_shape`` (n, O, Cg,
-    kh, kw), ``positions`` L = H'*W', ``input_elements`` C*H*W of one example. Under export,
-    only exportable strategies."""
+    """The measured rule for a per-example kernel: ``weight_shape`` (n, O, Cg, kh, kw),
+    ``positions`` L = H'*W', ``input_elements`` C*H*W of one example. Under export, only
+    exportable strategies."""
     n, out_ch, cg, kh, kw = weight_shape
     if exporting:
         return "mix" if n * positions < MIX_MAX_NL else "bmm"
     few_kernels = batch * out_ch * cg * kh * kw <= FOLDED_MAX_ELEMENTS
-    if cg == 1 and out_ch == groups:  # depthwise
-        return "folded" if few_kernels and positions > MIX_MAX_POSITIONS else "grouped"
+    if cg == 1 and out_ch == groups:  # depthwise: by the input map (stride-2 8x8 -> 4x4 folds too)
+        return "folded" if few_kernels and input_elements > MIX_MAX_POSITIONS * groups else "grouped"
+    if batch == 1:
+        return batch1_rule(weight_shape, input_elements, positions)
     if n * positions < MIX_MAX_NL and positions <= MIX_MAX_POSITIONS:
         return "mix"
     if kh == 1 and kw == 1:

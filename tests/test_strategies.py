@@ -321,6 +321,11 @@ def test_auto_rule():
     wd = torch.randn(4, 64, 1, 3, 3)
     assert choose_strategy(torch.randn(8, 64, 8, 8), wd, kernel=kern, padding=1, groups=64) == "folded"
     assert choose_strategy(torch.randn(8, 64, 4, 4), wd, kernel=kern, padding=1, groups=64) == "grouped"
+    # ... by the input map: a stride-2 conv of an 8x8 map (4x4 out) folds; so does batch 1
+    assert choose_strategy(torch.randn(8, 64, 8, 8), wd, kernel=kern, stride=2, padding=1, groups=64) == "folded"
+    with torch.no_grad():
+        assert choose_strategy(torch.randn(1, 64, 8, 8), wd, kernel=kern[:1], padding=1, groups=64) == "folded"
+        assert choose_strategy(torch.randn(1, 64, 4, 4), wd, kernel=kern[:1], padding=1, groups=64) == "grouped"
     # kernel shared by the batch: plain conv
     assert choose_strategy(torch.randn(8, 64, 8, 8), w4[:1], channel=torch.rand(8, 64), padding=1) == "grouped"
 
