@@ -35,7 +35,7 @@ lint: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# Benchmark (docs/benchmark.md): writes results/bench/{layers,models,workers,targets}.{csv,md}
+# Benchmark (docs/benchmark.md): writes results/bench/{layers,models,strategies,floors,workers,targets}.{csv,md}
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m odconv.bench --out results/bench $(BENCH_ARGS)

@@ -19,6 +19,10 @@ and ``NAME.md`` under ``--out``:
   0.125 and 0.5 under several strategies (default ``auto`` and ``fused``): what each execution strategy
   costs in time and peak memory against the static model, i.e. the memory floor (``fused``
   saves only each layer's inputs) and its price in time.
+* ``floors``: the models of the strategies section (static, ODConv-1x, ODConv-4x, DyConv-4x),
+  each dynamic model also with its attention branches replaced by the constants they computed
+  (:func:`freeze_attentions`): how much of its training step and batch-1 latency over static
+  is the attention branch, and what is left for the dynamic conv itself.
 * ``workers`` (CPU only): training throughput of the sweeps' small CPU model with P worker
   processes of one thread each against one process of P threads (P = the CPU cores).
 
@@ -31,6 +35,7 @@ measured and whether it is met. Timings are medians of interleaved rounds
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime as _dt
 import multiprocessing as mp
@@ -59,11 +64,13 @@ NOT_TIMED_BY_DEFAULT = ("compiled",)
 MODEL_CONVS = ("static", "odconv1x", "odconv4x", "dyconv4x", "condconv8x")
 MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5), ("cifar_resnet18", 1.0))
 PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
-SECTIONS = ("layers", "models", "strategies", "workers")
+SECTIONS = ("layers", "models", "strategies", "floors", "workers")
 # The strategies section: the models and convs it runs by default, and the strategies it compares.
 STRATEGY_MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5))
 STRATEGY_CONVS = ("static", "odconv1x", "odconv4x", "condconv8x")
 MODEL_STRATEGIES = ("auto", "fused")
+# The floors section: the models of the strategies section, the convs with an attention branch.
+FLOOR_CONVS = ("static", "odconv1x", "odconv4x", "dyconv4x")
 
 # The project's targets (model training step of cifar_resnet18, batch 128): time of each
 # variant's step over the static model's, peak training memory over static's, batch-1
@@ -304,36 +311,46 @@ def final_ratios(row: dict) -> tuple[float, float]:
 # ------------------------------------------------------------------------------ models
 def bench_models(models: Sequence[tuple[str, float]], convs: Sequence[str], batch: int, device: torch.device,
                  precision: str, train_rounds: int, latency_rounds: int, strategies: Sequence[str] = ("auto",),
-                 log=print) -> list[dict]:
+                 log=print, constant_attention: bool = False) -> list[dict]:
     """Per (model, width): every conv's training step (forward + backward + SGD step at
     ``batch``, inputs (batch, 3, 32, 32)), batch-1 eval latency and training peak memory under
     ``precision`` (``fp32``, or ``bf16`` autocast); ratios to the static model are medians of
     per-round ratios. Every dynamic model runs once per name in ``strategies`` (``auto``: the
-    default choice), all interleaved in the same rounds."""
+    default choice) and, with ``constant_attention``, once more per strategy with its attention
+    branches replaced by constants (:func:`freeze_attentions`), all interleaved in the same rounds.
+    Each row's ``attention`` says which: ``computed`` or ``constant``."""
     dtype = PRECISIONS[precision]
     rows: list[dict] = []
     for model_name, width in models:
-        entries = [(conv, s) for conv in convs for s in (("-",) if conv == "static" else strategies)]
+        entries = [(conv, s, a) for conv in convs for s in (("-",) if conv == "static" else strategies)
+                   for a in (("computed", "constant") if constant_attention and conv != "static" else ("computed",))]
         train_fns, infer_fns, params = {}, {}, {}
-        for conv, strategy in entries:
+        for conv, strategy, attention in entries:
             torch.manual_seed(0)
             model = odconv.build_model(model_name, num_classes=10, conv=conv, width=width).to(device)
             if conv != "static":
                 odconv.set_strategy(model, strategy)
             x = torch.randn(batch, 3, 32, 32, device=device)
             y = torch.randint(0, 10, (batch,), device=device)
-            key = f"{conv}|{strategy}"
+            x1 = torch.randn(1, 3, 32, 32, device=device)
+            infer_model = model
+            if attention == "constant":
+                infer_model = copy.deepcopy(model).eval()
+                freeze_attentions(infer_model, x1)
+                freeze_attentions(model.train(), x)
+            key = f"{conv}|{strategy}|{attention}"
             params[key] = sum(p.numel() for p in model.parameters())
             train_fns[key] = _train_fn(model, x, y, dtype)
-            infer_fns[key] = _infer_fn(model, torch.randn(1, 3, 32, 32, device=device), dtype)
-        base = "static|-"
+            infer_fns[key] = _infer_fn(infer_model, x1, dtype)
+        base = "static|-|computed"
         mem = _warm_then_measure_memory(train_fns, device)
         t_train = time_rounds(train_fns, device, rounds=train_rounds)
         t_infer = time_rounds(infer_fns, device, rounds=latency_rounds, warmup=2)
-        for conv, strategy in entries:
-            key = f"{conv}|{strategy}"
+        for conv, strategy, attention in entries:
+            key = f"{conv}|{strategy}|{attention}"
             rows.append(dict(
-                model=model_name, width=width, precision=precision, conv=conv, strategy=strategy, batch=batch,
+                model=model_name, width=width, precision=precision, conv=conv, strategy=strategy,
+                attention=attention, batch=batch,
                 params_m=round(params[key] / 1e6, 3),
                 train_step_ms=round(statistics.median(t_train[key]) * 1e3, 3),
                 latency_b1_ms=round(statistics.median(t_infer[key]) * 1e3, 4),
@@ -343,13 +360,48 @@ def bench_models(models: Sequence[tuple[str, float]], convs: Sequence[str], batc
                 mem_vs_static=round(mem[key] / max(mem[base], 1), 3),
                 train_samples_ms=_fmt_samples(t_train[key]), latency_samples_ms=_fmt_samples(t_infer[key])))
             r = rows[-1]
-            log(f"  {model_name} w{width} {precision} {conv:10s} {strategy:8s} train {r['train_step_ms']:9.1f} ms "
+            log(f"  {model_name} w{width} {precision} {conv:10s} {strategy:8s} {attention:8s} "
+                f"train {r['train_step_ms']:9.1f} ms "
                 f"({r['train_vs_static']:.2f}x)  latency {r['latency_b1_ms']:7.2f} ms ({r['latency_vs_static']:.2f}x)  "
                 f"mem {r['train_peak_mb']:8.1f} MB ({r['mem_vs_static']:.2f}x)")
         del train_fns, infer_fns
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+class ConstantAttention(nn.Module):
+    """Stands in for a dynamic layer's attention branch: returns the attentions recorded from
+    one forward pass (leaf tensors that take gradients), so the layer's conv and its backward
+    do the same work as with the branch, and the branch's own work is gone."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor):
+        return self.value
+
+
+def freeze_attentions(model: nn.Module, x: torch.Tensor) -> int:
+    """Replace the attention branch (``layer.attention``: ODConv, DyConv) of every dynamic layer
+    of ``model`` by a :class:`ConstantAttention` holding what it computed for ``x`` (B, 3, H, W)
+    in the model's current mode; the model then only runs on inputs of ``x``'s batch size.
+    Returns how many branches it replaced (CondConv's routers are left as they are)."""
+    layers = [m for m in model.modules()
+              if isinstance(m, odconv.DynamicConvBase) and isinstance(getattr(m, "attention", None), nn.Module)]
+    recorded: dict[nn.Module, object] = {}
+    hooks = [m.attention.register_forward_hook(lambda mod, inp, out, m=m: recorded.__setitem__(m, out))
+             for m in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for m in layers:
+        out = recorded[m]
+        leaf = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
+        m.attention = ConstantAttention({k: leaf(v) for k, v in out.items()} if isinstance(out, dict) else leaf(out))
+    return len(layers)
 
 
 def _train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: Optional[torch.dtype]):
@@ -601,6 +653,32 @@ def strategies_markdown(rows: list[dict], info, argv, train_rounds: int) -> str:
     return "\n".join(md)
 
 
+def floors_markdown(rows: list[dict], info, argv, train_rounds: int, latency_rounds: int) -> str:
+    md = [_md_header("Floors: the attention branch against the dynamic conv", info, argv)]
+    md.append("Each dynamic model as in the models table (`computed`), and again with every attention branch "
+              "replaced by the attentions it computed for the same input, kept as constants (`constant`: the same "
+              "kernels and the same dynamic conv with its backward; no pooling, FCs, BatchNorm, sigmoid/softmax, "
+              "nor their backward and parameters). Times as multiples of the static model of the same width and "
+              f"precision in the same run (medians of per-round ratios over {train_rounds} interleaved rounds for "
+              f"training, {latency_rounds} for latency). `branch` = computed - constant: the attention branch's "
+              "share of a static step; `constant` is what the dynamic conv costs without it, the floor no faster "
+              "branch can go below.\n")
+    header = ["model", "width", "conv", "B", "train x static", "constant", "branch", "latency x static", "constant",
+              "branch"]
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        by = {(r["model"], r["width"], r["conv"], r["attention"]): r for r in rows if r["precision"] == precision}
+        lines = []
+        for (model, width, conv, attention), r in by.items():
+            if attention != "computed" or conv == "static":
+                continue
+            c = by[(model, width, conv, "constant")]
+            lines.append([model, width, conv, r["batch"], f"{r['train_vs_static']:.2f}", f"{c['train_vs_static']:.2f}",
+                          f"{r['train_vs_static'] - c['train_vs_static']:.2f}", f"{r['latency_vs_static']:.2f}",
+                          f"{c['latency_vs_static']:.2f}", f"{r['latency_vs_static'] - c['latency_vs_static']:.2f}"])
+        md.append(f"## {precision}\n\n" + _md_table(header, lines) + "\n")
+    return "\n".join(md)
+
+
 def memory_floor_summary(rows: Sequence[dict], limit: float = MEMORY_TARGET) -> str:
     """One line per (precision, model, width, conv): the strategy of least peak memory, its
     memory and time against static, and whether it meets ``limit``."""
@@ -771,6 +849,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"convs of the strategies section (default {','.join(STRATEGY_CONVS)}; static is always added)")
     g.add_argument("--model-strategies", default=None,
                    help=f"strategies each dynamic model runs under there (default {','.join(MODEL_STRATEGIES)})")
+    g = p.add_argument_group("floors")
+    g.add_argument("--floor-convs", default=None,
+                   help=f"convs of the floors section (default {','.join(FLOOR_CONVS)}; static is always added; its "
+                        "models are the strategies section's)")
     g = p.add_argument_group("workers")
     g.add_argument("--workers-model", default="cifar_resnet18:0.125", help="model:width of the layout measurement")
     g.add_argument("--workers-convs", default=None, help="convs of the layout measurement (default static,odconv4x)")
@@ -817,6 +899,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     model_strategies = _parse_list(p, "--model-strategies", args.model_strategies or ",".join(MODEL_STRATEGIES),
                                    ["auto", *sorted(odconv.STRATEGIES)])
     s_convs = _parse_convs(p, "--strategy-convs", args.strategy_convs or ",".join(STRATEGY_CONVS))
+    f_convs = _parse_convs(p, "--floor-convs", args.floor_convs or ",".join(FLOOR_CONVS))
     w_default = "static" if args.quick else "static,odconv4x"
     w_convs = list(_parse_convs(p, "--workers-convs", args.workers_convs or w_default, add_static=False))
 
@@ -829,6 +912,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         s_models = _parse_models(p, args.strategy_models) if args.strategy_models else (("cifar_resnet18", 0.125),)
         if not args.strategy_convs:
             s_convs = ("static", "odconv4x")
+        if not args.floor_convs:
+            f_convs = ("static", "odconv4x")
         rounds, train_rounds, recheck_rounds = 2, 2, 3
         w_batch, w_seconds, w_repeats = args.workers_batch or 8, args.workers_seconds or 1.0, args.workers_repeats or 1
     else:
@@ -886,6 +971,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(os.path.join(args.out, "strategies.md"), "w") as f:
             f.write(strategies_markdown(strategy_rows, info, argv, train_rounds))
         say("strategies: " + memory_floor_summary(strategy_rows).replace("\n", "\n  "))
+    if "floors" in sections:
+        floor_rows: list[dict] = []
+        for precision in precisions:
+            say(f"floors ({precision}): {s_models} x {f_convs}, attention computed and constant, train batch "
+                f"{model_batch}")
+            floor_rows += bench_models(s_models, f_convs, model_batch, device, precision, train_rounds, latency_rounds,
+                                       log=say, constant_attention=True)
+        write_csv(os.path.join(args.out, "floors.csv"), floor_rows)
+        with open(os.path.join(args.out, "floors.md"), "w") as f:
+            f.write(floors_markdown(floor_rows, info, argv, train_rounds, latency_rounds))
     if "workers" in sections:
         cores = os.cpu_count() or 1
         if cores < 2:

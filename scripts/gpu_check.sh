@@ -94,7 +94,7 @@ else
     step "rehearsal on CPU: CUDA tests (collected; they skip without CUDA)"
     run "CUDA tests" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
     step "rehearsal: quick benchmark on CPU into $OUT"
-    run "benchmark" "$PY" -m odconv.bench --quick --device cpu --sections layers,models,strategies --out "$OUT" "$@"
+    run "benchmark" "$PY" -m odconv.bench --quick --device cpu --sections layers,models,strategies,floors --out "$OUT" "$@"
     sweep=smoke
 fi
 if [ $sweeps_ok = 1 ]; then

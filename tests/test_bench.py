@@ -4,6 +4,7 @@ table against the issue's limits, and the command line's errors. Not the timings
 
 from __future__ import annotations
 
+import copy
 import csv
 import statistics
 import subprocess
@@ -11,9 +12,13 @@ import sys
 import time
 
 import pytest
+import torch
 
+import odconv
 from odconv.bench import (
+    ConstantAttention,
     evaluate_targets,
+    freeze_attentions,
     layer_shapes,
     main,
     memory_floor_summary,
@@ -60,7 +65,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_bench_writes_every_table(quick_run):
     out, seconds = quick_run
-    for name in ("layers", "models", "strategies", "workers", "targets"):
+    for name in ("layers", "models", "strategies", "floors", "workers", "targets"):
         assert (out / f"{name}.csv").exists()
         text = (out / f"{name}.md").read_text()
         assert "torch:" in text and "cpu:" in text and "load_average:" in text
@@ -130,6 +135,42 @@ def test_quick_bench_strategies_table_times_each_model_under_each_strategy(quick
         least = min(dynamic, key=lambda r: float(r["mem_vs_static"]))
         assert f"- {precision} resnet18 w0.125 odconv4x: `{least['strategy']}`, {float(least['mem_vs_static']):.2f}x" \
             in text
+
+
+def test_quick_bench_floors_time_each_model_with_and_without_its_attention_branch(quick_run):
+    out = quick_run[0]
+    rows = _read(out / "floors.csv")
+    assert {(r["precision"], r["conv"], r["attention"]) for r in rows} == {
+        (p, c, a) for p in ("fp32", "bf16") for c, a in (("static", "computed"), ("odconv4x", "computed"),
+                                                         ("odconv4x", "constant"))}
+    text = (out / "floors.md").read_text()
+    for precision in ("fp32", "bf16"):
+        by = {r["attention"]: r for r in rows if r["precision"] == precision and r["conv"] == "odconv4x"}
+        computed, constant = float(by["computed"]["train_vs_static"]), float(by["constant"]["train_vs_static"])
+        # the constant model has no attention parameters
+        assert float(by["constant"]["params_m"]) < float(by["computed"]["params_m"])
+        assert f"| {computed:.2f} | {constant:.2f} | {computed - constant:.2f} |" in text
+
+
+@pytest.mark.parametrize("conv", ["odconv4x", "dyconv4x", "odconv1x-channel+spatial"])
+def test_freeze_attentions_keeps_the_function_and_drops_the_branch(conv):
+    torch.manual_seed(0)
+    model = odconv.build_model("cifar_resnet18", num_classes=10, conv=conv, width=0.125)
+    x = torch.randn(4, 3, 32, 32)
+    for mode in ("train", "eval"):
+        frozen = copy.deepcopy(model).train(mode == "train")
+        expected = frozen(x)  # train mode: the batch statistics of x, as in the capture
+        frozen = copy.deepcopy(model).train(mode == "train")
+        n_before = sum(p.numel() for p in frozen.parameters())
+        replaced = freeze_attentions(frozen, x)
+        assert replaced == len([m for m in frozen.modules() if isinstance(m, ConstantAttention)]) > 0
+        assert sum(p.numel() for p in frozen.parameters()) < n_before  # the branch's parameters are gone
+        out = frozen(x)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        out.sum().backward()  # the dynamic conv's backward still runs, into the constants too
+        const = next(m for m in frozen.modules() if isinstance(m, ConstantAttention)).value
+        grads = const.values() if isinstance(const, dict) else [const]
+        assert all(g.grad is not None for g in grads)
 
 
 def test_memory_floor_summary_names_the_leanest_strategy_and_its_verdict():
@@ -274,7 +315,8 @@ def test_targets_against_hand_computed_verdicts():
 
 
 @pytest.mark.parametrize("args, names", [
-    (["--sections", "layers,bogus"], ["'bogus'", "layers, models, strategies, workers"]),
+    (["--sections", "layers,bogus"], ["'bogus'", "layers, models, strategies, floors, workers"]),
+    (["--floor-convs", "odconv9"], ["'odconv9'", "odconv4x"]),
     (["--model-strategies", "auto,nah"], ["'nah'", "fused", "grouped"]),
     (["--convs", "odconv4x,bogus"], ["'bogus'", "odconv4x", "dyconv4x"]),
     (["--strategy-convs", "odconv3"], ["'odconv3'", "odconv1x"]),
