@@ -14,7 +14,7 @@ DEVICES_PER_TRIAL ?= 1
 LAUNCHER          ?= local
 SLURM_JOBS        ?=
 
-.PHONY: setup test lint test-slow bench ablation results estimate gpu-check clean
+.PHONY: setup test lint test-slow bench ablation results estimate sweep-bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,11 @@ results: setup
 # Expected wall time of a sweep on this machine (measures each variant's throughput here)
 estimate: setup
 	WORKERS="$(WORKERS)" $(PY) -m sweeps estimate $(SWEEP) $(if $(DEVICE),--device $(DEVICE))
+
+# One benchmark run of a sweep's variants against static: the cost columns of its tables
+# (results/<sweep>/bench/models.csv; docs/results.md)
+sweep-bench: setup
+	$(PY) -m sweeps bench $(SWEEP) $(if $(DEVICE),--device $(DEVICE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

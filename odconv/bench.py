@@ -311,7 +311,7 @@ def final_ratios(row: dict) -> tuple[float, float]:
 # ------------------------------------------------------------------------------ models
 def bench_models(models: Sequence[tuple[str, float]], convs: Sequence[str], batch: int, device: torch.device,
                  precision: str, train_rounds: int, latency_rounds: int, strategies: Sequence[str] = ("auto",),
-                 log=print, constant_attention: bool = False) -> list[dict]:
+                 log=print, constant_attention: bool = False, num_classes: int = 10) -> list[dict]:
     """Per (model, width): every conv's training step (forward + backward + SGD step at
     ``batch``, inputs (batch, 3, 32, 32)), batch-1 eval latency and training peak memory under
     ``precision`` (``fp32``, or ``bf16`` autocast); ratios to the static model are medians of
@@ -327,11 +327,11 @@ def bench_models(models: Sequence[tuple[str, float]], convs: Sequence[str], batc
         train_fns, infer_fns, params = {}, {}, {}
         for conv, strategy, attention in entries:
             torch.manual_seed(0)
-            model = odconv.build_model(model_name, num_classes=10, conv=conv, width=width).to(device)
+            model = odconv.build_model(model_name, num_classes=num_classes, conv=conv, width=width).to(device)
             if conv != "static":
                 odconv.set_strategy(model, strategy)
             x = torch.randn(batch, 3, 32, 32, device=device)
-            y = torch.randint(0, 10, (batch,), device=device)
+            y = torch.randint(0, num_classes, (batch,), device=device)
             x1 = torch.randn(1, 3, 32, 32, device=device)
             infer_model = model
             if attention == "constant":
@@ -568,8 +568,8 @@ def _md_table(header: list[str], lines: list[list]) -> str:
     return "\n".join(out)
 
 
-def _md_header(title: str, info: dict[str, str], argv: Sequence[str]) -> str:
-    lines = [f"# {title}", "", f"Command: `python -m odconv.bench {' '.join(argv)}`".rstrip(), ""]
+def _md_header(title: str, info: dict[str, str], argv: Sequence[str], command: str = "python -m odconv.bench") -> str:
+    lines = [f"# {title}", "", f"Command: `{command} {' '.join(argv)}`".rstrip(), ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     if hasattr(os, "getloadavg"):  # the load while it ran: high figures mean noisier timings
         lines.append("- load_average_at_end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
@@ -618,8 +618,9 @@ def layers_markdown(rows: list[dict], strategies: Sequence[str], info, argv, rou
     return "\n".join(md)
 
 
-def models_markdown(rows: list[dict], info, argv, train_rounds: int, latency_rounds: int) -> str:
-    md = [_md_header("Whole models: dynamic convs against the static model", info, argv)]
+def models_markdown(rows: list[dict], info, argv, train_rounds: int, latency_rounds: int,
+                    command: str = "python -m odconv.bench") -> str:
+    md = [_md_header("Whole models: dynamic convs against the static model", info, argv, command)]
     md.append("Training step (forward + backward + SGD step, batch B, train mode), batch-1 inference latency "
               "(eval, inference mode) and training peak memory, each also as a multiple of the static model of the "
               "same precision in the same run (times: median of the per-round ratios over "

@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .cost import bench_path
 from .definition import CONV_KEY, SEED_KEY, SweepDef, find_sweep_file, grid_key, load_sweep, variant_label
-from .record import TrialRecord, read_records
+from .record import TrialRecord, model_of, read_records
 from .stats import t_ppf, welch_ci
 
 ATTS = ("channel", "filter", "spatial", "kernel")
@@ -67,26 +68,6 @@ def records_from_study(study) -> list[TrialRecord]:
     return out
 
 
-def _model_of(config: dict[str, Any]) -> tuple[str | None, float | None, str]:
-    """(model name, width, precision ``fp32`` | ``bf16``) of a record's resolved config; width
-    None when the model has none."""
-    m = (config or {}).get("model") or {}
-    name = m.get("model") if isinstance(m, dict) else None
-    trainer = (config or {}).get("trainer") or {}
-    precision = "bf16" if "bf16" in str(trainer.get("precision", "") if isinstance(trainer, dict) else "") else "fp32"
-    if not isinstance(name, str):
-        return None, None, precision
-    opts = m.get("model_options") or {}
-    width = opts.get("width") if isinstance(opts, dict) else None
-    if width is None:
-        try:
-            from odconv.models import model_options
-            width = model_options(name).get("width")
-        except (ImportError, ValueError):
-            width = None
-    return name, (float(width) if width is not None else None), precision
-
-
 def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
                   extra: list[TrialRecord] | None = None) -> pd.DataFrame:
     """One row per grid point (its record's scalar fields, plus ``model_name``, ``model_width``
@@ -100,7 +81,7 @@ def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
     rows = []
     for r in by_key.values():
         d = r.to_dict()
-        d["model_name"], d["model_width"], d["model_precision"] = _model_of(d.pop("config", None) or {})
+        d["model_name"], d["model_width"], d["model_precision"] = model_of(d.pop("config", None) or {})
         d.pop("val_history", None)
         d.pop("cli_args", None)
         d.pop("data", None)
@@ -827,7 +808,9 @@ def effects_markdown(sweep: SweepDef, effects: EffectsResult, power: dict[str, A
 def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", sweep: SweepDef | None = None,
               study=None, bench_csv: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the tables and plots; ``study``: also use records stored in the Optuna study;
-    ``bench_csv``: the ``make bench`` table for cost ratios (default ``<results_root>/bench/models.csv``)."""
+    ``bench_csv``: the benchmark table for cost ratios (default: the sweep's own,
+    ``<results_root>/<sweep>/bench/models.csv`` from ``odconv-sweep bench``, else
+    ``<results_root>/bench/models.csv`` from ``make bench``)."""
     from .plots import effects_plot, make_plots
 
     sweep = sweep or load_sweep_for_results(sweep_name, results_root)
@@ -843,7 +826,10 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     df = df[df["grid_key"].isin({p.key for p in sweep.grid_points()})].copy()  # the tables: grid points only
     metric = (df[df["status"] == "complete"]["metric"].dropna().iloc[0]
               if len(df) and (df["status"] == "complete").any() else (sweep.metric or "top-1"))
-    bench = load_bench(bench_csv if bench_csv is not None else Path(results_root) / "bench" / "models.csv")
+    if bench_csv is None:  # the sweep's own `odconv-sweep bench` table, else the general `make bench` one
+        own = bench_path(sweep.name, results_root)
+        bench_csv = own if own.exists() else Path(results_root) / "bench" / "models.csv"
+    bench = load_bench(bench_csv)
     summary = summary_table(sweep, df, bench)
     if len(summary):
         summary["pareto_train_time"] = stats.pareto_front(summary["train_ms_per_image"], summary["top1_mean"])

@@ -54,6 +54,16 @@ def _device(text: str) -> str:
     return text
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return v
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -131,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overhead", type=float, default=None,
                    help="seconds per trial beyond fit and eval (start-up, checkpoints, cost measurements); default 25")
     e.add_argument("--repeats", type=int, default=5, help="timed steps per measurement")
+    b = sub.add_parser("bench", help="time every grid variant's model against static in one run, for the cost "
+                                     "columns of the sweep's tables (results/<sweep>/bench/models.csv)")
+    b.add_argument("sweep")
+    b.add_argument("--device", type=_device, default=os.environ.get("DEVICE") or "cpu", help="cpu or cuda[:i]")
+    b.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
+    b.add_argument("--train-repeats", type=_positive_int, default=3, help="timed rounds of the training steps")
     d = sub.add_parser("dashboard", help="print the optuna-dashboard command for a sweep's storage")
     d.add_argument("sweep")
     d.add_argument("--storage", default=os.environ.get("STORAGE") or None)
@@ -329,6 +345,14 @@ def _command(a: argparse.Namespace) -> int:
         if workers < 1:
             raise UsageError(f"--workers must be >= 1, got {workers}")
         return estimate_main(load_sweep(a.sweep), device, workers, a.overhead, a.repeats)
+    if a.cmd == "bench":
+        from .cost import bench_sweep
+        if a.device.startswith("cuda") and not _cuda():
+            raise UsageError(f"--device {a.device}: no CUDA device is available here; valid: cpu")
+        path = bench_sweep(load_sweep(a.sweep), a.results_root, a.device, a.train_repeats, 10,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"wrote {path} and {path.with_suffix('.md')}")
+        return 0
     if a.cmd == "dashboard":
         from . import study as S
         name = _results_sweep(a.sweep, a.results_root).name

@@ -124,3 +124,23 @@ def read_records(trials_dir: str | os.PathLike) -> list[TrialRecord]:
             import warnings
             warnings.warn(f"skipping unreadable trial record {p}: {e}", stacklevel=2)
     return out
+
+
+def model_of(config: dict[str, Any]) -> tuple[str | None, float | None, str]:
+    """(model name, width, precision ``fp32`` | ``bf16``) of a record's resolved config; width
+    None when the model has none."""
+    m = (config or {}).get("model") or {}
+    name = m.get("model") if isinstance(m, dict) else None
+    trainer = (config or {}).get("trainer") or {}
+    precision = "bf16" if "bf16" in str(trainer.get("precision", "") if isinstance(trainer, dict) else "") else "fp32"
+    if not isinstance(name, str):
+        return None, None, precision
+    opts = m.get("model_options") or {}
+    width = opts.get("width") if isinstance(opts, dict) else None
+    if width is None:
+        try:
+            from odconv.models import model_options
+            width = model_options(name).get("width")
+        except (ImportError, ValueError):
+            width = None
+    return name, (float(width) if width is not None else None), precision

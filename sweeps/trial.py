@@ -279,7 +279,7 @@ def _has(obj, method: str) -> bool:
         return hasattr(obj, method)
 
 
-def _resolved_config(cli) -> dict[str, Any]:
+def resolved_config(cli) -> dict[str, Any]:
     try:
         import yaml
         return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_validation=True)) or {}
@@ -337,7 +337,7 @@ def run_trial(spec: dict[str, Any], stop: StopFlag | None = None) -> int:
         finish("failed", rec.reason)
         return 1
     rec.versions = library_versions()
-    rec.config = _resolved_config(cli)
+    rec.config = resolved_config(cli)
     rec.placement = (rec.config.get("model") or {}).get("placement")
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     rec.synthetic = bool(getattr(dm, "synthetic", False) or "synthetic" in type(dm).__name__.lower())

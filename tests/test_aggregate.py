@@ -276,6 +276,33 @@ def test_cost_ratios_come_from_the_bench_table_when_it_has_the_model(tmp_path):
     assert set(s3["cost_source"]) == {"trials"}
 
 
+def test_the_sweeps_own_bench_table_wins_over_the_general_one(tmp_path):
+    recs = [_rec("b", conv, s, 70 + i + 0.1 * s, tput=100.0 / (i + 1))
+            for i, conv in enumerate(["static", "odconv1x", "odconv1x-channel"]) for s in (0, 1)]
+    _write(tmp_path, "b", {"conv": ["static", "odconv1x", "odconv1x-channel"], "seed": [0, 1]}, recs)
+    cols = ["model", "width", "precision", "conv", "strategy", "batch", "train_vs_static", "latency_vs_static",
+            "mem_vs_static"]
+    general = [["cifar_resnet18", 0.25, "fp32", "static", "-", 64, 1.0, 1.0, 1.0],
+               ["cifar_resnet18", 0.25, "fp32", "odconv1x", "auto", 64, 2.7, 2.24, 2.74]]
+    own = [["cifar_resnet18", 0.25, "fp32", "static", "-", 64, 1.0, 1.0, 1.0],
+           ["cifar_resnet18", 0.25, "fp32", "odconv1x", "auto", 64, 1.9, 2.0, 2.1],
+           ["cifar_resnet18", 0.25, "fp32", "odconv1x-channel", "auto", 64, 1.3, 1.4, 1.5]]
+    for folder, rows in ((tmp_path / "bench", general), (tmp_path / "b" / "bench", own)):
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=cols).to_csv(folder / "models.csv", index=False)
+        (folder / "models.md").write_text("# bench\n\n- device: cpu\n")
+    s = aggregate("b", tmp_path)["summary"].set_index("variant")
+    assert set(s.loc[["odconv1x", "odconv1x-channel"], "cost_source"]) == {"bench"}
+    assert s.loc["odconv1x", "bench_train_time_ratio"] == 1.9
+    assert s.loc["odconv1x-channel", ["bench_train_time_ratio", "bench_latency_b1_ratio", "bench_memory_ratio"]
+                 ].tolist() == [1.3, 1.4, 1.5]
+    # without it, the general table (which lacks odconv1x-channel)
+    (tmp_path / "b" / "bench" / "models.csv").unlink()
+    s = aggregate("b", tmp_path)["summary"].set_index("variant")
+    assert s.loc["odconv1x", "bench_train_time_ratio"] == 2.7
+    assert s.loc["odconv1x-channel", "cost_source"] == "trials"
+
+
 def test_one_seed_no_factorial_failed_and_missing_trials(tmp_path):
     recs = [_rec("one", "static", 0, 70.0), _rec("one", "odconv1x", 0, 72.0),
             _rec("one", "dyconv4x", 0, None, status="failed")]

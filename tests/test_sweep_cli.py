@@ -82,6 +82,9 @@ CASES = [
     (["estimate", "{yaml}", "--device", "cuda"], ["cuda", "no CUDA device", "valid: cpu"]),
     (["check", "{root}/missing.yaml"], ["missing.yaml", "not found"]),
     (["dashboard", "no-such-sweep"], ["no-such-sweep", "not found"]),
+    (["bench", "no-such-sweep"], ["no-such-sweep", "not found"]),
+    (["bench", "{yaml}", "--train-repeats", "0"], ["--train-repeats", ">= 1", "'0'"]),
+    (["bench", "{yaml}", "--device", "cuda"], ["cuda", "no CUDA device", "valid: cpu"]),
 ]
 
 
@@ -124,3 +127,24 @@ def test_status_of_a_sweep_lists_its_points(ran_sweep):
     assert r.returncode == 0, r.stderr
     assert "0/1 done, 0 running, 1 waiting, 0 failed" in r.stdout
     assert "waiting  model.conv=static,seed_everything=0" in r.stdout
+
+
+def test_bench_times_every_grid_variant_against_static_in_one_run(tmp_path):
+    sweep_yaml = tmp_path / "costs.yaml"
+    sweep_yaml.write_text(yaml.safe_dump({"name": "costs", "base_config": BASE,
+                                          "grid": {"conv": ["odconv4x", "odconv1x-channel"], "seed": [0, 1]},
+                                          "reruns": {"overrides": {"model.model_options": {"strategy": "grouped",
+                                                                                           "width": 0.125}},
+                                                     "points": {"conv": ["odconv4x"], "seed": [0]}}}))
+    r = odconv_sweep("bench", str(sweep_yaml), "--results-root", str(tmp_path), "--train-repeats", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "costs" / "bench" / "models.csv")
+    # static is added; each variant once (seeds and the rerun share it), as smoke.yaml builds it
+    assert table["conv"].tolist() == ["static", "odconv4x", "odconv1x-channel"]
+    assert set(table["model"]) == {"cifar_resnet18"} and set(table["width"]) == {0.125}
+    assert set(table["batch"]) == {64} and set(table["precision"]) == {"fp32"}
+    assert table.set_index("conv").loc["static", "train_vs_static"] == 1.0
+    md = (tmp_path / "costs" / "bench" / "models.md").read_text()
+    assert "Command: `odconv-sweep bench costs`" in md and "cpu:" in md
+
