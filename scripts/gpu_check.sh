@@ -106,6 +106,9 @@ if [ $sweeps_ok = 1 ]; then
         echo "gpu-check: step failed: estimate"
         failed+=("estimate")
     fi
+    step "the $sweep sweep's variants against static on $DEVICE (its cost columns)"
+    run "sweep bench" "$PY" -m sweeps bench "$sweep" --device "$DEVICE" --results-root "$OUT" \
+        --train-repeats "$([ "$DEVICE" = cuda ] && echo 5 || echo 1)"
 fi
 if [ "$DEVICE" = cuda ]; then
     step "strategy and export tests (CPU) under this torch"

@@ -116,10 +116,11 @@ def test_gpu_check_names_a_bad_device():
 
 @pytest.mark.slow
 def test_gpu_check_rehearsal_on_cpu(tmp_path):
-    """The GPU check's steps on CPU (quick benchmark, smoke estimate): what a GPU window runs,
+    """The GPU check's steps on CPU (quick benchmark, smoke estimate and bench): what a GPU window runs,
     minus CUDA."""
     proc = _gpu_check({"GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_OUT": str(tmp_path)}, "--threads", "1", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("layers.md", "models.md", "targets.md", "ablation_estimate.md"):
         assert (tmp_path / name).exists()
     assert "# Estimated wall time of sweep `smoke` on cpu" in (tmp_path / "ablation_estimate.md").read_text()
+    assert "Command: `odconv-sweep bench smoke`" in (tmp_path / "smoke" / "bench" / "models.md").read_text()
