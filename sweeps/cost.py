@@ -13,7 +13,6 @@ hosts and moments. Reruns are not benchmarked: they repeat grid points.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +43,9 @@ def bench_path(sweep_name: str, results_root: str | os.PathLike = "results") -> 
 
 def variant_models(sweep: SweepDef) -> list[VariantModel]:
     """One :class:`VariantModel` per grid variant (its first point), resolved as a trial would."""
-    from lightning_modules.cli import main as cli_main
     from odconv import parse_conv_spec
 
-    from .trial import build_cli_args, resolved_config
+    from .trial import build_point, resolved_config
 
     warnings.filterwarnings("ignore")
     first: dict[str, Any] = {}
@@ -55,11 +53,11 @@ def variant_models(sweep: SweepDef) -> list[VariantModel]:
         first.setdefault(p.variant, p)
     out = []
     for variant, p in first.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            cli = cli_main(build_cli_args(sweep.base_config, {**sweep.overrides, **p.params, "trainer.logger": False},
-                                          tmp), run=False)
+        cli = build_point(sweep.base_config, {**sweep.overrides, **p.params})
         config = resolved_config(cli)
         name, width, precision = model_of(config)
+        if name is None:
+            raise ValueError(f"{variant}: no model name in the resolved config (model.model)")
         model_cfg = config.get("model") or {}
         options = model_cfg.get("model_options") or {}
         conv = str(parse_conv_spec(str(model_cfg.get("conv", "static"))))  # as the tables match it

@@ -24,7 +24,6 @@ test); pass ``--overhead`` for other machines. Mixed precision in the config
 from __future__ import annotations
 
 import math
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -77,14 +76,12 @@ def _autocast(precision: str, device: torch.device):
 
 def measure_point(base_config: str, overrides: dict[str, Any], device: torch.device, repeats: int = 5) -> dict:
     """Build one grid point as a trial would and measure it: train and eval img/s, image counts."""
-    from lightning_modules.cli import main as cli_main
     from odconv.timing import make_train_step, time_callable
 
-    from .trial import build_cli_args
+    from .trial import build_point
 
     warnings.filterwarnings("ignore")
-    with tempfile.TemporaryDirectory() as tmp:
-        cli = cli_main(build_cli_args(base_config, {**overrides, "trainer.logger": False}, tmp), run=False)
+    cli = build_point(base_config, overrides)
     dm, trainer, module = cli.datamodule, cli.trainer, cli.model
     model = module.model.to(device)
     train, val, test = dm.split_sizes()

@@ -60,6 +60,17 @@ def build_cli_args(base_config: str, overrides: dict[str, Any], run_dir: str | o
     return args
 
 
+def build_point(base_config: str, overrides: dict[str, Any]):
+    """The LightningCLI of one grid point as a trial resolves it (base config + ``overrides``),
+    built but not run, without a logger or run directory: its ``model``, ``datamodule``,
+    ``trainer`` and ``config``, for measuring a point without training it."""
+    import tempfile
+
+    from lightning_modules.cli import main as cli_main
+    with tempfile.TemporaryDirectory() as tmp:
+        return cli_main(build_cli_args(base_config, {**overrides, "trainer.logger": False}, tmp), run=False)
+
+
 def trial_overrides(sweep: SweepDef, devices_per_trial: int, *layers: dict[str, Any]) -> dict[str, Any]:
     """The CLI overrides of a trial: the sweep's, then ``layers`` in order, then the defaults of
     a sweep trial (no progress bar; DDP on ``devices_per_trial`` devices)."""
