@@ -510,8 +510,7 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
                            "halfwidth_main_effect": np.nan, "halfwidth_per_sd": np.nan}
     if effects.groups:
         g = effects.groups[0]
-        design = pd.DataFrame([{"seed": seed, **dict(zip(ATTS, cell))}
-                               for lab, cell in g.variants.items() for seed in grid_seeds.get(lab, [])])
+        design = _factorial_design(g.variants, grid_seeds)
         planned = stats.effect_standard_errors(design, ATTS, block="seed")
         fit = effects.fits.get(g.label)
         e_sd = fit.resid_sd if fit is not None else sd
@@ -525,6 +524,51 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
     return out
 
 
+MAX_PLANNED_SEEDS = 12
+
+
+def _factorial_design(cells: dict[str, tuple], seeds: dict[str, list[Any]], at_least: int = 0) -> pd.DataFrame:
+    """One row per planned result of the factorial (``seed`` and the four attentions): every
+    cell at its grid seeds, topped up with new seeds to ``at_least`` seeds a cell."""
+    rows = []
+    for lab, cell in cells.items():
+        have = list(seeds.get(lab, []))
+        extra = [f"new{i}" for i in range(max(0, at_least - len(have)))]
+        rows += [{"seed": seed, **dict(zip(ATTS, cell))} for seed in have + extra]
+    return pd.DataFrame(rows)
+
+
+def seeds_for_main_effect(cells: dict[str, tuple], seeds: dict[str, list[Any]], resid_sd: float, aim: float,
+                          max_seeds: int = MAX_PLANNED_SEEDS) -> tuple[int, int] | None:
+    """(seeds a cell, fits to add) that bring the widest planned 95% half-width of a main effect
+    to ``aim`` or below at residual SD ``resid_sd``, topping every factorial cell (``cells``:
+    label -> on/off tuple; ``seeds``: label -> grid seeds) up to that many seeds; None when
+    ``max_seeds`` a cell do not reach it or the SD is unknown. (0, 0) when the grid meets it."""
+    if not np.isfinite(resid_sd):
+        return None
+    have = min(len(seeds.get(lab, [])) for lab in cells)
+    for k in range(have, max_seeds + 1):
+        planned = stats.effect_standard_errors(_factorial_design(cells, seeds, k), ATTS, block="seed")
+        if planned is None:
+            continue
+        se_unit, df_res = planned
+        if stats.t_ppf(1 - ALPHA / 2, df_res) * float(se_unit[list(ATTS)].max()) * resid_sd <= aim:
+            added = sum(max(0, k - len(seeds.get(lab, []))) for lab in cells)
+            return (k, added) if added else (0, 0)
+    return None
+
+
+def seeds_for_row(sd_diff: float, n_now: int, aim: float, max_seeds: int = MAX_PLANNED_SEEDS) -> int | None:
+    """The fewest seeds (shared by a row and its reference, at least ``n_now``) whose paired 95%
+    interval has half-width ``aim`` or below at SD ``sd_diff`` of the paired differences; None
+    when ``max_seeds`` do not reach it or the SD is unknown."""
+    for n in range(max(2, n_now), max_seeds + 1):
+        hw = stats.ci_halfwidth_paired(sd_diff, n, 1 - ALPHA)
+        if np.isfinite(hw) and hw <= aim:
+            return n
+    return None
+
+
 def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResult, pw: dict[str, Any],
                     grid_seeds: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The sweep's ``precision_goals`` against the results: one dict per goal with ``goal``
@@ -535,9 +579,10 @@ def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResu
     goals = sweep.precision_goals or {}
     rows: list[dict[str, Any]] = []
 
-    def add(goal: str, aim: float, measured: float, planned: float) -> None:
+    def add(goal: str, aim: float, measured: float, planned: float, needs: str) -> None:
         verdict = "open" if pd.isna(measured) else "met" if measured <= aim else "not met"
-        rows.append({"goal": goal, "aim": aim, "measured": measured, "planned": planned, "verdict": verdict})
+        rows.append({"goal": goal, "aim": aim, "measured": measured, "planned": planned, "verdict": verdict,
+                     "seeds_needed": needs})
 
     if goals.get("main_effect") is not None:
         measured = np.nan
@@ -546,8 +591,14 @@ def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResu
             mains = e.loc[[a for a in ATTS if a in e.index]]
             if len(mains):
                 measured = float(((mains["ci_high"] - mains["ci_low"]) / 2).max())
+        needs = "n/a"
+        if effects.groups and np.isfinite(pw.get("effect_sd", np.nan)):
+            k = seeds_for_main_effect(effects.groups[0].variants, grid_seeds, pw["effect_sd"],
+                                      float(goals["main_effect"]))
+            needs = (f"> {MAX_PLANNED_SEEDS} a cell" if k is None else "the grid's" if k == (0, 0)
+                     else f"{k[0]} a cell (+{k[1]} fits)")
         add("each main effect of the factorial", float(goals["main_effect"]), measured,
-            float(pw.get("halfwidth_main_effect", np.nan)))
+            float(pw.get("halfwidth_main_effect", np.nan)), needs)
     by_variant = summary.set_index("variant") if len(summary) else pd.DataFrame()
     for variant, aim in (goals.get("rows") or {}).items():
         measured, ref = np.nan, "static"
@@ -556,8 +607,13 @@ def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResu
             ref = r.get("reference") or ref
             measured = (float(r["paired_ci_high"]) - float(r["paired_ci_low"])) / 2
         n = len(set(grid_seeds.get(variant, [])) & set(grid_seeds.get(ref, [])))
+        needs = "n/a"
+        if np.isfinite(pw["paired_diff_sd"]):
+            k = seeds_for_row(pw["paired_diff_sd"], n, float(aim))
+            needs = (f"> {MAX_PLANNED_SEEDS}" if k is None else "the grid's" if k <= n
+                     else f"{k} on both (+{k - n} each)")
         add(f"`{variant}` vs `{ref}` (paired, {n} seeds)", float(aim), measured,
-            stats.ci_halfwidth_paired(pw["paired_diff_sd"], n, 1 - ALPHA))
+            stats.ci_halfwidth_paired(pw["paired_diff_sd"], n, 1 - ALPHA), needs)
     return rows
 
 
@@ -665,9 +721,12 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
     if pw.get("goals"):
         lines += ["Precision goals of the sweep file (half-widths of 95% intervals, pp): *measured* is the "
                   "interval the results gave (the widest of the four main effects'), *planned* what the design "
-                  "gives at the pooled SDs above (n/a until a variant has 2 results).", ""]
+                  "gives at the pooled SDs above (n/a until a variant has 2 results), *seeds to meet it* the "
+                  "fewest seeds that would give the aim at those SDs (themselves estimates: read it as a "
+                  "guide).", ""]
         table = pd.DataFrame([{"goal": g["goal"], "aim": f"± {_f(g['aim'])}", "measured": f"± {_f(g['measured'])}",
-                               "planned": f"± {_f(g['planned'])}", "verdict": g["verdict"]} for g in pw["goals"]])
+                               "planned": f"± {_f(g['planned'])}", "verdict": g["verdict"],
+                               "seeds to meet it": g["seeds_needed"]} for g in pw["goals"]])
         lines += [_md(table), ""]
     return lines
 
@@ -866,5 +925,6 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
 
 
 __all__ = ["aggregate", "load_sweep_for_results", "records_frame", "summary_table", "attention_table",
-           "effects_table", "factorial_groups", "power_summary", "rerun_table", "rerun_spread", "load_bench", "t_ppf",
+           "effects_table", "factorial_groups", "power_summary", "seeds_for_main_effect", "seeds_for_row",
+           "rerun_table", "rerun_spread", "load_bench", "t_ppf",
            "welch_ci", "grid_key"]

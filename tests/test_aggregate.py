@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats as ss
 
-from sweeps.aggregate import aggregate, factorial_groups
+from sweeps.aggregate import aggregate, factorial_groups, seeds_for_main_effect, seeds_for_row
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
 from sweeps.record import TrialRecord, read_records, write_record
@@ -128,6 +128,56 @@ def test_precision_goals_are_judged_on_the_intervals_the_results_gave(tmp_path):
     md = (res / "summary.md").read_text().split("| variant")[0]
     assert "Precision goals of the sweep file" in md and "| `condconv8x` vs `static` (paired, 3 seeds) | ± 0.20" in md
     assert md.count("not met") >= 1
+
+
+@pytest.mark.parametrize("sd,aim", [(0.6, 0.4), (0.74, 0.4), (0.3, 0.4), (2.0, 0.4)])
+def test_seeds_for_a_main_effect_solve_the_balanced_design_by_hand(sd, aim):
+    # a balanced 2^4 with s seeds a cell: N = 16 s results, each effect's SE 2 sd / sqrt(N), residual df
+    # N - 1 (mean) - 10 (4 mains, 6 interactions) - (s - 1) (seed blocks)
+    def half(s):
+        return ss.t.ppf(0.975, 15 * s - 10) * 2 * sd / math.sqrt(16 * s)
+    cells = {conv: cell for cell, conv in CELLS.items()}
+    need = next((s for s in range(2, 13) if half(s) <= aim), None)
+    got = seeds_for_main_effect(cells, {c: [0, 1] for c in cells}, sd, aim)
+    if need is None:
+        assert got is None
+    elif need == 2:
+        assert got == (0, 0)  # the grid's two seeds already do
+    else:
+        assert got == (need, 16 * (need - 2))
+    # cells that already have more seeds need fewer added
+    more = {c: [0, 1, 2, 3] if c in ("static", "odconv4x") else [0, 1] for c in cells}
+    if need and need > 2:
+        k, added = seeds_for_main_effect(cells, more, sd, aim)
+        assert k <= need and added == 14 * (k - 2) + 2 * max(0, k - 4)
+
+
+@pytest.mark.parametrize("sd,n_now,aim", [(0.54, 4, 0.75), (0.3, 4, 0.75), (0.54, 2, 0.75), (5.0, 4, 0.75)])
+def test_seeds_for_a_row_solve_the_paired_t_interval_by_hand(sd, n_now, aim):
+    need = next((n for n in range(max(2, n_now), 13) if ss.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= aim), None)
+    assert seeds_for_row(sd, n_now, aim) == need
+    assert seeds_for_row(float("nan"), n_now, aim) is None
+
+
+def test_summary_says_how_many_seeds_would_meet_each_goal(tmp_path):
+    recs, _ = _factorial_records("need")
+    rng = np.random.default_rng(5)
+    for r in recs:  # noise of about 1 pp: three seeds are not enough for +-0.4 on a main effect
+        if r.value is not None:
+            r.value += rng.normal(0, 0.01)
+    _write(tmp_path, "need", FACTORIAL_GRID, recs, precision_goals={"main_effect": 0.4, "rows": {"odconv4x": 0.75}})
+    out = aggregate("need", tmp_path)
+    got = {g["goal"]: g for g in out["power"]["goals"]}
+    pw = out["power"]
+    cells = {conv: cell for cell, conv in CELLS.items()}
+    k, added = seeds_for_main_effect(cells, {c: [0, 1, 2] for c in cells}, pw["effect_sd"], 0.4)
+    assert k > 3 and added == 16 * (k - 3)
+    assert got["each main effect of the factorial"]["seeds_needed"] == f"{k} a cell (+{added} fits)"
+    n = seeds_for_row(pw["paired_diff_sd"], 3, 0.75)
+    row = got["`odconv4x` vs `static` (paired, 3 seeds)"]["seeds_needed"]
+    assert row == (f"{n} on both (+{n - 3} each)" if n and n > 3 else "> 12" if n is None else "the grid's")
+    md = (tmp_path / "need" / "summary.md").read_text()
+    assert "seeds to meet it" in md and f"{k} a cell (+{added} fits)" in md
 
 
 def test_precision_goals_stay_open_without_results(tmp_path):
