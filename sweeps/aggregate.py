@@ -120,6 +120,18 @@ def _seed_values(df: pd.DataFrame, col: str = "value", scale: float = 100.0) -> 
     return out
 
 
+def bench_machine(path: str | os.PathLike | None) -> str:
+    """The ``- cpu:`` (or, without one, ``- device:``) line of the ``.md`` table beside a bench
+    CSV: the machine its times were taken on; empty when unknown."""
+    md = Path(path).with_suffix(".md") if path is not None else None
+    lines = md.read_text().splitlines() if md is not None and md.exists() else []
+    for key in ("- cpu:", "- device:"):
+        hit = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
+        if hit:
+            return hit
+    return ""
+
+
 def load_bench(path: str | os.PathLike | None) -> pd.DataFrame | None:
     """``results/bench/models.csv`` (``make bench``), or None when it is absent or lacks the
     columns used here (model, width, conv, strategy, train_vs_static, latency_vs_static,
@@ -284,7 +296,21 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
             for c, bc in bench_cols.items():
                 out.at[i, c] = float(b[bc])
             out.at[i, "cost_source"] = "bench"
+            if {"train_step_ms", "batch"} <= set(b.index) and float(b["batch"]) > 0:
+                out.at[i, "bench_train_ms_per_image"] = float(b["train_step_ms"]) / float(b["batch"])
+    if "bench_train_ms_per_image" not in out.columns:
+        out["bench_train_ms_per_image"] = np.nan
     return out
+
+
+def train_time_column(summary: pd.DataFrame) -> str:
+    """The per-image training time the accuracy-vs-time plot and its Pareto front use: the
+    benchmark's (``bench_train_ms_per_image``: one run on one machine) when it covers every
+    variant with a result, else the trials' own medians (``train_ms_per_image``)."""
+    has = summary.dropna(subset=["top1_mean"]) if len(summary) else summary
+    if len(has) and "bench_train_ms_per_image" in has.columns and has["bench_train_ms_per_image"].notna().all():
+        return "bench_train_ms_per_image"
+    return "train_ms_per_image"
 
 
 def _spec_atts(conv: str | None) -> tuple[int, frozenset[str]] | None:
@@ -775,7 +801,8 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
                                                                r["delta_ci_high"]),
             "params (M)": _f(r["params_count"] / 1e6 if not pd.isna(r["params_count"]) else np.nan, "{:.3f}"),
             "MACs (M)": _f(r["macs"] / 1e6 if not pd.isna(r["macs"]) else np.nan, "{:.1f}"),
-            "train ms/img": _f(r.get("train_ms_per_image"), "{:.3f}"),
+            "train ms/img": _f(r.get("bench_train_ms_per_image") if bench else r.get("train_ms_per_image"),
+                               "{:.3f}"),
             "train time vs static": _f(tr, "{:.2f}x"), "latency b1 vs static": _f(lat, "{:.2f}x"),
             "peak mem vs static": _f(mem, "{:.2f}x"), "cost from": r.get("cost_source") or ""})
     if rows:
@@ -788,11 +815,13 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
               "Welch Δ: difference of means with Welch's unpaired interval, for comparison. n/a: fewer than 2 "
               f"pairs (or seeds on a side). {n_sig} row(s) differ from `static` at Holm-adjusted 5%; the order of the "
               "other rows is not supported by these data.", ""]
-    parts += ["**Cost.** train ms/img: median over seeds of 1000 / the trial's measured training throughput "
-              "(forward + backward + step) on the host it ran on"
-              + (f" ({', '.join(hosts)})" if hosts else "") + ". Ratios vs `static` (> 1x is slower / larger): "
-              "`cost from` bench = `results/bench/models.csv`, one `make bench` run on one machine (training step, "
-              "batch-1 latency, training peak memory); trials = ratio of the trials' medians"
+    parts += ["**Cost.** Each row's cost columns come from one source (`cost from`). bench: one benchmark run "
+              "on one machine, the sweep's own `results/<sweep>/bench/models.csv` (`make sweep-bench`) or else "
+              "`results/bench/models.csv` (`make bench`): train ms/img = its training step (forward + backward + "
+              "step) / batch, and the ratios vs `static` (> 1x is slower / larger) of its training step, batch-1 "
+              "latency and training peak memory. trials: train ms/img = median over seeds of 1000 / the trial's "
+              "measured training throughput on the host it ran on"
+              + (f" ({', '.join(hosts)})" if hosts else "") + ", and the ratios of the trials' medians"
               + (" — trials ran on several hosts, compare with care" if len(hosts) > 1 else "") + ".", ""]
     if len(att):
         parts += ["## Effect of each attention", ""]
@@ -890,8 +919,9 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
         bench_csv = own if own.exists() else Path(results_root) / "bench" / "models.csv"
     bench = load_bench(bench_csv)
     summary = summary_table(sweep, df, bench)
+    time_col = train_time_column(summary)
     if len(summary):
-        summary["pareto_train_time"] = stats.pareto_front(summary["train_ms_per_image"], summary["top1_mean"])
+        summary["pareto_train_time"] = stats.pareto_front(summary[time_col], summary["top1_mean"])
         summary["pareto_params"] = stats.pareto_front(summary["params_count"], summary["top1_mean"])
     att = attention_table(sweep, summary)
     effects = effects_table(sweep, df)
@@ -911,8 +941,16 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
         (out_dir / "attention.md").write_text(f"# Sweep `{sweep.name}`: effect of each attention\n" + amd)
     (out_dir / "effects.md").write_text(effects_markdown(sweep, effects, power))
     hosts = sorted({h for hs in summary.get("hosts", pd.Series(dtype=str)).fillna("") for h in str(hs).split(",") if h})
-    time_note = f"measured in the trials on {', '.join(hosts)}" if hosts else ""
-    plots = make_plots(summary, out_dir, sweep.name, metric, time_note=time_note) if len(summary) else []
+    if time_col == "bench_train_ms_per_image":
+        cpu = bench_machine(bench_csv)
+        where = f"{Path(bench_csv).parent.name}/{Path(bench_csv).name}"
+        time_note = f"one benchmark run ({where})" + (f" on {cpu}" if cpu else "")
+    elif len(hosts) > 2:
+        time_note = f"measured in the trials on {len(hosts)} hosts (see summary.md)"
+    else:
+        time_note = f"measured in the trials on {', '.join(hosts)}" if hosts else ""
+    plots = make_plots(summary, out_dir, sweep.name, metric, time_note=time_note,
+                       time_col=time_col) if len(summary) else []
     stale = out_dir / "effects.png"
     if len(effects.table):
         plots.append(effects_plot(effects.table, stale, sweep.name))
@@ -926,5 +964,5 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
 
 __all__ = ["aggregate", "load_sweep_for_results", "records_frame", "summary_table", "attention_table",
            "effects_table", "factorial_groups", "power_summary", "seeds_for_main_effect", "seeds_for_row",
-           "rerun_table", "rerun_spread", "load_bench", "t_ppf",
+           "train_time_column", "bench_machine", "rerun_table", "rerun_spread", "load_bench", "t_ppf",
            "welch_ci", "grid_key"]

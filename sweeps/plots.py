@@ -11,9 +11,26 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
+
+_ODCONV = re.compile(r"^odconv(\d+)x(?:-((?:channel|filter|spatial|kernel)(?:\+(?:channel|filter|spatial|kernel))*))?$")
+SHORT_KEY = "nx = n kernels; c, f, s, k = channel, filter, spatial, kernel attention"
+
+
+def short_label(variant: str) -> str:
+    """A scatter label that fits beside its point: an ODConv spec as kernels and attention
+    initials (``odconv4x-channel+kernel`` -> ``4x ck``, ``odconv1x`` -> ``1x cfs``); any other
+    variant unchanged."""
+    m = _ODCONV.match(str(variant))
+    if not m:
+        return str(variant)
+    n, atts = m.group(1), m.group(2)
+    if atts is None:  # the full spec: every attention, kernel attention only with several kernels
+        atts = "channel+filter+spatial" + ("+kernel" if n != "1" else "")
+    return f"{n}x {''.join(a[0] for a in ('channel', 'filter', 'spatial', 'kernel') if a in atts.split('+'))}"
 
 
 def _plt():
@@ -52,16 +69,18 @@ def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: P
     t = summary.dropna(subset=["top1_mean", col])
     fig, ax = plt.subplots(figsize=(6.6, 4.8))
     ax.errorbar(t[col] / scale, t["top1_mean"], yerr=t["top1_std"].fillna(0), fmt="o", capsize=3, zorder=2)
-    for _, r in t.iterrows():
-        ax.annotate(str(r["variant"]), (r[col] / scale, r["top1_mean"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+    labels = [short_label(v) for v in t["variant"]]
+    for label, (_, r) in zip(labels, t.iterrows()):
+        ax.annotate(label, (r[col] / scale, r["top1_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if any(label != str(v) for label, v in zip(labels, t["variant"])):
+        note = "\n".join(x for x in (note, SHORT_KEY) if x)
     if pareto_col and pareto_col in t.columns:
         front = t[t[pareto_col].astype(bool)].sort_values(col)
         if len(front):
             ax.plot(front[col] / scale, front["top1_mean"], "-", color="#d62728", lw=1, zorder=1)
             ax.scatter(front[col] / scale, front["top1_mean"], s=140, facecolors="none", edgecolors="#d62728",
                        label="Pareto front", zorder=3)
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (%, mean ± std)")
     ax.set_title(f"{title}: accuracy vs {xlabel}" + (f"\n{note}" if note else ""), fontsize=10)
@@ -72,15 +91,17 @@ def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: P
     plt.close(fig)
 
 
-def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, time_note: str = "") -> list[Path]:
+def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, time_note: str = "",
+               time_col: str = "train_ms_per_image") -> list[Path]:
     """Write the accuracy plots of ``summary`` (a :func:`sweeps.aggregate.summary_table`) to
-    ``out_dir``; ``time_note`` is printed under the training-time plot's title (e.g. the hosts)."""
+    ``out_dir``; the training-time plot uses column ``time_col`` (ms per image) and prints
+    ``time_note`` (where the times were measured) under its title."""
     out_dir = Path(out_dir)
     paths = [out_dir / "accuracy_bars.png"]
     _bars(summary, paths[-1], title, metric)
     for col, scale, label, fname, front, note in (
             ("params_count", 1e6, "params (M)", "accuracy_vs_params.png", "pareto_params", ""),
-            ("train_ms_per_image", 1.0, "train time per image (ms)", "accuracy_vs_train_time.png",
+            (time_col, 1.0, "train time per image (ms)", "accuracy_vs_train_time.png",
              "pareto_train_time", time_note),
             ("macs", 1e6, "MACs per image (M)", "accuracy_vs_macs.png", None, "")):
         if col not in summary.columns:
@@ -117,4 +138,4 @@ def effects_plot(effects: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-__all__ = ["make_plots", "effects_plot"]
+__all__ = ["make_plots", "effects_plot", "short_label", "SHORT_KEY"]

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from scipy import stats as ss
 
-from sweeps.aggregate import aggregate, factorial_groups, seeds_for_main_effect, seeds_for_row
+from sweeps.aggregate import aggregate, factorial_groups, seeds_for_main_effect, seeds_for_row, train_time_column
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
+from sweeps.plots import short_label
 from sweeps.record import TrialRecord, read_records, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,6 +352,44 @@ def test_the_sweeps_own_bench_table_wins_over_the_general_one(tmp_path):
     s = aggregate("b", tmp_path)["summary"].set_index("variant")
     assert s.loc["odconv1x", "bench_train_time_ratio"] == 2.7
     assert s.loc["odconv1x-channel", "cost_source"] == "trials"
+
+
+def test_time_plot_and_pareto_front_use_the_bench_when_it_covers_every_variant(tmp_path):
+    # the trials' times say odconv1x-channel is the dearest; the one bench run says it is cheaper than odconv1x
+    recs = [_rec("b", conv, s, top1 + 0.1 * s, tput=tput, host=f"host{s}")
+            for conv, top1, tput in (("static", 70.0, 100.0), ("odconv1x", 72.0, 60.0),
+                                     ("odconv1x-channel", 71.0, 20.0)) for s in (0, 1)]
+    _write(tmp_path, "b", {"conv": ["static", "odconv1x", "odconv1x-channel"], "seed": [0, 1]}, recs)
+    cols = ["model", "width", "precision", "conv", "strategy", "batch", "train_step_ms", "train_vs_static",
+            "latency_vs_static", "mem_vs_static"]
+    rows = [["cifar_resnet18", 0.25, "fp32", "static", "-", 128, 128.0, 1.0, 1.0, 1.0],
+            ["cifar_resnet18", 0.25, "fp32", "odconv1x", "auto", 128, 256.0, 2.0, 2.0, 2.0],
+            ["cifar_resnet18", 0.25, "fp32", "odconv1x-channel", "auto", 128, 160.0, 1.25, 1.3, 1.4]]
+    folder = tmp_path / "b" / "bench"
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows, columns=cols).to_csv(folder / "models.csv", index=False)
+    (folder / "models.md").write_text("# bench\n\n- cpu: Test CPU\n- device: cpu\n")
+    s = aggregate("b", tmp_path)["summary"].set_index("variant")
+    assert s["bench_train_ms_per_image"].tolist() == pytest.approx([1.0, 2.0, 1.25])  # step / batch
+    assert train_time_column(s.reset_index()) == "bench_train_ms_per_image"
+    # on the bench's times odconv1x-channel (71%, 1.25 ms) is on the front; on the trials' (50 ms) it would not be
+    assert s["pareto_train_time"].tolist() == [True, True, True]
+    row = [ln for ln in (tmp_path / "b" / "summary.md").read_text().splitlines()
+           if ln.startswith("| `odconv1x-channel` ")][0]
+    assert "| 1.250 " in row and "| 50.000 " not in row
+    # a bench that lacks one variant: the whole plot and front fall back to the trials' own times
+    pd.DataFrame(rows[:2], columns=cols).to_csv(folder / "models.csv", index=False)
+    s = aggregate("b", tmp_path)["summary"].set_index("variant")
+    assert train_time_column(s.reset_index()) == "train_ms_per_image"
+    assert s["pareto_train_time"].tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("variant,label", [
+    ("odconv4x-channel+kernel", "4x ck"), ("odconv1x", "1x cfs"), ("odconv4x", "4x cfsk"),
+    ("odconv1x-spatial", "1x s"), ("odconv8x-kernel", "8x k"), ("static", "static"), ("condconv8x", "condconv8x"),
+    ("odconv4x-channel+bogus", "odconv4x-channel+bogus"), ("conv=odconv1x,width=0.5", "conv=odconv1x,width=0.5")])
+def test_scatter_labels_shorten_odconv_specs_only(variant, label):
+    assert short_label(variant) == label
 
 
 def test_one_seed_no_factorial_failed_and_missing_trials(tmp_path):
