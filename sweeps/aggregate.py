@@ -36,6 +36,7 @@ import pandas as pd
 
 from . import stats
 from .cost import bench_path
+from .curves import curves_table
 from .definition import CONV_KEY, SEED_KEY, SweepDef, find_sweep_file, grid_key, load_sweep, variant_label
 from .record import TrialRecord, model_of, read_records
 from .stats import t_ppf, welch_ci
@@ -70,8 +71,9 @@ def records_from_study(study) -> list[TrialRecord]:
 
 def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
                   extra: list[TrialRecord] | None = None) -> pd.DataFrame:
-    """One row per grid point (its record's scalar fields, plus ``model_name``, ``model_width``
-    and ``model_precision`` from the resolved config); a complete record wins over a failed one."""
+    """One row per grid point (its record's scalar fields and ``val_history``, plus
+    ``model_name``, ``model_width`` and ``model_precision`` from the resolved config); a
+    complete record wins over a failed one."""
     by_key = {r.grid_key: r for r in read_records(Path(results_root) / sweep_name / "trials")}
     # a point's record from the study when its file is not here (or only a failed one is)
     for r in extra or []:
@@ -82,7 +84,6 @@ def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
     for r in by_key.values():
         d = r.to_dict()
         d["model_name"], d["model_width"], d["model_precision"] = model_of(d.pop("config", None) or {})
-        d.pop("val_history", None)
         d.pop("cli_args", None)
         d.pop("data", None)
         d["key_params"] = json.dumps(r.params, sort_keys=True)
@@ -899,7 +900,7 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     ``bench_csv``: the benchmark table for cost ratios (default: the sweep's own,
     ``<results_root>/<sweep>/bench/models.csv`` from ``odconv-sweep bench``, else
     ``<results_root>/bench/models.csv`` from ``make bench``)."""
-    from .plots import effects_plot, make_plots
+    from .plots import curves_plot, effects_plot, make_plots
 
     sweep = sweep or load_sweep_for_results(sweep_name, results_root)
     out_dir = Path(results_root) / sweep.name
@@ -951,6 +952,10 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
         time_note = f"measured in the trials on {', '.join(hosts)}" if hosts else ""
     plots = make_plots(summary, out_dir, sweep.name, metric, time_note=time_note,
                        time_col=time_col) if len(summary) else []
+    curves = curves_table(df, dict(zip(summary["variant"], summary["reference"])) if len(summary) else {})
+    curves.to_csv(out_dir / "val_curves.csv", index=False)
+    if len(curves):
+        plots.append(curves_plot(curves, out_dir / "val_curves.png", sweep.name))
     stale = out_dir / "effects.png"
     if len(effects.table):
         plots.append(effects_plot(effects.table, stale, sweep.name))
@@ -958,8 +963,9 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
         stale.unlink()  # from an earlier run that had a factorial: no longer describes these results
     return {"summary_csv": out_dir / "summary.csv", "summary_md": out_dir / "summary.md",
             "attention_csv": out_dir / "attention.csv", "effects_csv": out_dir / "effects.csv",
-            "effects_md": out_dir / "effects.md", "plots": plots, "summary": summary, "attention": att,
-            "effects": effects.table, "power": power, "records": df, "reruns": reruns}
+            "effects_md": out_dir / "effects.md", "val_curves_csv": out_dir / "val_curves.csv", "plots": plots,
+            "summary": summary, "attention": att, "effects": effects.table, "power": power, "records": df,
+            "reruns": reruns, "val_curves": curves}
 
 
 __all__ = ["aggregate", "load_sweep_for_results", "records_frame", "summary_table", "attention_table",

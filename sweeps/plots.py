@@ -7,6 +7,7 @@
   least as accurate and at most as costly) drawn as a line through ringed points.
 - ``accuracy_vs_macs.png``: top-1 against MACs per image.
 - ``effects.png``: each factorial effect with its 95% interval (:func:`effects_plot`).
+- ``val_curves.png``: validation top-1 per epoch and its gap to ``static`` (:func:`curves_plot`).
 """
 
 from __future__ import annotations
@@ -111,6 +112,39 @@ def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, ti
     return paths
 
 
+def curves_plot(curves: pd.DataFrame, path: Path, title: str) -> Path:
+    """Learning curves (``curves``: :func:`sweeps.curves.curves_table`): validation top-1 per
+    epoch, mean over seeds (left), and the mean paired difference to the reference (right),
+    one line per variant, the reference in black."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.6), sharex=True)
+    variants = list(dict.fromkeys(curves["variant"]))
+    refs = set(curves["reference"].dropna())
+    cmap = plt.get_cmap("tab20")
+    others = [v for v in variants if v not in refs]
+    for v in variants:
+        c = curves[curves["variant"] == v].sort_values("epoch")
+        is_ref = v in refs
+        style = dict(color="black", lw=2.2, zorder=3) if is_ref else dict(color=cmap(others.index(v) % 20), lw=1)
+        left.plot(c["epoch"] + 1, c["val_top1_mean"], label=short_label(v), **style)
+        if not is_ref and c["paired_delta"].notna().any():
+            right.plot(c["epoch"] + 1, c["paired_delta"], **style)
+    right.axhline(0, color="black", lw=2.2, zorder=3)
+    left.set_xlabel("epochs trained")
+    right.set_xlabel("epochs trained")
+    left.set_ylabel("validation top-1 (%, mean over seeds)")
+    right.set_ylabel("minus the reference's, same seed (pp)")
+    ref_name = ", ".join(sorted(refs)) or "reference"
+    left.set_title(f"{title}: validation top-1 per epoch", fontsize=10)
+    right.set_title(f"gap to {ref_name} per epoch (mean over paired seeds)", fontsize=10)
+    fig.legend(loc="center right", fontsize=7, title_fontsize=6,
+               title="nx: n kernels\nc f s k: channel, filter,\nspatial, kernel attention")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def effects_plot(effects: pd.DataFrame, path: Path, title: str) -> Path:
     """Horizontal interval plot of ``effects`` (columns ``term, estimate, ci_low, ci_high`` and
     optionally ``group``): one row per term, one marker per group, a line at zero."""
@@ -138,4 +172,4 @@ def effects_plot(effects: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-__all__ = ["make_plots", "effects_plot", "short_label", "SHORT_KEY"]
+__all__ = ["make_plots", "effects_plot", "curves_plot", "short_label", "SHORT_KEY"]

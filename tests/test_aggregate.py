@@ -384,6 +384,32 @@ def test_time_plot_and_pareto_front_use_the_bench_when_it_covers_every_variant(t
     assert s["pareto_train_time"].tolist() == [True, True, False]
 
 
+def test_learning_curves_average_seeds_and_pair_them_with_static(tmp_path):
+    hist = {("static", 0): [50, 60, 70], ("static", 1): [40, 62, 72],
+            ("odconv1x", 0): [45, 61, 74], ("odconv1x", 1): [30, 58],  # seed 1 stopped after 2 epochs
+            ("odconv1x", 2): [20, 30, 40]}  # no static with seed 2: in the mean, not in the pairs
+    recs = []
+    for (conv, seed), accs in hist.items():
+        r = _rec("lc", conv, seed, accs[-1] + 10.0)
+        r.val_history = [{"epoch": e, "val/acc_top1": a / 100, "val/loss": 1.0} for e, a in enumerate(accs)]
+        recs.append(r)
+    _write(tmp_path, "lc", {"conv": ["static", "odconv1x"], "seed": [0, 1, 2]}, recs)
+    out = aggregate("lc", tmp_path)
+    c = pd.read_csv(tmp_path / "lc" / "val_curves.csv").set_index(["variant", "epoch"])
+    assert list(dict.fromkeys(c.index.get_level_values(0))) == ["static", "odconv1x"]
+    assert c.loc[("static", 1), "val_top1_mean"] == pytest.approx(61.0)
+    assert c.loc[("static", 1), "paired_delta"] != c.loc[("static", 1), "paired_delta"]  # NaN: its own reference
+    o = c.loc["odconv1x"]
+    assert o["n_seeds"].tolist() == [3, 3, 2]
+    assert o["val_top1_mean"].tolist() == pytest.approx([95 / 3, 149 / 3, 57.0])
+    assert o["val_top1_min"].tolist() == pytest.approx([20, 30, 40]) and o["val_top1_max"].tolist() == pytest.approx(
+        [45, 61, 74])
+    assert o["n_pairs"].tolist() == [2, 2, 1]
+    assert o["paired_delta"].tolist() == pytest.approx([((45 - 50) + (30 - 40)) / 2, ((61 - 60) + (58 - 62)) / 2, 4.0])
+    assert (tmp_path / "lc" / "val_curves.png") in out["plots"]
+    assert (tmp_path / "lc" / "val_curves.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("variant,label", [
     ("odconv4x-channel+kernel", "4x ck"), ("odconv1x", "1x cfs"), ("odconv4x", "4x cfsk"),
     ("odconv1x-spatial", "1x s"), ("odconv8x-kernel", "8x k"), ("static", "static"), ("condconv8x", "condconv8x"),
