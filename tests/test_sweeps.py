@@ -52,6 +52,25 @@ def test_enqueue_once_and_pop_runs_nothing_when_empty(tmp_path):
     assert len(st.get_trials()) == 4  # a late pop created no trial
 
 
+def test_a_grown_grid_enqueues_only_its_new_points_after_the_queue(tmp_path):
+    """Adding seeds to a study part-way (a new grid block in the sweep file): the same command
+    enqueues only the new points, behind the ones already queued; finished trials stay."""
+    sw, st = _study(tmp_path)
+    S.enqueue_grid(st, sw)
+    first = S.pop_waiting(st)
+    st.tell(first.number, 0.5)
+    grown = parse_sweep(_raw(grid=[{"conv": ["static", "odconv1x"], "seed": [0, 1]},
+                                   {"conv": ["odconv1x"], "seed": [2, 3]}]))
+    assert [p.key for p in grown.points()][:4] == [p.key for p in sw.points()]  # old keys unchanged
+    assert S.enqueue_grid(st, grown) == 2
+    assert st.trials[first.number].state == optuna.trial.TrialState.COMPLETE
+    order = []
+    while (t := S.pop_waiting(st)) is not None:
+        order.append(st.trials[t.number].user_attrs["grid_key"])
+    new = [grid_key({"model.conv": "odconv1x", "seed_everything": s}) for s in (2, 3)]
+    assert order[-2:] == new and not set(new) & set(order[:-2]) and len(order) == 5
+
+
 def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
     sw, st = _study(tmp_path, _raw(max_retries=1))
     S.enqueue_grid(st, sw)
