@@ -408,6 +408,13 @@ def test_learning_curves_average_seeds_and_pair_them_with_static(tmp_path):
     assert o["paired_delta"].tolist() == pytest.approx([((45 - 50) + (30 - 40)) / 2, ((61 - 60) + (58 - 62)) / 2, 4.0])
     assert (tmp_path / "lc" / "val_curves.png") in out["plots"]
     assert (tmp_path / "lc" / "val_curves.png").stat().st_size > 0
+    # a grid without `static`: curves without a reference, no gaps
+    _write(tmp_path, "noref", {"conv": ["odconv1x"], "seed": [0, 1, 2]},
+           [r for r in recs if r.variant == "odconv1x"])
+    out = aggregate("noref", tmp_path)
+    c = out["val_curves"]
+    assert set(c["variant"]) == {"odconv1x"} and c["paired_delta"].isna().all() and (c["n_pairs"] == 0).all()
+    assert (tmp_path / "noref" / "val_curves.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("variant,label", [
