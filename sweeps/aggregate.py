@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -262,6 +262,7 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
     if not len(out):
         return out
     out.insert(out.columns.get_loc("paired_p") + 1, "paired_p_holm", stats.holm(out["paired_p"]))
+    _add_blocked(out, by_seed)
     by = out.set_index("variant")
 
     def ratio(r: pd.Series, col: str) -> float:
@@ -302,6 +303,59 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
     if "bench_train_ms_per_image" not in out.columns:
         out["bench_train_ms_per_image"] = np.nan
     return out
+
+
+BLOCKED_SUMMARY_COLUMNS = ["blocked_delta", "blocked_ci_low", "blocked_ci_high", "blocked_p", "blocked_p_holm",
+                           "blocked_resid_sd", "blocked_df_resid"]
+
+
+def _blocked_groups(summary: pd.DataFrame) -> dict[str, list[str]]:
+    """reference -> the variants compared with it (the reference first)."""
+    groups: dict[str, list[str]] = {}
+    for _, r in summary.iterrows():
+        ref = r.get("reference")
+        if ref:
+            groups.setdefault(ref, [ref])
+            if r["variant"] != ref:
+                groups[ref].append(r["variant"])
+    return groups
+
+
+def _add_blocked(out: pd.DataFrame, by_seed: dict[str, dict[Any, float]]) -> None:
+    """Fill ``out`` (the summary) with each row's difference to its reference in the blocked
+    model (variant + seed over every variant that shares the reference: pooled residual
+    variance), its interval, p-value and the Holm-adjusted p across the rows."""
+    for c in BLOCKED_SUMMARY_COLUMNS:
+        out[c] = np.nan
+    for ref, members in _blocked_groups(out).items():
+        data = pd.DataFrame([{"variant": v, "seed": str(seed), "y": y}
+                             for v in members for seed, y in by_seed.get(v, {}).items()])
+        fit = stats.blocked_contrasts(data, ref) if len(data) else None
+        if fit is None:
+            continue
+        for _, f in fit.iterrows():
+            i = out.index[out["variant"] == f["treatment"]][0]
+            out.loc[i, BLOCKED_SUMMARY_COLUMNS] = [f["estimate"], f["ci_low"], f["ci_high"], f["p_value"], np.nan,
+                                                   f["resid_sd"], f["df_resid"]]
+        ri = out.index[out["variant"] == ref][0]
+        out.loc[ri, ["blocked_resid_sd", "blocked_df_resid"]] = [fit["resid_sd"].iloc[0], fit["df_resid"].iloc[0]]
+    out["blocked_p_holm"] = stats.holm(out["blocked_p"])
+
+
+def planned_blocked_halfwidth(seeds: dict[str, list[Any]], members: list[str], variant: str, resid_sd: float,
+                              extra: int = 0) -> float:
+    """Half-width of the 95% interval of ``variant`` minus ``members[0]`` (the reference) that
+    the blocked model gives on the planned design (``seeds``: variant -> grid seeds, over
+    ``members``), with ``extra`` more seeds for the variant and the reference, at ``resid_sd``."""
+    design = []
+    for v in members:
+        planned = list(seeds.get(v, [])) + ([f"new{i}" for i in range(extra)] if v in (variant, members[0]) else [])
+        design += [{"variant": v, "seed": str(x)} for x in planned]
+    planned_se = stats.blocked_standard_errors(pd.DataFrame(design), members[0]) if design else None
+    if planned_se is None or variant not in planned_se[0].index or not np.isfinite(resid_sd):
+        return np.nan
+    se_unit, df_res = planned_se
+    return stats.t_ppf(1 - ALPHA / 2, df_res) * float(se_unit[variant]) * resid_sd
 
 
 def train_time_column(summary: pd.DataFrame) -> str:
@@ -602,12 +656,16 @@ def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResu
     (what), ``aim`` (half-width, pp), ``measured`` (the half-width of the interval the results
     gave: the widest of the four main effects' 95% intervals, or the row's paired interval vs
     its reference), ``planned`` (the design's half-width at the pooled SDs measured so far)
-    and ``verdict`` (``met``, ``not met``, or ``open`` while nothing is measured)."""
+    and ``verdict`` (``met``, ``not met``, or ``open`` while nothing is measured or a result it
+    rests on is still to run: a seed missing, not failed)."""
     goals = sweep.precision_goals or {}
     rows: list[dict[str, Any]] = []
+    missing = (set(summary.loc[summary["missing_seeds"].fillna("").astype(str) != "", "variant"])
+               if len(summary) else set())
 
-    def add(goal: str, aim: float, measured: float, planned: float, needs: str) -> None:
-        verdict = "open" if pd.isna(measured) else "met" if measured <= aim else "not met"
+    def add(goal: str, aim: float, measured: float, planned: float, needs: str, rests_on: Iterable[str]) -> None:
+        verdict = ("open" if pd.isna(measured) or missing & set(rests_on) else "met" if measured <= aim
+                   else "not met")
         rows.append({"goal": goal, "aim": aim, "measured": measured, "planned": planned, "verdict": verdict,
                      "seeds_needed": needs})
 
@@ -625,7 +683,8 @@ def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResu
             needs = (f"> {MAX_PLANNED_SEEDS} a cell" if k is None else "the grid's" if k == (0, 0)
                      else f"{k[0]} a cell (+{k[1]} fits)")
         add("each main effect of the factorial", float(goals["main_effect"]), measured,
-            float(pw.get("halfwidth_main_effect", np.nan)), needs)
+            float(pw.get("halfwidth_main_effect", np.nan)), needs,
+            effects.groups[0].variants if effects.groups else [])
     by_variant = summary.set_index("variant") if len(summary) else pd.DataFrame()
     for variant, aim in (goals.get("rows") or {}).items():
         measured, ref = np.nan, "static"
@@ -640,7 +699,22 @@ def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResu
             needs = (f"> {MAX_PLANNED_SEEDS}" if k is None else "the grid's" if k <= n
                      else f"{k} on both (+{k - n} each)")
         add(f"`{variant}` vs `{ref}` (paired, {n} seeds)", float(aim), measured,
-            stats.ci_halfwidth_paired(pw["paired_diff_sd"], n, 1 - ALPHA), needs)
+            stats.ci_halfwidth_paired(pw["paired_diff_sd"], n, 1 - ALPHA), needs, [variant, ref])
+        # the same comparison in the blocked model (pooled residual variance over the variants)
+        members = _blocked_groups(summary).get(ref, [ref, variant]) if len(summary) else [ref, variant]
+        b_measured = b_sd = np.nan
+        if variant in by_variant.index:
+            r = by_variant.loc[variant]
+            b_measured = (float(r["blocked_ci_high"]) - float(r["blocked_ci_low"])) / 2
+            b_sd = float(r["blocked_resid_sd"])
+        planned = planned_blocked_halfwidth(grid_seeds, members, variant, b_sd)
+        needs = "n/a"
+        if np.isfinite(planned):
+            k = next((e for e in range(MAX_PLANNED_SEEDS - n + 1)
+                      if planned_blocked_halfwidth(grid_seeds, members, variant, b_sd, e) <= float(aim)), None)
+            needs = (f"> {MAX_PLANNED_SEEDS}" if k is None else "the grid's" if k == 0
+                     else f"{n + k} on both (+{k} each)")
+        add(f"`{variant}` vs `{ref}` (blocked model, {n} seeds)", float(aim), b_measured, planned, needs, members)
     return rows
 
 
@@ -798,6 +872,9 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
             "paired Δ vs static [95% CI]": "reference" if is_ref else "n/a (no `static` with these axes)" if no_ref
             else _ci(r["paired_delta"], r["paired_ci_low"], r["paired_ci_high"]) + f" (n={r['paired_n']})",
             "Holm p": "" if is_ref or no_ref else _p(r["paired_p_holm"]),
+            "blocked Δ [95% CI]": "" if is_ref or no_ref else _ci(r.get("blocked_delta"), r.get("blocked_ci_low"),
+                                                                 r.get("blocked_ci_high")),
+            "blocked Holm p": "" if is_ref or no_ref else _p(r.get("blocked_p_holm")),
             "Welch Δ [95% CI]": "" if is_ref or no_ref else _ci(r["delta_vs_static"], r["delta_ci_low"],
                                                                r["delta_ci_high"]),
             "params (M)": _f(r["params_count"] / 1e6 if not pd.isna(r["params_count"]) else np.nan, "{:.3f}"),
@@ -810,12 +887,21 @@ def summary_markdown(sweep: SweepDef, summary: pd.DataFrame, att: pd.DataFrame, 
         parts += [_md(pd.DataFrame(rows)), ""]
     hosts = sorted({h for hs in summary.get("hosts", pd.Series(dtype=str)).fillna("") for h in str(hs).split(",") if h})
     n_sig = int((summary["paired_p_holm"] < ALPHA).sum()) if len(summary) else 0
+    n_sig_b = int((summary["blocked_p_holm"] < ALPHA).sum()) if len(summary) and "blocked_p_holm" in summary else 0
+    b_sd = summary["blocked_resid_sd"].dropna() if len(summary) and "blocked_resid_sd" in summary else pd.Series()
+    b_df = summary["blocked_df_resid"].dropna() if len(summary) and "blocked_df_resid" in summary else pd.Series()
+    pooled = (f" (here {_f(b_sd.iloc[0])} pp on {_f(b_df.iloc[0], '{:g}')} df)" if len(b_sd) and len(b_df) else "")
     parts += ["**Reading.** Paired Δ: mean over the seeds both have of (row − `static` with the same other axes), "
               "in percentage points, with its paired-t 95% interval (n = pairs); a seed fixes data order and "
               "augmentation for every variant. Holm p: the paired t-test's p-value, Holm-adjusted across the rows. "
-              "Welch Δ: difference of means with Welch's unpaired interval, for comparison. n/a: fewer than 2 "
-              f"pairs (or seeds on a side). {n_sig} row(s) differ from `static` at Holm-adjusted 5%; the order of the "
-              "other rows is not supported by these data.", ""]
+              "Blocked Δ: the same difference in one linear model of every variant that shares the reference, "
+              "with the seed as a block (variant + seed, statsmodels OLS); its interval uses the residual SD "
+              f"pooled over all those variants{pooled}, so it is narrower than the paired one when each row has "
+              "few seeds, and it assumes that SD is common to the variants (the paired interval does not); "
+              "blocked Holm p likewise. Welch Δ: difference of means with Welch's unpaired interval, for "
+              "comparison. n/a: fewer than 2 pairs (or seeds on a side; or a residual df for the blocked model). "
+              f"{n_sig} row(s) differ from `static` at Holm-adjusted 5% (paired), {n_sig_b} in the blocked model; "
+              "the order of the other rows is not supported by these data.", ""]
     parts += ["**Cost.** Each row's cost columns come from one source (`cost from`). bench: one benchmark run "
               "on one machine, the sweep's own `results/<sweep>/bench/models.csv` (`make sweep-bench`) or else "
               "`results/bench/models.csv` (`make bench`): train ms/img = its training step (forward + backward + "

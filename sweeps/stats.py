@@ -12,6 +12,9 @@ Every test and interval comes from scipy or statsmodels:
   gives a planned factorial's effect standard errors for :func:`mdd_t`.
 - :func:`ci_halfwidth_paired`, :func:`ci_halfwidth_two_sample`: the planned half-width of an
   interval from a standard deviation and a number of seeds (``scipy.stats.t``).
+- :func:`blocked_contrasts`: ``statsmodels`` OLS of treatment + seed block (a randomized
+  complete block design): each treatment against a reference on the pooled residual variance;
+  :func:`blocked_standard_errors` gives a planned design's standard errors.
 
 Values missing or too few for a statistic give NaN, never an exception.
 """
@@ -302,6 +305,73 @@ def effect_standard_errors(design: pd.DataFrame, factors: Sequence[str], block: 
     return pd.Series(se), float(model.df_resid)
 
 
+# --- treatments against a reference in seed blocks ----------------------------------------
+
+BLOCKED_COLUMNS = ["treatment", "estimate", "ci_low", "ci_high", "se", "p_value", "n", "df_resid", "resid_sd"]
+
+
+def _blocked_model(data: pd.DataFrame, reference: object, response: str, treatment: str, block: str):
+    """statsmodels OLS ``y ~ C(t) [+ C(b)]`` with the reference as the baseline level, and
+    the map of its parameter names to treatments; (None, {}) when not estimable."""
+    import statsmodels.formula.api as smf
+
+    bad = [c for c in (response, treatment, block) if c not in data.columns]
+    if bad:
+        raise ValueError(f"blocked_contrasts: column(s) {bad} not in the data; columns: {list(data.columns)}")
+    d = data[[response, treatment, block]].dropna()
+    d = d[np.isfinite(d[response].astype(float))]
+    levels = [reference] + [t for t in dict.fromkeys(d[treatment]) if t != reference]
+    if reference not in set(d[treatment]) or len(levels) < 2:
+        return None, {}
+    # treatment and block values become safe level names (t000 < t001 < ...: the reference first)
+    code = {t: f"t{i:03d}" for i, t in enumerate(levels)}
+    coded = pd.DataFrame({"y": d[response].astype(float), "t": d[treatment].map(code),
+                          "b": d[block].astype(str)}, index=d.index)
+    rhs = "C(t)" + (" + C(b)" if coded["b"].nunique() > 1 else "")
+    model = smf.ols("y ~ " + rhs, coded)
+    if np.linalg.matrix_rank(model.exog) < model.exog.shape[1] or model.df_resid < 1:
+        return None, {}
+    return model, {f"C(t)[T.{code[t]}]": t for t in levels[1:]}
+
+
+def blocked_contrasts(data: pd.DataFrame, reference: object, response: str = "y", treatment: str = "variant",
+                      block: str = "seed", level: float = 0.95) -> pd.DataFrame | None:
+    """Each treatment against ``reference`` in a randomized complete block design: OLS (statsmodels)
+    of ``response ~ treatment + block`` over every treatment's results, each seed a block (it
+    fixes data order and augmentation for all), so that each difference's interval uses the
+    residual variance pooled over all treatments (many more degrees of freedom than one
+    treatment's paired differences) at the price of assuming that variance is common.
+
+    ``data``: one row per result. Returns one row per treatment other than the reference:
+    ``treatment, estimate`` (its mean minus the reference's, adjusted for blocks), ``ci_low,
+    ci_high`` (``level`` t interval on the residual df), ``se, p_value, n`` (its results),
+    ``df_resid, resid_sd``. None when the model cannot be estimated with a residual df."""
+    model, names = _blocked_model(data, reference, response, treatment, block)
+    if model is None:
+        return None
+    fit = model.fit()
+    ci = fit.conf_int(alpha=1 - level)
+    counts = data.dropna(subset=[response]).groupby(treatment)[response].size()
+    rows = [{"treatment": t, "estimate": float(fit.params[n]), "ci_low": float(ci.loc[n, 0]),
+             "ci_high": float(ci.loc[n, 1]), "se": float(fit.bse[n]), "p_value": float(fit.pvalues[n]),
+             "n": int(counts.get(t, 0)), "df_resid": float(fit.df_resid), "resid_sd": float(np.sqrt(fit.scale))}
+            for n, t in names.items()]
+    return pd.DataFrame(rows, columns=BLOCKED_COLUMNS)
+
+
+def blocked_standard_errors(design: pd.DataFrame, reference: object, treatment: str = "variant",
+                            block: str = "seed") -> tuple[pd.Series, float] | None:
+    """(standard error of each treatment's difference to ``reference`` per unit residual SD,
+    residual df) of the model :func:`blocked_contrasts` would fit to ``design`` (one row per
+    planned result: ``treatment`` and ``block``; no response needed). For a complete design
+    of n blocks it is sqrt(2 / n) on (treatments - 1)(n - 1) df. None when not estimable."""
+    model, names = _blocked_model(design.assign(_y=0.0), reference, "_y", treatment, block)
+    if model is None:
+        return None
+    cov = model.fit().normalized_cov_params
+    return pd.Series({t: math.sqrt(float(cov.loc[n, n])) for n, t in names.items()}), float(model.df_resid)
+
+
 # --- cost -----------------------------------------------------------------------------------
 
 def pareto_front(cost: Sequence[float], value: Sequence[float]) -> np.ndarray:
@@ -319,4 +389,4 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> np.ndarray:
 
 __all__ = ["t_ppf", "welch_ci", "welch_p", "mean_ci", "Paired", "paired_diff", "holm", "pooled_sd", "mdd_paired",
            "mdd_two_sample", "mdd_t", "FactorialFit", "factorial_effects", "effect_standard_errors", "EFFECT_COLUMNS",
-           "pareto_front"]
+           "pareto_front", "blocked_contrasts", "blocked_standard_errors", "BLOCKED_COLUMNS"]

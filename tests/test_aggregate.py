@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,21 @@ def factorial(tmp_path):
     return sw, truth, aggregate("fac", tmp_path), tmp_path / "fac"
 
 
+def _lstsq_blocked(recs) -> dict[str, tuple[float, float, float, float]]:
+    """variant -> (difference to static, its SE, residual df, residual SD) of top-1 ~ variant + seed,
+    by least squares in numpy, over the complete records."""
+    d = pd.DataFrame([{"v": r.variant, "s": r.seed, "y": 100 * r.value} for r in recs if r.status == "complete"])
+    others = [v for v in dict.fromkeys(d["v"]) if v != "static"]
+    blocks = sorted(set(d["s"]))[1:]
+    x = np.column_stack([np.ones(len(d))] + [(d["v"] == v).to_numpy(float) for v in others]
+                        + [(d["s"] == b).to_numpy(float) for b in blocks])
+    beta, *_ = np.linalg.lstsq(x, d["y"].to_numpy(), rcond=None)
+    dof = len(d) - x.shape[1]
+    sigma2 = ((d["y"].to_numpy() - x @ beta) ** 2).sum() / dof
+    cov = sigma2 * np.linalg.inv(x.T @ x)
+    return {v: (beta[i], math.sqrt(cov[i, i]), dof, math.sqrt(sigma2)) for i, v in enumerate(others, start=1)}
+
+
 def test_precision_goals_are_judged_on_the_intervals_the_results_gave(tmp_path):
     recs, truth = _factorial_records("goals")
     goals = {"main_effect": 0.1, "rows": {"odconv4x": 5.0, "condconv8x": 0.2, "dyconv4x": 1.0}}
@@ -127,8 +143,27 @@ def test_precision_goals_are_judged_on_the_intervals_the_results_gave(tmp_path):
     c8_half = (s.loc["condconv8x", "paired_ci_high"] - s.loc["condconv8x", "paired_ci_low"]) / 2
     assert c8["measured"] == pytest.approx(c8_half) and c8["verdict"] == "not met"
     md = (res / "summary.md").read_text().split("| variant")[0]
-    assert "Precision goals of the sweep file" in md and "| `condconv8x` vs `static` (paired, 3 seeds) | ± 0.20" in md
+    assert "Precision goals of the sweep file" in md
+    assert re.search(r"\| `condconv8x` vs `static` \(paired, 3 seeds\) +\| ± 0.20 ", md)
     assert md.count("not met") >= 1
+    # the blocked model: every variant and seed in one OLS (numpy here), the interval on its residual df
+    fit = _lstsq_blocked(recs)
+    b4 = got["`odconv4x` vs `static` (blocked model, 3 seeds)"]
+    est, se, dof, resid_sd = fit["odconv4x"]
+    h = ss.t.ppf(0.975, dof) * se
+    assert s.loc["odconv4x", ["blocked_delta", "blocked_ci_low", "blocked_ci_high"]].tolist() == pytest.approx(
+        [est, est - h, est + h])
+    # the pooled SD rests on every variant, and dyconv4x still misses a seed: open, whatever it says so far
+    assert b4["measured"] == pytest.approx(h) and h < 5.0 and b4["verdict"] == "open"
+    # planned: the grid (18 variants x 3 seeds, complete) gives sqrt(2/3) x the residual SD on 34 df
+    assert b4["planned"] == pytest.approx(ss.t.ppf(0.975, 34) * math.sqrt(2 / 3) * resid_sd)
+    assert got["`dyconv4x` vs `static` (blocked model, 3 seeds)"]["verdict"] == "open"
+    assert got["`dyconv4x` vs `static` (paired, 3 seeds)"]["verdict"] == "open"
+    # its last seed in: judged
+    last = _rec("goals", "dyconv4x", 1, 69.0 + SEED_SHIFT[1] + 0.1)
+    write_record(res / "trials" / "dyconv4x_1.json", last)
+    got = {g["goal"]: g for g in aggregate("goals", tmp_path)["power"]["goals"]}
+    assert got["`odconv4x` vs `static` (blocked model, 3 seeds)"]["verdict"] == "met"
 
 
 @pytest.mark.parametrize("sd,aim", [(0.6, 0.4), (0.74, 0.4), (0.3, 0.4), (2.0, 0.4)])
@@ -185,9 +220,11 @@ def test_precision_goals_stay_open_without_results(tmp_path):
     _write(tmp_path, "open", {"conv": ["static", "odconv4x"], "seed": [0, 1]}, [],
            precision_goals={"rows": {"odconv4x": 0.75}})
     out = aggregate("open", tmp_path)
-    [g] = out["power"]["goals"]
-    assert g["verdict"] == "open" and math.isnan(g["measured"])
-    assert g["goal"] == "`odconv4x` vs `static` (paired, 2 seeds)"
+    paired, blocked = out["power"]["goals"]
+    for g in (paired, blocked):
+        assert g["verdict"] == "open" and math.isnan(g["measured"]) and g["seeds_needed"] == "n/a"
+    assert paired["goal"] == "`odconv4x` vs `static` (paired, 2 seeds)"
+    assert blocked["goal"] == "`odconv4x` vs `static` (blocked model, 2 seeds)"
 
 
 def test_factorial_effects_recover_the_known_effects(factorial):
@@ -514,7 +551,8 @@ def test_grids_without_a_seed_axis_or_without_static(tmp_path):
     out = aggregate("lr", tmp_path)
     assert out["summary"]["paired_n"].tolist() == [0, 0] and out["power"]["pooled_sd"] == pytest.approx(math.sqrt(0.5))
     md = (tmp_path / "lr" / "summary.md").read_text()
-    assert md.count("n/a (no `static` with these axes)") == 2 and "reference" not in md.split("| variant")[1]
+    table = md.split("| variant")[1].split("**Reading.**")[0]
+    assert md.count("n/a (no `static` with these axes)") == 2 and "reference" not in table
 
 
 def test_reruns_give_the_run_to_run_spread_and_stay_out_of_the_tables(tmp_path):

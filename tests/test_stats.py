@@ -256,3 +256,63 @@ def test_effect_standard_errors_of_a_planned_design():
     assert df == len(u) - X.shape[1]
     assert se[list(FACTORS) + [f"{a}:{b}" for a, b in pairs]].to_numpy() == pytest.approx(want)
     assert S.effect_standard_errors(d.iloc[:8], FACTORS) is None
+
+
+# --- treatments against a reference in seed blocks --------------------------------------------
+
+def _block_data(seeds_of: dict[str, list[int]], rng) -> pd.DataFrame:
+    truth = {"static": 0.0, "a": 0.8, "b": -0.4, "c": 0.1}
+    shift = {0: 0.0, 1: 0.6, 2: -0.3, 3: 0.2}
+    return pd.DataFrame([{"variant": v, "seed": s, "y": 80 + truth[v] + shift[s] + rng.normal(0, 0.4)}
+                         for v, seeds in seeds_of.items() for s in seeds])
+
+
+def test_blocked_contrasts_of_a_complete_design_match_the_two_way_anova_by_hand():
+    d = _block_data({v: [0, 1, 2, 3] for v in ("static", "a", "b", "c")}, np.random.default_rng(1))
+    y = d.pivot(index="variant", columns="seed", values="y").loc[["static", "a", "b", "c"]].to_numpy()
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    dof = 3 * 3
+    mse = (resid ** 2).sum() / dof
+    se = math.sqrt(2 * mse / 4)
+    got = S.blocked_contrasts(d, "static").set_index("treatment")
+    assert list(got.index) == ["a", "b", "c"]
+    for i, v in enumerate(("a", "b", "c"), start=1):
+        est = y[i].mean() - y[0].mean()
+        h = ss.t.ppf(0.975, dof) * se
+        assert got.loc[v, ["estimate", "ci_low", "ci_high", "se"]].tolist() == pytest.approx(
+            [est, est - h, est + h, se])
+        assert got.loc[v, "p_value"] == pytest.approx(2 * ss.t.sf(abs(est) / se, dof))
+        assert got.loc[v, "n"] == 4
+    assert (got["df_resid"] == dof).all() and got["resid_sd"].iloc[0] == pytest.approx(math.sqrt(mse))
+    se_unit, df = S.blocked_standard_errors(d[["variant", "seed"]], "static")
+    assert df == dof and se_unit.to_dict() == pytest.approx({v: math.sqrt(2 / 4) for v in "abc"})
+
+
+def test_blocked_contrasts_of_an_unbalanced_design_match_numpy_least_squares():
+    # the study's shape: the reference and one treatment with 4 seeds, the others with 2, one result missing
+    d = _block_data({"static": [0, 1, 2, 3], "a": [0, 1, 2, 3], "b": [0, 1], "c": [1]}, np.random.default_rng(2))
+    treat, blocks = ["a", "b", "c"], [1, 2, 3]
+    x = np.column_stack([np.ones(len(d))] + [(d["variant"] == t).to_numpy(float) for t in treat]
+                        + [(d["seed"] == b).to_numpy(float) for b in blocks])
+    beta, *_ = np.linalg.lstsq(x, d["y"].to_numpy(), rcond=None)
+    dof = len(d) - x.shape[1]
+    sigma2 = ((d["y"].to_numpy() - x @ beta) ** 2).sum() / dof
+    cov = sigma2 * np.linalg.inv(x.T @ x)
+    got = S.blocked_contrasts(d, "static").set_index("treatment")
+    for i, t in enumerate(treat, start=1):
+        se = math.sqrt(cov[i, i])
+        h = ss.t.ppf(0.975, dof) * se
+        assert got.loc[t, ["estimate", "se", "ci_low", "ci_high"]].tolist() == pytest.approx(
+            [beta[i], se, beta[i] - h, beta[i] + h])
+    assert got.loc["c", "n"] == 1 and got.loc["b", "n"] == 2 and (got["df_resid"] == dof).all()
+    se_unit, df = S.blocked_standard_errors(d[["variant", "seed"]], "static")
+    assert df == dof and se_unit["a"] == pytest.approx(math.sqrt(cov[1, 1] / sigma2))
+
+
+def test_blocked_contrasts_without_a_reference_or_residual_df_are_none():
+    d = _block_data({"static": [0, 1], "a": [0, 1]}, np.random.default_rng(3))
+    assert S.blocked_contrasts(d[d["variant"] == "a"], "static") is None
+    assert S.blocked_contrasts(d[d["seed"] == 0], "static") is None  # 2 results, 2 parameters
+    assert S.blocked_contrasts(d, "static") is not None  # 4 results, 3 parameters: 1 df
+    with pytest.raises(ValueError, match=r"'seed'.*not in the data"):
+        S.blocked_contrasts(d.drop(columns="seed"), "static")
