@@ -121,16 +121,18 @@ def _seed_values(df: pd.DataFrame, col: str = "value", scale: float = 100.0) -> 
     return out
 
 
-def bench_machine(path: str | os.PathLike | None) -> str:
-    """The ``- cpu:`` (or, without one, ``- device:``) line of the ``.md`` table beside a bench
-    CSV: the machine its times were taken on; empty when unknown."""
+def bench_header(path: str | os.PathLike | None, key: str) -> str:
+    """The value of the ``- <key>:`` line of the ``.md`` table beside a bench CSV (the run's
+    machine, device, date...); empty when the file or the line is missing."""
     md = Path(path).with_suffix(".md") if path is not None else None
     lines = md.read_text().splitlines() if md is not None and md.exists() else []
-    for key in ("- cpu:", "- device:"):
-        hit = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
-        if hit:
-            return hit
-    return ""
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(f"- {key}:")), "")
+
+
+def bench_machine(path: str | os.PathLike | None) -> str:
+    """The machine a bench CSV's times were taken on: its ``cpu`` header line, else its
+    ``device``; empty when unknown."""
+    return bench_header(path, "cpu") or bench_header(path, "device")
 
 
 def load_bench(path: str | os.PathLike | None) -> pd.DataFrame | None:
@@ -147,10 +149,7 @@ def load_bench(path: str | os.PathLike | None) -> pd.DataFrame | None:
     if "precision" not in b.columns:
         b["precision"] = "fp32"
     if "device" not in b.columns:
-        md = Path(path).with_suffix(".md")
-        lines = md.read_text().splitlines() if md.exists() else []
-        dev = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("- device:")), "")
-        b["device"] = dev
+        b["device"] = bench_header(path, "device")
     return b
 
 

@@ -141,3 +141,23 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def lstsq_vs_reference(d, reference: str, treatment: str = "variant", block: str = "seed", response: str = "y"
+                       ) -> dict[str, tuple[float, float, float, float]]:
+    """Independent check of a blocked model (response ~ treatment + block): treatment -> (difference
+    to ``reference``, its SE, residual df, residual SD), by numpy least squares on a hand-built
+    dummy-coded design matrix. ``d``: a DataFrame with one row per result."""
+    import numpy as np
+
+    others = [t for t in dict.fromkeys(d[treatment]) if t != reference]
+    blocks = sorted(set(d[block]))[1:]
+    x = np.column_stack([np.ones(len(d))] + [(d[treatment] == t).to_numpy(float) for t in others]
+                        + [(d[block] == b).to_numpy(float) for b in blocks])
+    y = d[response].to_numpy(float)
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    dof = len(d) - x.shape[1]
+    sigma2 = float(((y - x @ beta) ** 2).sum() / dof)
+    cov = sigma2 * np.linalg.inv(x.T @ x)
+    return {t: (float(beta[i]), float(np.sqrt(cov[i, i])), dof, float(np.sqrt(sigma2)))
+            for i, t in enumerate(others, start=1)}

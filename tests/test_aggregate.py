@@ -20,6 +20,7 @@ from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
 from sweeps.plots import short_label
 from sweeps.record import TrialRecord, read_records, write_record
+from tests.conftest import lstsq_vs_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -105,21 +106,6 @@ def factorial(tmp_path):
     return sw, truth, aggregate("fac", tmp_path), tmp_path / "fac"
 
 
-def _lstsq_blocked(recs) -> dict[str, tuple[float, float, float, float]]:
-    """variant -> (difference to static, its SE, residual df, residual SD) of top-1 ~ variant + seed,
-    by least squares in numpy, over the complete records."""
-    d = pd.DataFrame([{"v": r.variant, "s": r.seed, "y": 100 * r.value} for r in recs if r.status == "complete"])
-    others = [v for v in dict.fromkeys(d["v"]) if v != "static"]
-    blocks = sorted(set(d["s"]))[1:]
-    x = np.column_stack([np.ones(len(d))] + [(d["v"] == v).to_numpy(float) for v in others]
-                        + [(d["s"] == b).to_numpy(float) for b in blocks])
-    beta, *_ = np.linalg.lstsq(x, d["y"].to_numpy(), rcond=None)
-    dof = len(d) - x.shape[1]
-    sigma2 = ((d["y"].to_numpy() - x @ beta) ** 2).sum() / dof
-    cov = sigma2 * np.linalg.inv(x.T @ x)
-    return {v: (beta[i], math.sqrt(cov[i, i]), dof, math.sqrt(sigma2)) for i, v in enumerate(others, start=1)}
-
-
 def test_precision_goals_are_judged_on_the_intervals_the_results_gave(tmp_path):
     recs, truth = _factorial_records("goals")
     goals = {"main_effect": 0.1, "rows": {"odconv4x": 5.0, "condconv8x": 0.2, "dyconv4x": 1.0}}
@@ -147,7 +133,8 @@ def test_precision_goals_are_judged_on_the_intervals_the_results_gave(tmp_path):
     assert re.search(r"\| `condconv8x` vs `static` \(paired, 3 seeds\) +\| ± 0.20 ", md)
     assert md.count("not met") >= 1
     # the blocked model: every variant and seed in one OLS (numpy here), the interval on its residual df
-    fit = _lstsq_blocked(recs)
+    fit = lstsq_vs_reference(pd.DataFrame([{"variant": r.variant, "seed": r.seed, "y": 100 * r.value}
+                                           for r in recs if r.status == "complete"]), "static")
     b4 = got["`odconv4x` vs `static` (blocked model, 3 seeds)"]
     est, se, dof, resid_sd = fit["odconv4x"]
     h = ss.t.ppf(0.975, dof) * se

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats as ss
 
 from sweeps import stats as S
+from tests.conftest import lstsq_vs_reference
 
 FACTORS = ("channel", "filter", "spatial", "kernel")
 
@@ -291,22 +292,15 @@ def test_blocked_contrasts_of_a_complete_design_match_the_two_way_anova_by_hand(
 def test_blocked_contrasts_of_an_unbalanced_design_match_numpy_least_squares():
     # the study's shape: the reference and one treatment with 4 seeds, the others with 2, one result missing
     d = _block_data({"static": [0, 1, 2, 3], "a": [0, 1, 2, 3], "b": [0, 1], "c": [1]}, np.random.default_rng(2))
-    treat, blocks = ["a", "b", "c"], [1, 2, 3]
-    x = np.column_stack([np.ones(len(d))] + [(d["variant"] == t).to_numpy(float) for t in treat]
-                        + [(d["seed"] == b).to_numpy(float) for b in blocks])
-    beta, *_ = np.linalg.lstsq(x, d["y"].to_numpy(), rcond=None)
-    dof = len(d) - x.shape[1]
-    sigma2 = ((d["y"].to_numpy() - x @ beta) ** 2).sum() / dof
-    cov = sigma2 * np.linalg.inv(x.T @ x)
+    ref = lstsq_vs_reference(d, "static")
     got = S.blocked_contrasts(d, "static").set_index("treatment")
-    for i, t in enumerate(treat, start=1):
-        se = math.sqrt(cov[i, i])
+    for t, (est, se, dof, sd) in ref.items():
         h = ss.t.ppf(0.975, dof) * se
-        assert got.loc[t, ["estimate", "se", "ci_low", "ci_high"]].tolist() == pytest.approx(
-            [beta[i], se, beta[i] - h, beta[i] + h])
+        assert got.loc[t, ["estimate", "se", "ci_low", "ci_high", "resid_sd"]].tolist() == pytest.approx(
+            [est, se, est - h, est + h, sd])
     assert got.loc["c", "n"] == 1 and got.loc["b", "n"] == 2 and (got["df_resid"] == dof).all()
     se_unit, df = S.blocked_standard_errors(d[["variant", "seed"]], "static")
-    assert df == dof and se_unit["a"] == pytest.approx(math.sqrt(cov[1, 1] / sigma2))
+    assert df == dof and se_unit["a"] == pytest.approx(ref["a"][1] / ref["a"][3])
 
 
 def test_blocked_contrasts_without_a_reference_or_residual_df_are_none():
