@@ -95,6 +95,13 @@ class SlurmOptions:
     max_timeout_requeues: int = 100        # submitit stops requeueing a job after this many time-outs
     extra_sbatch: dict[str, str | int | bool] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # a warning at or before the start would preempt every job as soon as it runs
+        if self.signal_before_s >= self.time_min * 60:
+            raise SlurmOptionsError(
+                f"slurm.signal_before_s: must be less than the time limit (time_min {self.time_min} = "
+                f"{self.time_min * 60} s), got {self.signal_before_s}: the warning would come at the job's start")
+
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]

@@ -92,6 +92,8 @@ def test_options_defaults_mapping_and_env_overrides():
     ({"partition": "two words"}, {}, "slurm.partition: must be a non-empty name without spaces, got 'two words'"),
     ({"signal": "KILL"}, {}, "slurm.signal: must be one of USR1, USR2, got 'KILL'"),
     ({"signal_before_s": 70000}, {}, "slurm.signal_before_s: must be at most 65535"),
+    ({"time_min": 2}, {}, "slurm.signal_before_s: must be less than the time limit (time_min 2 = 120 s), got 120"),
+    ({"signal_before_s": 300}, {"ODCONV_SLURM_TIME_MIN": "5"}, "(time_min 5 = 300 s), got 300"),
     ({"extra_sbatch": {"time": "10"}}, {}, "'time' is set by the launcher; use time_min instead"),
     ({"extra_sbatch": {"Bad Key": "x"}}, {}, "'Bad Key' is not an sbatch long option name"),
     ({}, {"ODCONV_SLURM_CPUS_PER_TASK": "four"}, "ODCONV_SLURM_CPUS_PER_TASK: must be an integer >= 1, got 'four'"),
@@ -294,8 +296,8 @@ def test_signalled_job_and_requeued_job_each_run_again(cluster, tmp_path):
 
 def test_cancelled_job_ends_cancelled_and_a_failing_command_ends_failed(cluster, tmp_path):
     ((job_id, record, _),) = submit_recorders(cluster, tmp_path, 1, release_now=False)
-    (failing,) = S.submit_jobs([sys.executable, "-c", "raise SystemExit(3)"], 1,
-                               S.SlurmOptions.from_mapping({"time_min": 2}, environ={}), tmp_path / "jobs")
+    short = S.SlurmOptions.from_mapping({"time_min": 2, "signal_before_s": 20}, environ={})
+    (failing,) = S.submit_jobs([sys.executable, "-c", "raise SystemExit(3)"], 1, short, tmp_path / "jobs")
     explain = explain_job(cluster, job_id, tmp_path)
     wait_until(lambda: events(record), 30, "the job's start", explain)
     cluster.run(["scancel", job_id])

@@ -67,6 +67,8 @@ CASES = [
     (["run", "{yaml}", "--slurm", "partition=gpu"], ["--slurm", "need --launcher slurm"]),
     (["run", "{yaml}", "--launcher", "slurm", "--slurm", "partiton=gpu"], ["'partiton'", "valid", "partition"]),
     (["run", "{yaml}", "--launcher", "slurm", "--slurm", "time_min=0"], ["slurm.time_min", ">= 1", "0"]),
+    (["run", "{yaml}", "--launcher", "slurm", "--slurm", "time_min=1"],
+     ["slurm.signal_before_s", "time_min 1 = 60 s", "got 120"]),
     (["run", "{yaml}", "--launcher", "slurm", "--slurm", "gpu"], ["--slurm", "KEY=VALUE", "'gpu'"]),
     (["run", "{yaml}", "--launcher", "slurm", "--workers", "2"], ["--workers", "--launcher local", "--slurm-jobs"]),
     (["run", "{yaml}", "--launcher", "slurm", "--slurm-jobs", "0", "--results-root", "{root}"],
