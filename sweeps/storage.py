@@ -82,6 +82,11 @@ def is_transient(e: BaseException) -> bool:
         return cause is not None and is_transient(cause)
     if sa_types and isinstance(e, sa_types):
         return True
+    if sa_exc is not None and isinstance(e, sa_exc.PendingRollbackError):
+        # a session reused after its connection dropped (optuna's _get_trials retries its query
+        # in the same session, checked with optuna 5.0): transient when what it awaits was
+        context = e.__cause__ or e.__context__
+        return context is not None and is_transient(context)
     if sa_exc is not None and isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
         return True
     if isinstance(e, OSError):

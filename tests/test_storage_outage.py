@@ -55,6 +55,19 @@ def test_transient_errors_are_connection_and_file_access_trouble():
     refused = sa.OperationalError("SELECT 1", {}, Exception("connection refused"))
     assert is_transient(refused) and is_transient(wrapped(refused))
     assert not is_transient(wrapped(sa.DataError("INSERT", {}, Exception("value too long"))))
+    # a query retried in the session whose connection had dropped (optuna's _get_trials does so)
+    def after(first: BaseException) -> StorageInternalError:
+        try:
+            try:
+                raise first
+            except sa.SQLAlchemyError:
+                raise sa.PendingRollbackError("Can't reconnect until invalid transaction is rolled back") from None
+        except sa.PendingRollbackError as pending:
+            return wrapped(pending)
+
+    assert is_transient(after(refused))
+    assert not is_transient(after(sa.IntegrityError("INSERT", {}, Exception("duplicate key"))))
+    assert not is_transient(wrapped(sa.PendingRollbackError("no earlier error")))
     assert is_transient(PermissionError(1, "Operation not permitted"))
     assert not is_transient(FileNotFoundError(2, "No such file or directory"))
     assert not is_transient(KeyError("study"))
