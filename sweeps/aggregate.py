@@ -12,7 +12,8 @@ Writes under ``results/<sweep>/`` (how to read each: ``docs/results.md``):
   width, else from the trials' own measurements, with their host names).
 - ``effects.csv`` / ``effects.md`` / ``effects.png``: when the grid holds the full 2^4
   factorial of ODConv's attentions (channel, filter, spatial, kernel), the main effects and
-  two-way interactions from a linear model with seed as a block.
+  two-way interactions from a linear model with seed as a block; ``outliers.csv`` and
+  ``effects_without_outliers.csv`` while the fit flags a result as outlying.
 - ``attention.csv`` / ``attention.md``: the effect of switching each ODConv attention on,
   averaged over every pair of grid variants that differ only in that attention (any grid).
 - ``accuracy_bars.png``, ``accuracy_vs_params.png``, ``accuracy_vs_train_time.png`` (Pareto
@@ -27,7 +28,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -43,6 +44,7 @@ from .stats import t_ppf, welch_ci
 
 ATTS = ("channel", "filter", "spatial", "kernel")
 ALPHA, POWER = 0.05, 0.8
+OUTLIER_ALPHA = 0.05  # the Bonferroni-adjusted level at which a result is flagged as outlying
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -505,17 +507,23 @@ def factorial_groups(sweep: SweepDef) -> tuple[list[FactorialGroup], str]:
 
 EFFECT_TABLE_COLUMNS = ["group", "term", "estimate", "ci_low", "ci_high", "se", "p_value", "df_resid", "n_obs",
                         "resid_sd", "n_cells_with_data"]
+OUTLIER_TABLE_COLUMNS = ["group", "variant", "seed", "top1", *stats.OUTLIER_COLUMNS]
 
 
 @dataclass
 class EffectsResult:
     """``table``: the effects (``EFFECT_TABLE_COLUMNS``); ``notes``: one line per factorial
-    group (or why there is none); ``fits``: group label -> the statsmodels fit summary."""
+    group (or why there is none); ``fits``: group label -> the statsmodels fit summary.
+    ``outliers``: the results the fit flags as outlying (``OUTLIER_TABLE_COLUMNS``), and
+    ``without_outliers``: the same model refitted without them (a sensitivity check; the
+    estimates are ``table``'s), in ``EFFECT_TABLE_COLUMNS``, empty when none is flagged."""
 
     table: pd.DataFrame
     notes: list[str]
     fits: dict[str, stats.FactorialFit]
     groups: list[FactorialGroup]
+    outliers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=OUTLIER_TABLE_COLUMNS))
+    without_outliers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EFFECT_TABLE_COLUMNS))
 
 
 def effects_table(sweep: SweepDef, df: pd.DataFrame) -> EffectsResult:
@@ -525,28 +533,44 @@ def effects_table(sweep: SweepDef, df: pd.DataFrame) -> EffectsResult:
     if not groups:
         return EffectsResult(pd.DataFrame(columns=EFFECT_TABLE_COLUMNS), [f"n/a: {why}"], {}, [])
     by_seed = _seed_values(df)
-    frames, notes, fits = [], [], {}
+    frames, notes, fits, flagged, refits = [], [], {}, [], []
+
+    def effect_rows(label: str, fit: stats.FactorialFit, n_cells: int) -> pd.DataFrame:
+        t = fit.effects.copy()
+        t.insert(0, "group", label)
+        t["df_resid"], t["n_obs"], t["resid_sd"] = fit.df_resid, fit.n_obs, fit.resid_sd
+        t["n_cells_with_data"] = n_cells
+        return t
+
     for g in groups:
-        rows = [{"y": y, "seed": seed, **dict(zip(ATTS, cell))}
+        rows = [{"y": y, "seed": seed, "variant": lab, **dict(zip(ATTS, cell))}
                 for lab, cell in g.variants.items() for seed, y in by_seed.get(lab, {}).items()]
-        data = pd.DataFrame(rows, columns=["y", "seed", *ATTS])
+        data = pd.DataFrame(rows, columns=["y", "seed", "variant", *ATTS])
         n_cells = len({tuple(r[a] for a in ATTS) for r in rows})
-        fit = stats.factorial_effects(data, ATTS, response="y", block="seed") if len(data) else None
+        fit = (stats.factorial_effects(data, ATTS, response="y", block="seed", outlier_alpha=OUTLIER_ALPHA)
+               if len(data) else None)
         name = g.label or "all"
         if fit is None:
             notes.append(f"{name}: n/a: {len(data)} results in {n_cells}/16 cells cannot estimate 4 main effects, "
                          "6 interactions and the seed blocks with a residual degree of freedom left")
             continue
         fits[g.label] = fit
-        t = fit.effects.copy()
-        t.insert(0, "group", g.label)
-        t["df_resid"], t["n_obs"], t["resid_sd"] = fit.df_resid, fit.n_obs, fit.resid_sd
-        t["n_cells_with_data"] = n_cells
-        frames.append(t)
+        frames.append(effect_rows(g.label, fit, n_cells))
         notes.append(f"{name}: {fit.n_obs} results in {n_cells}/16 cells, residual SD {fit.resid_sd:.2f} pp on "
                      f"{fit.df_resid:g} df")
+        if len(fit.outliers):
+            out = data.loc[fit.outliers.index, ["variant", "seed", "y"]].rename(columns={"y": "top1"})
+            flagged.append(pd.concat([out, fit.outliers], axis=1).assign(group=g.label))
+            rest = data.drop(index=fit.outliers.index)
+            refit = stats.factorial_effects(rest, ATTS, response="y", block="seed", outlier_alpha=OUTLIER_ALPHA)
+            if refit is not None:
+                refits.append(effect_rows(g.label, refit, len({tuple(r) for r in rest[list(ATTS)].to_numpy()})))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EFFECT_TABLE_COLUMNS)
-    return EffectsResult(table[EFFECT_TABLE_COLUMNS], notes, fits, groups)
+    outliers = (pd.concat(flagged, ignore_index=True)[OUTLIER_TABLE_COLUMNS] if flagged
+                else pd.DataFrame(columns=OUTLIER_TABLE_COLUMNS))
+    without = (pd.concat(refits, ignore_index=True)[EFFECT_TABLE_COLUMNS] if refits
+               else pd.DataFrame(columns=EFFECT_TABLE_COLUMNS))
+    return EffectsResult(table[EFFECT_TABLE_COLUMNS], notes, fits, groups, outliers, without)
 
 
 # --- precision of the design ----------------------------------------------------------------
@@ -828,6 +852,18 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
                                "planned": f"± {_f(g['planned'])}", "verdict": g["verdict"],
                                "seeds to meet it": g["seeds_needed"]} for g in pw["goals"]])
         lines += [_md(table), ""]
+    if len(effects.outliers) and effects.groups:
+        label = effects.groups[0].label
+        wo = effects.without_outliers[effects.without_outliers["group"] == label].set_index("term")
+        n_out = int((effects.outliers["group"] == label).sum())
+        if n_out and len(wo):
+            widest = float(((wo["ci_high"] - wo["ci_low"]) / 2).loc[[a for a in ATTS if a in wo.index]].max())
+            one = n_out == 1
+            lines += [f"{n_out} outlying result{'' if one else 's'} (listed under *Factorial effects*) "
+                      f"{'is' if one else 'are'} part of the factorial's residual SD: "
+                      f"without {'it' if one else 'them'}, "
+                      f"the residual SD is {_f(wo['resid_sd'].iloc[0])} pp and the widest main-effect interval "
+                      f"± {_f(widest)} pp.", ""]
     return lines
 
 
@@ -961,10 +997,38 @@ def _effects_body(effects: EffectsResult) -> list[str]:
         t = effects.table[effects.table["group"] == g.label]
         lines += [f"### {g.label or 'all'}", "", note, ""]
         if len(t):
-            lines += [_md(pd.DataFrame([{"term": r["term"], "effect (pp) [95% CI]": _ci(r["estimate"], r["ci_low"],
-                                                                                       r["ci_high"]),
-                                         "SE": _f(r["se"]), "p": _p(r["p_value"])} for _, r in t.iterrows()])), ""]
+            lines += [_effects_md(t), ""]
+        lines += _outlier_lines(effects, g.label)
     return lines
+
+
+def _effects_md(t: pd.DataFrame) -> str:
+    return _md(pd.DataFrame([{"term": r["term"], "effect (pp) [95% CI]": _ci(r["estimate"], r["ci_low"], r["ci_high"]),
+                              "SE": _f(r["se"]), "p": _p(r["p_value"])} for _, r in t.iterrows()]))
+
+
+def _outlier_lines(effects: EffectsResult, label: str) -> list[str]:
+    """The group's outlying results and the effects refitted without them (nothing if none)."""
+    out = effects.outliers[effects.outliers["group"] == label]
+    if not len(out):
+        return []
+    fit = effects.fits[label]
+    lines = [f"**Outlying results.** {len(out)} of the {fit.n_obs} results {'lies' if len(out) == 1 else 'lie'} "
+             "farther from what the model "
+             "predicts for their cell and seed than chance explains (externally studentized residual, "
+             f"Bonferroni-adjusted p < {OUTLIER_ALPHA:g} over the {fit.n_obs}; statsmodels `outlier_test`):", "",
+             _md(pd.DataFrame([{"variant": f"`{r['variant']}`", "seed": str(r["seed"]), "top-1 %": _f(r["top1"]),
+                                "residual (pp)": _f(r["residual"], "{:+.2f}"),
+                                "studentized residual": _f(r["student_resid"], "{:+.1f}"),
+                                "Bonferroni p": _p(r["p_bonferroni"])} for _, r in out.iterrows()])), "",
+             "They stay in the estimates above (a run that trains badly is part of what its variant does); "
+             "refitted without them, as a check of how much the reading rests on them:", ""]
+    t = effects.without_outliers[effects.without_outliers["group"] == label]
+    if not len(t):
+        return lines + ["n/a: without them the model cannot be estimated.", ""]
+    r0 = t.iloc[0]
+    return lines + [f"without the outlying results: {int(r0['n_obs'])} results, residual SD {_f(r0['resid_sd'])} pp "
+                    f"on {_f(r0['df_resid'], '{:g}')} df", "", _effects_md(t), ""]
 
 
 def effects_markdown(sweep: SweepDef, effects: EffectsResult, power: dict[str, Any]) -> str:
@@ -1015,6 +1079,11 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     summary.to_csv(out_dir / "summary.csv", index=False)
     att.to_csv(out_dir / "attention.csv", index=False)
     effects.table.to_csv(out_dir / "effects.csv", index=False)
+    for name, table in (("outliers.csv", effects.outliers), ("effects_without_outliers.csv", effects.without_outliers)):
+        if len(table):
+            table.to_csv(out_dir / name, index=False)
+        elif (out_dir / name).exists():
+            (out_dir / name).unlink()  # from earlier results: no longer describes these
     md = summary_markdown(sweep, summary, att, df, metric, effects, power, reruns if sweep.reruns else None)
     reruns_csv = out_dir / "reruns.csv"
     if sweep.reruns:

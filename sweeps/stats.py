@@ -7,6 +7,8 @@ Every test and interval comes from scipy or statsmodels:
 - :func:`holm`: ``statsmodels.stats.multitest.multipletests(method="holm")``.
 - :func:`factorial_effects`: ``statsmodels`` OLS of a 2^k design with effect-coded (-1/+1)
   factors, their two-way interactions and a seed block.
+- :func:`outlying_observations`: ``statsmodels`` ``outlier_test`` (externally studentized
+  residuals, Bonferroni): the results a fit cannot explain, e.g. a run that trained badly.
 - :func:`mdd_paired`, :func:`mdd_two_sample`, :func:`mdd_t`: the smallest true difference
   detected with a given power, from ``statsmodels.stats.power``; :func:`effect_standard_errors`
   gives a planned factorial's effect standard errors for :func:`mdd_t`.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -221,15 +223,36 @@ def mdd_t(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> floa
 class FactorialFit:
     """Effects of a two-level factorial: one row per term (main effects, then two-way
     interactions), columns ``term, estimate, ci_low, ci_high, se, p_value``; plus the fit's
-    residual standard deviation, residual degrees of freedom and number of observations."""
+    residual standard deviation, residual degrees of freedom, number of observations, and the
+    observations :func:`outlying_observations` flags (indexed like the data; they stay in the fit)."""
 
     effects: pd.DataFrame
     resid_sd: float
     df_resid: float
     n_obs: int
+    outliers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=OUTLIER_COLUMNS))
 
 
 EFFECT_COLUMNS = ["term", "estimate", "ci_low", "ci_high", "se", "p_value"]
+OUTLIER_COLUMNS = ["residual", "student_resid", "p_bonferroni"]
+
+
+def outlying_observations(fit, alpha: float = 0.05) -> pd.DataFrame:
+    """The observations of a fitted statsmodels OLS whose externally studentized residual is
+    significant at ``alpha`` after a Bonferroni correction over all observations
+    (``OLSResults.outlier_test(method="bonf")``): a result far from what the rest of the model
+    predicts for it, e.g. a run that trained badly. Indexed like the model's data; columns
+    ``residual`` (observed - fitted), ``student_resid``, ``p_bonferroni``. An observation the
+    model fits exactly whatever its value (leverage 1, e.g. alone in its block) is never flagged."""
+    with warnings.catch_warnings():
+        # the leave-one-out fit of a leverage-1 observation is rank-deficient (statsmodels warns)
+        warnings.simplefilter("ignore")
+        test = fit.outlier_test(method="bonf")
+        leverage = np.asarray(fit.get_influence().hat_matrix_diag)
+    out = pd.DataFrame({"residual": np.asarray(fit.resid), "student_resid": test["student_resid"].to_numpy(),
+                        "p_bonferroni": test["bonf(p)"].to_numpy()}, index=test.index)
+    p = out["p_bonferroni"].to_numpy()
+    return out[(leverage < 1 - 1e-9) & np.isfinite(p) & (p < alpha)]
 
 
 def _factorial_model(data: pd.DataFrame, factors: Sequence[str], response: str, block: str | None):
@@ -262,7 +285,7 @@ def _term(name: str, names: dict[str, str]) -> str | None:
 
 
 def factorial_effects(data: pd.DataFrame, factors: Sequence[str], response: str = "y", block: str | None = "seed",
-                      level: float = 0.95) -> FactorialFit | None:
+                      level: float = 0.95, outlier_alpha: float = 0.05) -> FactorialFit | None:
     """Fit ``response ~ block + (f1 + ... + fk)**2`` by OLS (statsmodels) with every factor
     coded -1 (off) / +1 (on) and ``block`` (e.g. the seed) as a categorical, and return each
     term's effect with its ``level`` t interval.
@@ -272,7 +295,8 @@ def factorial_effects(data: pd.DataFrame, factors: Sequence[str], response: str 
     difference between a's effect with b on and a's effect with b off (the usual 2^k
     definition). ``data`` has one row per observation: ``response``, the factors as booleans
     or 0/1, and ``block``. None when the design cannot estimate every term and leave at least
-    one residual degree of freedom (cells missing, too few observations)."""
+    one residual degree of freedom (cells missing, too few observations). ``outliers``: the
+    observations :func:`outlying_observations` flags at ``outlier_alpha``; they stay in the fit."""
     model, names = _factorial_model(data, factors, response, block)
     if model is None:
         return None
@@ -287,7 +311,7 @@ def factorial_effects(data: pd.DataFrame, factors: Sequence[str], response: str 
                      "ci_low": 2 * float(ci.loc[name, 0]), "ci_high": 2 * float(ci.loc[name, 1]),
                      "se": 2 * float(fit.bse[name]), "p_value": float(fit.pvalues[name])})
     return FactorialFit(pd.DataFrame(rows, columns=EFFECT_COLUMNS), float(np.sqrt(fit.scale)), float(fit.df_resid),
-                        int(fit.nobs))
+                        int(fit.nobs), outlying_observations(fit, outlier_alpha))
 
 
 def effect_standard_errors(design: pd.DataFrame, factors: Sequence[str], block: str | None = "seed"
@@ -388,5 +412,6 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> np.ndarray:
 
 
 __all__ = ["t_ppf", "welch_ci", "welch_p", "mean_ci", "Paired", "paired_diff", "holm", "pooled_sd", "mdd_paired",
-           "mdd_two_sample", "mdd_t", "FactorialFit", "factorial_effects", "effect_standard_errors", "EFFECT_COLUMNS",
+           "mdd_two_sample", "mdd_t", "FactorialFit", "factorial_effects",
+           "outlying_observations", "OUTLIER_COLUMNS", "effect_standard_errors", "EFFECT_COLUMNS",
            "pareto_front", "blocked_contrasts", "blocked_standard_errors", "BLOCKED_COLUMNS"]

@@ -238,6 +238,51 @@ def test_factorial_effects_recover_the_known_effects(factorial):
     assert "## Factorial effects of the attentions" in (res / "summary.md").read_text()
 
 
+def test_an_outlying_run_is_listed_and_the_effects_refitted_without_it(tmp_path):
+    recs, truth = _factorial_records("outl")
+    bad = CELLS[(1, 0, 1, 1)]  # odconv4x-channel+spatial+kernel, seed 0 trained badly
+    for r in recs:
+        if r.variant == bad and r.seed == 0:
+            r.value -= 0.03
+    _write(tmp_path, "outl", FACTORIAL_GRID, recs)
+    aggregate("outl", tmp_path)
+    res = tmp_path / "outl"
+    out = pd.read_csv(res / "outliers.csv")
+    assert list(out["variant"]) == [bad] and list(out["seed"]) == [0]
+    assert out["top1"].iloc[0] == pytest.approx(truth[(bad, 0)] - 3.0)
+    assert out["p_bonferroni"].iloc[0] < 0.05 and out["student_resid"].iloc[0] < 0
+    # the estimates keep it (resid SD inflated); the refit without it recovers the truth as the clean
+    # design does: independent, the effects of the 47 other results by numpy least squares
+    eff = pd.read_csv(res / "effects.csv").set_index("term")
+    wo = pd.read_csv(res / "effects_without_outliers.csv").set_index("term")
+    assert (eff["n_obs"] == 48).all() and (wo["n_obs"] == 47).all()
+    assert wo["resid_sd"].iloc[0] < eff["resid_sd"].iloc[0] / 5
+    rows = [(cell, seed, y) for (conv, seed), y in truth.items() for cell, c in CELLS.items()
+            if c == conv and (conv, seed) != (bad, 0)]
+    x = np.array([[2 * v - 1 for v in cell] for cell, _, _ in rows], dtype=float)
+    pairs = list(itertools.combinations(range(4), 2))
+    X = np.column_stack([np.ones(len(rows))] + [[float(s == k) for _, s, _ in rows] for k in (1, 2)]
+                        + [x[:, i] for i in range(4)] + [x[:, i] * x[:, j] for i, j in pairs])
+    beta, *_ = np.linalg.lstsq(X, np.array([y for _, _, y in rows]), rcond=None)
+    for i, a in enumerate(ATTS):
+        assert wo.loc[a, "estimate"] == pytest.approx(2 * beta[3 + i], abs=1e-9)
+    md = (res / "effects.md").read_text()
+    assert "**Outlying results.** 1 of the 48 results lies" in md and f"`{bad}`" in md
+    assert "without the outlying results: 47 results" in md
+    widest = max(wo.loc[a, "ci_high"] - wo.loc[a, "ci_low"] for a in ATTS) / 2
+    assert (f"1 outlying result (listed under *Factorial effects*) is part of the factorial's residual SD: without "
+            f"it, the residual SD is {wo['resid_sd'].iloc[0]:.2f} pp and the widest main-effect interval ± {widest:.2f}"
+            ) in (res / "summary.md").read_text()
+    # the run is redone and lands where it should: the lists go, not left stale
+    for r in recs:
+        if r.variant == bad and r.seed == 0:
+            r.value += 0.03
+    _write(tmp_path, "outl", FACTORIAL_GRID, recs)
+    aggregate("outl", tmp_path)
+    assert not (res / "outliers.csv").exists() and not (res / "effects_without_outliers.csv").exists()
+    assert "Outlying results" not in (res / "effects.md").read_text()
+
+
 def test_paired_rows_holm_and_power_match_independent_computations(factorial):
     sw, truth, out, res = factorial
     s = pd.read_csv(res / "summary.csv", dtype={"failed_seeds": str, "missing_seeds": str}).set_index("variant")

@@ -223,6 +223,41 @@ def test_factorial_without_replication_and_with_missing_cells():
         S.factorial_effects(d.drop(columns="kernel"), FACTORS)
 
 
+def test_outlying_result_is_flagged_with_the_textbook_studentized_residual():
+    rng = np.random.default_rng(3)
+    d = _design(noise=0.05, rng=rng)
+    assert S.factorial_effects(d, FACTORS).outliers.empty  # normal noise only: nothing flagged
+    bad = d.index[(d.seed == 1) & d.channel & d.spatial & d.kernel & ~d["filter"]][0]
+    d.loc[bad, "y"] -= 2.0  # one run that trained badly
+    # and a result alone in its seed block: the model fits it exactly whatever its value
+    alone = d.iloc[[0]].assign(seed=9, y=d.y.iloc[0] - 50.0)
+    d = pd.concat([d, alone], ignore_index=True)
+    fit = S.factorial_effects(d, FACTORS)
+    assert list(fit.outliers.index) == [bad]
+    assert list(fit.outliers.columns) == S.OUTLIER_COLUMNS
+    # independent: the externally studentized residual from the hat matrix and the
+    # leave-one-out variance (numpy), its two-sided t p-value times n (scipy)
+    x = {f: np.where(d[f], 1.0, -1.0) for f in FACTORS}
+    pairs = list(itertools.combinations(FACTORS, 2))
+    cols = [np.ones(len(d))] + [(d.seed == s).astype(float).to_numpy() for s in (1, 2, 9)]
+    cols += [x[f] for f in FACTORS] + [x[a] * x[b] for a, b in pairs]
+    X = np.column_stack(cols)
+    y = d.y.to_numpy()
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    e = y - X @ beta
+    h = np.diag(X @ np.linalg.inv(X.T @ X) @ X.T)
+    n, k = X.shape
+    s2_loo = (e @ e - e[bad] ** 2 / (1 - h[bad])) / (n - k - 1)
+    r = e[bad] / math.sqrt(s2_loo * (1 - h[bad]))
+    got = fit.outliers.loc[bad]
+    assert got["residual"] == pytest.approx(e[bad], abs=1e-9)
+    assert got["student_resid"] == pytest.approx(r, rel=1e-6) and r < -5
+    assert got["p_bonferroni"] == pytest.approx(min(1.0, n * 2 * ss.t.sf(abs(r), n - k - 1)), rel=1e-6)
+    assert h[-1] == pytest.approx(1.0)  # the lone result: leverage 1, never flagged
+    # a stricter level flags nothing
+    assert S.factorial_effects(d, FACTORS, outlier_alpha=1e-30).outliers.empty
+
+
 # --- Pareto front ------------------------------------------------------------------------------
 
 def test_pareto_front_matches_brute_force():
