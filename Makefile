@@ -14,7 +14,7 @@ DEVICES_PER_TRIAL ?= 1
 LAUNCHER          ?= local
 SLURM_JOBS        ?=
 
-.PHONY: setup test lint test-slow bench ablation results estimate sweep-bench gpu-check clean
+.PHONY: setup test lint test-slow bench ablation results drain estimate sweep-bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ ablation: setup
 
 results: setup
 	STORAGE="$(STORAGE)" $(PY) -m sweeps results $(SWEEP)
+
+# Stop a running sweep between trials (every machine): running trials finish, no new one
+# starts, the drivers exit with 4; `make ablation` again goes on
+drain: setup
+	STORAGE="$(STORAGE)" $(PY) -m sweeps drain $(SWEEP)
 
 # Expected wall time of a sweep on this machine (measures each variant's throughput here)
 estimate: setup

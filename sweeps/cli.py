@@ -5,6 +5,7 @@
     odconv-sweep run sweeps/ablation.yaml --launcher slurm [--slurm-jobs N] [--slurm KEY=VALUE ...]
     odconv-sweep results ablation          # aggregate results/ablation/ into tables and plots
     odconv-sweep status ablation           # progress of a (running) sweep
+    odconv-sweep drain ablation            # finish the running trials, start no new one
     odconv-sweep check sweeps/x.yaml       # validate a sweep file and list its grid
     odconv-sweep dashboard ablation        # the optuna-dashboard command for its storage
     odconv-sweep estimate ablation         # expected wall time, measured on this machine
@@ -13,7 +14,8 @@
 DEVICES_PER_TRIAL, LAUNCHER and SLURM_JOBS (what ``make ablation`` passes), and STUDY for the
 study name. ``--launcher slurm`` submits the workers as SLURM jobs and returns (docs/slurm.md).
 Exit codes: 0 done, 1 some grid points failed, 2 bad input (one ``error:`` line), 3 the
-storage was unreachable for longer than the outage limit, 130 interrupted.
+storage was unreachable for longer than the outage limit, 4 drained with points left, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -130,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--storage", default=os.environ.get("STORAGE") or None)
     st.add_argument("--study", default=os.environ.get("STUDY") or None)
     st.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
+    dr = sub.add_parser("drain", help="let the running trials of a sweep finish (on every machine) and start no new "
+                                      "one; `run` again goes on")
+    dr.add_argument("sweep")
+    dr.add_argument("--storage", default=os.environ.get("STORAGE") or None)
+    dr.add_argument("--study", default=os.environ.get("STUDY") or None)
+    dr.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
     c = sub.add_parser("check", help="validate a sweep file and list its grid points")
     c.add_argument("sweep")
     e = sub.add_parser("estimate", help="expected wall time of a sweep here, from throughput measured on the device")
@@ -327,6 +335,15 @@ def _command(a: argparse.Namespace) -> int:
         for key, state in sorted(p.points.items()):
             print(f"  {state:8s} {key}")
         _print_jobs(sweep.name, a.results_root)
+        return 0
+    if a.cmd == "drain":
+        from . import study as S
+        sweep = _results_sweep(a.sweep, a.results_root)
+        st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
+        S.request_drain(st)
+        p = S.progress(st, [pt.key for pt in sweep.points()])
+        print(f"drain requested for sweep {sweep.name!r}: {p.count('running')} running trial(s) finish, no new one "
+              f"starts; {p.count('waiting')} waiting point(s) stay queued. `run` again goes on.")
         return 0
     if a.cmd == "check":
         sweep = load_sweep(a.sweep)

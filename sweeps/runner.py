@@ -118,7 +118,8 @@ def run_sweep(sweep: SweepDef, storage_url: str | None = None, workers: int | No
               max_rounds: int = 20, prepare_data: bool = True) -> int:
     """Run (or resume) a sweep to completion. Returns 0 when every grid point is done, 1 when
     some failed, 2 when its data could not be prepared, 3 when the storage was unreachable
-    for longer than the outage limit, 130 when interrupted. ``ValueError`` for impossible
+    for longer than the outage limit, 4 when drained with points left (``odconv-sweep
+    drain``), 130 when interrupted. ``ValueError`` for impossible
     worker/GPU requests."""
     slots = plan_slots(gpus, workers, devices_per_trial)
     label = S.storage_label(storage_url, sweep.name, results_root)
@@ -138,6 +139,9 @@ def run_sweep(sweep: SweepDef, storage_url: str | None = None, workers: int | No
 
 INTERRUPTED = ("[sweep] interrupted; run the same command again to resume (finished trials are kept, "
                "interrupted ones resume from their last checkpoint)")
+DRAINED = ("[sweep] drained (odconv-sweep drain): the running trials finished and no new one was started; "
+           "run the same command again to go on")
+EXIT_DRAINED = 4
 
 
 def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_per_trial: int, results_root: str,
@@ -151,6 +155,7 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
     storage = S.make_storage(storage_url, sweep.name, results_root, guard)
     study = S.create_study(storage, name)
     study.set_user_attr("sweep", sweep.name)
+    S.clear_drain(study)  # running the sweep again is asking it to go on
     points = sweep.points()
     seeds_per_variant = Counter(p.variant for p in points).values()
     low, high = min(seeds_per_variant, default=0), max(seeds_per_variant, default=0)
@@ -167,6 +172,9 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
         from .tune import run_tuning
         extra = run_tuning(sweep, storage, storage_url, name, slots, results_root, sweep_json, devices_per_trial, stop)
         if extra is None:
+            if not stop.requested and S.drain_requested(study):
+                print(DRAINED, file=sys.stderr)
+                return EXIT_DRAINED
             print(INTERRUPTED, file=sys.stderr)
             return 130
         write_json_atomic(res / "tuned.json", extra)
@@ -195,7 +203,11 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
 
     W, R = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
     rounds = 0
+    drained = False
     while not stop.requested:
+        if S.drain_requested(study):
+            drained = True  # this driver's workers finished their trials and claimed no new one
+            break
         if study.get_trials(deepcopy=False, states=(W,)):
             if rounds >= max_rounds:
                 log.warning("workers were started %d times and points are still queued; giving up", rounds)
@@ -230,7 +242,12 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
     if stop.requested:
         print(INTERRUPTED, file=sys.stderr)
         return 130
-    return 0 if p.count("done") == len(keys) else 1
+    if p.count("done") == len(keys):
+        return 0
+    if drained:
+        print(f"{DRAINED}: {p.count('done')}/{len(keys)} points done", file=sys.stderr)
+        return EXIT_DRAINED
+    return 1
 
 
 MAX_DEFAULT_JOBS = 32  # `--slurm-jobs` default: one job per grid point left, at most this many
@@ -267,6 +284,7 @@ def submit_sweep(sweep: SweepDef, options: SlurmOptions, storage_url: str | None
     label = S.storage_label(storage_url, sweep.name, results_root)
     study = S.create_study(S.make_storage(storage_url, sweep.name, results_root, OutageGuard(label)), name)
     study.set_user_attr("sweep", sweep.name)
+    S.clear_drain(study)
     if prepare_data and not _prepare_data(sweep, res):
         return 2
     added = S.enqueue_grid(study, sweep)

@@ -315,6 +315,28 @@ def requeue_failed(study: SweepStudy) -> int:
     return n
 
 
+# --- draining ----------------------------------------------------------------------------
+
+DRAIN_ATTR = "drain_requested"  # study user attribute: {"at": unix time, "host": ...} or None
+
+
+def request_drain(study: optuna.Study) -> None:
+    """Ask every worker of the study, on every machine, to claim no new trial: running trials
+    finish and are reported, then the workers and their drivers stop (``odconv-sweep drain``)."""
+    study.set_user_attr(DRAIN_ATTR, {"at": time.time(), "host": HOST})
+
+
+def drain_requested(study: optuna.Study) -> bool:
+    """Whether :func:`request_drain` was called since the study was last started."""
+    return bool(study.user_attrs.get(DRAIN_ATTR))
+
+
+def clear_drain(study: optuna.Study) -> None:
+    """Forget a drain request: the next ``odconv-sweep run`` goes on with the queue."""
+    if drain_requested(study):
+        study.set_user_attr(DRAIN_ATTR, None)
+
+
 # --- progress ----------------------------------------------------------------------------
 
 @dataclass

@@ -109,7 +109,7 @@ class TuneSource:
         """``worker``: the :class:`sweeps.worker.Worker` claiming (its stop flag, identity, results dir)."""
         sweep = self.sweep
         quiet = worker.storage.guard.seconds_since_outage()
-        while not worker.stop:
+        while not worker.stop and not S.drain_requested(worker.study):
             for st in self.studies.values():
                 for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     why = S.trial_is_dead(t, sweep.stale_after_s, quiet)
@@ -152,8 +152,13 @@ def run_tuning(sweep: SweepDef, storage: ResilientStorage, storage_url: str | No
                results_root: str, sweep_json: Path, devices_per_trial: int,
                stop: StopRequest) -> dict[str, dict[str, Any]] | None:
     """Run the tuning stage to completion (driver side); the best values per variant, or None
-    if interrupted."""
+    if interrupted or drained (``odconv-sweep drain``)."""
     studies = open_tune_studies(sweep, storage, base, create=True)
+    base_study = S.load_study(storage, base)
+
+    def halted() -> bool:
+        return stop.requested or S.drain_requested(base_study)
+
     total = sweep.tune.n_trials * len(studies)
     last = ""
 
@@ -170,14 +175,14 @@ def run_tuning(sweep: SweepDef, storage: ResilientStorage, storage_url: str | No
             last = line
 
     for _round in range(5):
-        if stop.requested or tuning_done(sweep, studies):
+        if halted() or tuning_done(sweep, studies):
             break
         codes = run_workers(slots, lambda slot: worker_command(sweep_json, base, results_root, devices_per_trial,
                                                                slot.index, "tune", storage_url), stop, tick)
         if EXIT_STORAGE in codes and not stop.requested:
             raise StorageUnavailable(f"a tuning worker could not reach the storage {storage.guard.label} for "
                                      f"longer than {storage.guard.limit_s:.0f} s")
-    if stop.requested:
+    if halted():
         return None
     # other machines may still be tuning: wait for every study to have its budget
     while not tuning_done(sweep, studies):
@@ -186,7 +191,7 @@ def run_tuning(sweep: SweepDef, storage: ResilientStorage, storage_url: str | No
             log.warning("tuning budget not reached (failed trials); using the best values found")
             break
         time.sleep(10)
-        if stop.requested:
+        if halted():
             return None
     best = best_overrides(sweep, studies)
     for v, b in best.items():

@@ -4,7 +4,8 @@ already pinned (``CUDA_VISIBLE_DEVICES`` in its environment before Python starts
 One loop for both stages: claim a trial from its source -- the grid queue
 (:class:`GridSource`) or the tuning studies (:class:`sweeps.tune.TuneSource`) -- run it in a
 child process (``python -m sweeps _trial``) while beating its heartbeat, then tell Optuna the
-outcome its record says. Stops when the source has nothing left (running nothing), or on
+outcome its record says. Stops when the source has nothing left (running nothing), when the
+study is drained (``odconv-sweep drain``: before claiming the next trial), or on
 SIGINT/SIGTERM (the running trial is failed as "interrupted"; a grid point is re-queued without
 using up a retry and resumes from its checkpoint).
 
@@ -59,7 +60,7 @@ class GridSource:
 
     def claim(self, worker: "Worker") -> S.Claim | None:
         S.reap(worker.study, worker.sweep)
-        if worker.stop:
+        if worker.stop or S.drain_requested(worker.study):
             return None
         trial = S.pop_waiting(worker.study)
         if trial is None:

@@ -80,6 +80,8 @@ CASES = [
     (["status", "tiny", "--results-root", "{root}", "--study", "other"], ["'other'", "studies there: tiny"]),
     (["status", "{yaml}", "--results-root", "{root}/empty"], ["has no storage", "has it been run"]),
     (["results", "no-such-sweep"], ["no-such-sweep", "not found"]),
+    (["drain", "no-such-sweep"], ["no-such-sweep", "not found"]),
+    (["drain", "{yaml}", "--results-root", "{root}/empty"], ["has no storage", "has it been run"]),
     (["estimate", "{yaml}", "--device", "tpu"], ["--device", "'tpu'", "cpu, cuda or cuda:N"]),
     (["estimate", "{yaml}", "--device", "cuda"], ["cuda", "no CUDA device", "valid: cpu"]),
     (["check", "{root}/missing.yaml"], ["missing.yaml", "not found"]),

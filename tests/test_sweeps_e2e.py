@@ -353,6 +353,30 @@ def test_ctrl_c_then_same_command_resumes_without_using_a_retry(tmp_path):
     assert rec.resumed_from and rec.epochs == 6
 
 
+def test_drain_lets_the_running_trial_finish_and_starts_no_new_one(tmp_path):
+    sw_yaml = write_sweep(tmp_path, "drain", {"conv": ["static"], "seed": [0, 1]})
+    drv = run_cmd(sw_yaml, tmp_path, "--workers", "1", background=True)
+    running = _freeze_trial_in_training("drain", tmp_path)
+    r = subprocess.run([sys.executable, "-m", "sweeps", "drain", "drain", "--results-root", str(tmp_path)],
+                       cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "1 running trial(s) finish" in r.stdout and "1 waiting" in r.stdout, r
+    os.kill(int(running.user_attrs["trial_pid"]), signal.SIGCONT)
+    out, _ = drv.communicate(timeout=180)
+    assert drv.returncode == 4, out
+    assert "drained" in out and "1/2 points done" in out
+    st = study_of("drain", tmp_path)
+    states = Counter(t.state for t in st.get_trials())
+    # the running trial finished as usual (no interruption), the other point was never claimed
+    assert st.trials[running.number].state == optuna.trial.TrialState.COMPLETE
+    assert states == {optuna.trial.TrialState.COMPLETE: 1, optuna.trial.TrialState.WAITING: 1}, states
+    assert S.drain_requested(st)
+    r = run_cmd(sw_yaml, tmp_path, "--workers", "1")  # the same command goes on
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = study_of("drain", tmp_path)
+    assert_each_point_once(st, [p.key for p in load_sweep(sw_yaml).points()])
+    assert not S.drain_requested(st) and len(st.get_trials()) == 2
+
+
 def test_missing_dataset_fails_before_any_trial(tmp_path):
     p = tmp_path / "nodata.yaml"
     p.write_text(yaml.safe_dump({
