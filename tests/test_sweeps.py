@@ -52,6 +52,27 @@ def test_enqueue_once_and_pop_runs_nothing_when_empty(tmp_path):
     assert len(st.get_trials()) == 4  # a late pop created no trial
 
 
+def test_a_drained_study_gives_workers_no_trial_until_run_again(tmp_path):
+    from types import SimpleNamespace
+
+    from sweeps.tune import TuneSource, open_tune_studies
+    from sweeps.worker import GridSource
+    raw = _raw(tune={"params": {"model.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}},
+                     "n_trials": 2})
+    sw, st = _study(tmp_path, raw)
+    S.enqueue_grid(st, sw)
+    tune_studies = open_tune_studies(sw, st.storage, sw.name, create=True)
+    worker = SimpleNamespace(study=st, sweep=sw, stop=False, storage=st.storage)
+    S.request_drain(st)
+    assert S.drain_requested(S.load_study(S.make_storage(None, sw.name, tmp_path), sw.name))  # seen by others
+    assert GridSource().claim(worker) is None
+    assert TuneSource(sw, st.storage, sw.name).claim(worker) is None
+    assert [t.state for t in st.get_trials()] == [optuna.trial.TrialState.WAITING] * 4  # nothing claimed
+    assert all(not s.get_trials() for s in tune_studies.values())  # no tuning trial asked
+    S.clear_drain(st)  # what the next `run` does
+    assert not S.drain_requested(st) and S.pop_waiting(st) is not None
+
+
 def test_a_grown_grid_enqueues_only_its_new_points_after_the_queue(tmp_path):
     """Adding seeds to a study part-way (a new grid block in the sweep file): the same command
     enqueues only the new points, behind the ones already queued; finished trials stay."""
