@@ -85,13 +85,17 @@ def trial_overrides(sweep: SweepDef, devices_per_trial: int, *layers: dict[str, 
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The checkout's HEAD commit, with ``-dirty`` when a tracked file outside ``results/``
+    differs from it (a study's journal and trial records there change while it runs: output,
+    not code); None outside a git checkout."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=10).stdout.strip()
         if not sha:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)results"], cwd=cwd, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -73,6 +73,28 @@ def test_a_drained_study_gives_workers_no_trial_until_run_again(tmp_path):
     assert not S.drain_requested(st) and S.pop_waiting(st) is not None
 
 
+def test_git_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
+    from sweeps.trial import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "results" / "s").mkdir(parents=True)
+    (tmp_path / "results" / "s" / "optuna.journal").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    sha = git_commit(tmp_path)
+    assert sha and len(sha) == 40
+    (tmp_path / "results" / "s" / "optuna.journal").write_text("{}\n{}\n")  # a running study writes here
+    (tmp_path / "new.py").write_text("")  # untracked: not part of the commit either way
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == sha + "-dirty"
+    assert git_commit(tmp_path / "results") == sha + "-dirty"  # from a subfolder: the whole tree
+
+
 def test_a_grown_grid_enqueues_only_its_new_points_after_the_queue(tmp_path):
     """Adding seeds to a study part-way (a new grid block in the sweep file): the same command
     enqueues only the new points, behind the ones already queued; finished trials stay."""
