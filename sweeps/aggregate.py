@@ -1031,6 +1031,21 @@ def _outlier_lines(effects: EffectsResult, label: str) -> list[str]:
                     f"on {_f(r0['df_resid'], '{:g}')} df", "", _effects_md(t), ""]
 
 
+def _effects_plot_table(effects: EffectsResult) -> pd.DataFrame:
+    """The effects to plot: each group's, and beside them its refit without outlying results."""
+    if not len(effects.without_outliers):
+        return effects.table
+    n_out = effects.outliers.groupby("group").size()
+
+    def name(g: str, what: str) -> str:
+        return f"{g}: {what}" if g else what
+    return pd.concat([effects.table.assign(group=[name(g, f"all {int(n)} results") for g, n in
+                                                  zip(effects.table["group"], effects.table["n_obs"])]),
+                      effects.without_outliers.assign(group=[
+                          name(g, f"without the {n_out[g]} outlying result{'s' if n_out[g] > 1 else ''}")
+                          for g in effects.without_outliers["group"]])], ignore_index=True)
+
+
 def effects_markdown(sweep: SweepDef, effects: EffectsResult, power: dict[str, Any]) -> str:
     """``effects.md``: definition, precision and one table per factorial group (or why n/a)."""
     parts = [f"# Sweep `{sweep.name}`: factorial effects of the ODConv attentions", ""]
@@ -1112,7 +1127,7 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
         plots.append(curves_plot(curves, out_dir / "val_curves.png", sweep.name))
     stale = out_dir / "effects.png"
     if len(effects.table):
-        plots.append(effects_plot(effects.table, stale, sweep.name))
+        plots.append(effects_plot(_effects_plot_table(effects), stale, sweep.name))
     elif stale.exists():
         stale.unlink()  # from an earlier run that had a factorial: no longer describes these results
     return {"summary_csv": out_dir / "summary.csv", "summary_md": out_dir / "summary.md",

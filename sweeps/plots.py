@@ -164,10 +164,10 @@ def effects_plot(effects: pd.DataFrame, path: Path, title: str) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("effect on top-1 (percentage points), 95% CI")
     ax.set_title(f"{title}: factorial effects of the ODConv attentions", fontsize=10)
-    if len(groups) > 1:
-        ax.legend(fontsize=7)
+    if len(groups) > 1:  # below the axes: inside, it would cover some term's interval
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=min(2, len(groups)))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
