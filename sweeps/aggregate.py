@@ -625,7 +625,29 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
                        mdd_main_effect=stats.mdd_t(e_sd * float(se_unit[list(ATTS)].max()), df_res, ALPHA, POWER),
                        halfwidth_per_sd=per_sd, halfwidth_main_effect=per_sd * e_sd)
     out["goals"] = precision_goals(sweep, summary, effects, out, grid_seeds)
+    out["goal_rows"] = list((sweep.precision_goals or {}).get("rows") or {})
+    out["blocked_without_outliers"] = _blocked_without_outliers(summary, by_seed, effects.outliers)
     return out
+
+
+def _blocked_without_outliers(summary: pd.DataFrame, by_seed: dict[str, dict[Any, float]],
+                              outliers: pd.DataFrame) -> dict[str, Any] | None:
+    """The blocked model of the rows against ``static`` refitted without the results the
+    factorial flags as outlying: its residual SD, df and each row's interval half-width; None
+    when nothing is flagged or the refit is not estimable."""
+    if not len(outliers) or not len(summary):
+        return None
+    drop = set(zip(outliers["variant"], outliers["seed"].astype(str)))
+    members = _blocked_groups(summary).get("static")
+    if not members:
+        return None
+    data = pd.DataFrame([{"variant": v, "seed": str(seed), "y": y} for v in members
+                         for seed, y in by_seed.get(v, {}).items() if (v, str(seed)) not in drop])
+    fit = stats.blocked_contrasts(data, "static") if len(data) else None
+    if fit is None:
+        return None
+    return {"resid_sd": float(fit["resid_sd"].iloc[0]), "df_resid": float(fit["df_resid"].iloc[0]),
+            "halfwidths": {r["treatment"]: (r["ci_high"] - r["ci_low"]) / 2 for _, r in fit.iterrows()}}
 
 
 MAX_PLANNED_SEEDS = 12
@@ -815,6 +837,16 @@ def _p(p: Any) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _blocked_without_text(pw: dict[str, Any]) -> str:
+    b = pw.get("blocked_without_outliers")
+    if not b:
+        return ""
+    rows = [v for v in pw.get("goal_rows", []) if v in b["halfwidths"]]
+    shown = "".join(f"; `{v}` vs `static` ± {_f(b['halfwidths'][v])} pp" for v in rows)
+    return (f"; the blocked model's residual SD is {_f(b['resid_sd'])} pp on {_f(b['df_resid'], '{:g}')} df"
+            + (f" (its intervals{shown.replace('; ', ': ', 1)})" if shown else ""))
+
+
 def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
     ns = pw["n_seeds"]
     lines = ["## Precision of this design", ""]
@@ -863,7 +895,7 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
                       f"{'is' if one else 'are'} part of the factorial's residual SD: "
                       f"without {'it' if one else 'them'}, "
                       f"the residual SD is {_f(wo['resid_sd'].iloc[0])} pp and the widest main-effect interval "
-                      f"± {_f(widest)} pp.", ""]
+                      f"± {_f(widest)} pp" + _blocked_without_text(pw) + ".", ""]
     return lines
 
 

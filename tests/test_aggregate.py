@@ -270,9 +270,21 @@ def test_an_outlying_run_is_listed_and_the_effects_refitted_without_it(tmp_path)
     assert "**Outlying results.** 1 of the 48 results lies" in md and f"`{bad}`" in md
     assert "without the outlying results: 47 results" in md
     widest = max(wo.loc[a, "ci_high"] - wo.loc[a, "ci_low"] for a in ATTS) / 2
+    summary_md = (res / "summary.md").read_text()
     assert (f"1 outlying result (listed under *Factorial effects*) is part of the factorial's residual SD: without "
             f"it, the residual SD is {wo['resid_sd'].iloc[0]:.2f} pp and the widest main-effect interval ± {widest:.2f}"
-            ) in (res / "summary.md").read_text()
+            ) in summary_md
+    # and the blocked model of every row vs static without it: numpy least squares, variant + seed
+    obs = [(c, str(sd), y) for (c, sd), y in truth.items() if (c, sd) != (bad, 0)]
+    obs += [("condconv8x", "0", 71.0), ("condconv8x", "1", 71.9), ("dyconv4x", "0", 69.0),
+            ("dyconv4x", "2", 69.0 + SEED_SHIFT[2] + 0.2)]
+    variants = sorted({c for c, _, _ in obs} - {"static"})
+    X = np.column_stack([np.ones(len(obs))] + [[float(c == v) for c, _, _ in obs] for v in variants]
+                        + [[float(sd == k) for _, sd, _ in obs] for k in ("1", "2")])
+    y = np.array([v for _, _, v in obs])
+    beta, rss, *_ = np.linalg.lstsq(X, y, rcond=None)
+    dof = len(obs) - X.shape[1]
+    assert f"the blocked model's residual SD is {math.sqrt(float(rss[0]) / dof):.2f} pp on {dof} df" in summary_md
     # the run is redone and lands where it should: the lists go, not left stale
     for r in recs:
         if r.variant == bad and r.seed == 0:
