@@ -203,6 +203,19 @@ def test_summary_says_how_many_seeds_would_meet_each_goal(tmp_path):
     assert "seeds to meet it" in md and f"{k} a cell (+{added} fits)" in md
 
 
+def test_a_met_goal_needs_no_more_seeds_whatever_the_pooled_sd_says(tmp_path, monkeypatch):
+    import sweeps.aggregate as A
+    recs, _ = _factorial_records("met")
+    _write(tmp_path, "met", FACTORIAL_GRID, recs, precision_goals={"rows": {"odconv4x": 5.0, "condconv8x": 0.2}})
+    # the pooled SDs (over every row) can ask for more seeds than the row's own interval needed
+    monkeypatch.setattr(A, "seeds_for_row", lambda sd, n, aim: 9)
+    got = {g["goal"]: g for g in aggregate("met", tmp_path)["power"]["goals"]}
+    met = got["`odconv4x` vs `static` (paired, 3 seeds)"]
+    assert met["verdict"] == "met" and met["seeds_needed"] == "the grid's"
+    unmet = got["`condconv8x` vs `static` (paired, 3 seeds)"]
+    assert unmet["verdict"] == "not met" and unmet["seeds_needed"] == "9 on both (+6 each)"
+
+
 def test_precision_goals_stay_open_without_results(tmp_path):
     _write(tmp_path, "open", {"conv": ["static", "odconv4x"], "seed": [0, 1]}, [],
            precision_goals={"rows": {"odconv4x": 0.75}})
