@@ -332,6 +332,8 @@ def _command(a: argparse.Namespace) -> int:
         st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
         p = S.progress(st, [pt.key for pt in sweep.points()])
         print(S.format_progress(p, 1))
+        if S.drain_requested(st):
+            print("drain requested: workers finish their running trials and claim no new one; `run` again goes on")
         for key, state in sorted(p.points.items()):
             print(f"  {state:8s} {key}")
         _print_jobs(sweep.name, a.results_root)

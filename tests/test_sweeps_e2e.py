@@ -360,6 +360,9 @@ def test_drain_lets_the_running_trial_finish_and_starts_no_new_one(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sweeps", "drain", "drain", "--results-root", str(tmp_path)],
                        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "1 running trial(s) finish" in r.stdout and "1 waiting" in r.stdout, r
+    status = subprocess.run([sys.executable, "-m", "sweeps", "status", "drain", "--results-root", str(tmp_path)],
+                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
+    assert "drain requested" in status.stdout, status
     os.kill(int(running.user_attrs["trial_pid"]), signal.SIGCONT)
     out, _ = drv.communicate(timeout=180)
     assert drv.returncode == 4, out
