@@ -475,11 +475,6 @@ def _parse_blocks(src: str, where: str, raw: Any) -> list[dict[str, list[Any]]]:
 def _parse_grid(src: str, raw: Any) -> list[dict[str, list[Any]]]:
     """The grid blocks of ``grid:`` (one block for a mapping), every point in one block only."""
     blocks = _parse_blocks(src, "grid", raw)
-    axes = set(blocks[0])
-    for i, b in enumerate(blocks[1:], start=1):
-        if set(b) != axes:
-            raise _err(src, f"grid blocks must have the same axes: grid[0] has {sorted(axes)}, "
-                            f"grid[{i}] has {sorted(b)}")
     first_block: dict[str, int] = {}
     for i, b in enumerate(blocks):
         for p in block_points(b):
@@ -490,6 +485,37 @@ def _parse_grid(src: str, raw: Any) -> list[dict[str, list[Any]]]:
     return blocks
 
 
+def _check_block_axes(src: str, blocks: list[dict[str, list[Any]]], overrides: dict[str, Any]) -> None:
+    """Blocks may have different axes (e.g. a ladder of widths for one variant): an axis that a
+    block lacks takes its value from ``overrides``, which must set it. A key that every block
+    has is no override. No two points may run the same configuration."""
+    axes = set().union(*blocks)
+    common = set.intersection(*(set(b) for b in blocks))
+    clash = sorted(set(overrides) & common)
+    if clash:
+        raise _err(src, f"key(s) {clash} are both in 'overrides' and in 'grid'; keep them in one place")
+    for i, b in enumerate(blocks):
+        unset = sorted(a for a in axes - set(b) if a not in overrides)
+        if unset:
+            raise _err(src, f"grid[{i}] lacks axis/axes {unset} that other blocks have; set the value its points "
+                            "take in 'overrides'")
+    seen: dict[str, tuple[str, int]] = {}
+    for i, b in enumerate(blocks):
+        for p in block_points(b):
+            runs = grid_key({**{a: overrides[a] for a in axes - set(b)}, **p.params})
+            if runs in seen:
+                other, j = seen[runs]
+                raise _err(src, f"grid points {other} (grid[{j}]) and {p.key} (grid[{i}]) run the same "
+                                "configuration (the overrides fill in the axes a block lacks); give it once")
+            seen[runs] = (p.key, i)
+
+
+def common_axes(sweep: "SweepDef") -> list[str]:
+    """The axes that every grid block has, in the first block's order."""
+    blocks = sweep.blocks or [sweep.grid]
+    return [a for a in blocks[0] if all(a in b for b in blocks)]
+
+
 def _parse_reruns(src: str, section: RerunsSection | None, blocks: list[dict[str, list[Any]]],
                   overrides: dict[str, Any]) -> dict[str, Any]:
     """The ``reruns:`` section: its point blocks (each point a grid point, once) and its
@@ -498,12 +524,14 @@ def _parse_reruns(src: str, section: RerunsSection | None, blocks: list[dict[str
         return {}
     rblocks = _parse_blocks(src, "reruns.points", section.points)
     grid_keys = {p.key for b in blocks for p in block_points(b)}
-    axes = set(blocks[0])
+    block_axes = {frozenset(b) for b in blocks}
+    axes: set[str] = set()
     seen: set[str] = set()
     for b in rblocks:
-        if set(b) != axes:
-            raise _err(src, f"'reruns.points' must name grid points by the grid's axes {sorted(axes)}, "
-                            f"got axes {sorted(b)}")
+        if frozenset(b) not in block_axes:
+            raise _err(src, f"'reruns.points' must name grid points by a grid block's axes "
+                            f"{' or '.join(str(sorted(a)) for a in block_axes)}, got axes {sorted(b)}")
+        axes |= set(b)
         for p in block_points(b):
             if p.key not in grid_keys:
                 raise _err(src, f"'reruns.points': {p.key} is not a grid point; a rerun repeats a grid point")
@@ -571,9 +599,7 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
     blocks = _parse_grid(src, f.grid)
     grid = _axis_values(blocks)
     overrides = _checked_mapping(src, "overrides", f.overrides)
-    clash = sorted(set(overrides) & set(grid))
-    if clash:
-        raise _err(src, f"key(s) {clash} are both in 'overrides' and in 'grid'; keep them in one place")
+    _check_block_axes(src, blocks, overrides)
 
     tune = None
     if f.tune is not None:

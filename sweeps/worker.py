@@ -38,7 +38,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
 from . import study as S
-from .definition import GridPoint, SweepDef
+from .definition import GridPoint, SweepDef, common_axes
 from .process import popen_child
 from .record import TrialRecord, read_record, write_record
 from .slurm import current_job, stop_signal
@@ -67,11 +67,11 @@ class GridSource:
             return None
         attrs = worker.mark_claimed(trial)
         point = GridPoint(json.loads(attrs["grid_params"]))
-        # the grid point as Optuna params (visible in the dashboard), each axis's values as the
-        # choices: Optuna needs one value space per param name in a study
-        for k, v in S.encode_params(point.params).items():
-            choices = [S.encode_value(x) for x in worker.sweep.grid.get(k, [v])]
-            trial.suggest_categorical(k, choices if v in choices else [v])
+        # the grid point's common axes as Optuna params (visible in the dashboard), each axis's
+        # values as the choices: Optuna needs one value space per param name in a study, so a
+        # key only some points have (a block's own axis, a rerun's override) stays in grid_params
+        for k in common_axes(worker.sweep):
+            trial.suggest_categorical(k, [S.encode_value(x) for x in worker.sweep.grid[k]])
         run_dir = worker.res_dir / "runs" / point.slug
         overrides = trial_overrides(worker.sweep, worker.devices_per_trial,
                                     json.loads(attrs.get("extra_overrides") or "{}"), point.params)
