@@ -1,5 +1,6 @@
 """Plots of ``odconv-sweep results`` (matplotlib, Agg backend), drawn from the tables that
-:mod:`sweeps.aggregate` computed; nothing is computed here but the layout.
+:mod:`sweeps.analysis` computed (called from :mod:`sweeps.reporting`); nothing is computed here
+but the layout.
 
 - ``accuracy_bars.png``: top-1 mean ± std over seeds per variant (``*``: seeds missing).
 - ``accuracy_vs_params.png`` / ``accuracy_vs_train_time.png``: top-1 against parameters and
@@ -94,7 +95,7 @@ def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: P
 
 def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, time_note: str = "",
                time_col: str = "train_ms_per_image") -> list[Path]:
-    """Write the accuracy plots of ``summary`` (a :func:`sweeps.aggregate.summary_table`) to
+    """Write the accuracy plots of ``summary`` (a :func:`sweeps.analysis.summary_table`) to
     ``out_dir``; the training-time plot uses column ``time_col`` (ms per image) and prints
     ``time_note`` (where the times were measured) under its title."""
     out_dir = Path(out_dir)

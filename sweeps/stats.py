@@ -6,7 +6,8 @@ Every test and interval comes from scipy or statsmodels:
   (``equal_var=False``), ``ttest_1samp`` and ``ttest_rel`` with their ``confidence_interval``.
 - :func:`holm`: ``statsmodels.stats.multitest.multipletests(method="holm")``.
 - :func:`factorial_effects`: ``statsmodels`` OLS of a 2^k design with effect-coded (-1/+1)
-  factors, their two-way interactions and a seed block.
+  factors, their two-way interactions and a seed block; each factor's conditional effect at
+  either level of another from the same fit (linear contrasts, ``OLSResults.t_test``).
 - :func:`outlying_observations`: ``statsmodels`` ``outlier_test`` (externally studentized
   residuals, Bonferroni): the results a fit cannot explain, e.g. a run that trained badly.
 - :func:`mdd_paired`, :func:`mdd_two_sample`, :func:`mdd_t`: the smallest true difference
@@ -23,6 +24,7 @@ Values missing or too few for a statistic give NaN, never an exception.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from contextlib import contextmanager
@@ -223,18 +225,24 @@ def mdd_t(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> floa
 class FactorialFit:
     """Effects of a two-level factorial: one row per term (main effects, then two-way
     interactions), columns ``term, estimate, ci_low, ci_high, se, p_value``; plus the fit's
-    residual standard deviation, residual degrees of freedom, number of observations, and the
-    observations :func:`outlying_observations` flags (indexed like the data; they stay in the fit)."""
+    residual standard deviation, residual degrees of freedom, number of observations, the
+    observations :func:`outlying_observations` flags (indexed like the data; they stay in the
+    fit), and ``conditional``: every factor's effect at each level of every other factor
+    (:data:`CONDITIONAL_COLUMNS`, see :func:`factorial_effects`)."""
 
     effects: pd.DataFrame
     resid_sd: float
     df_resid: float
     n_obs: int
     outliers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=OUTLIER_COLUMNS))
+    conditional: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONDITIONAL_COLUMNS))
 
 
 EFFECT_COLUMNS = ["term", "estimate", "ci_low", "ci_high", "se", "p_value"]
 OUTLIER_COLUMNS = ["residual", "student_resid", "p_bonferroni"]
+# interaction: the term ``a:b``; factor: a or b; given: the other one, at ``given_on`` (off / on)
+CONDITIONAL_COLUMNS = ["interaction", "factor", "given", "given_on", "estimate", "ci_low", "ci_high", "se",
+                       "p_value"]
 
 
 def outlying_observations(fit, alpha: float = 0.05) -> pd.DataFrame:
@@ -284,6 +292,32 @@ def _term(name: str, names: dict[str, str]) -> str | None:
     return ":".join(names[p] for p in parts) if all(p in names for p in parts) else None
 
 
+def _conditional_effects(fit, names: dict[str, str], level: float) -> pd.DataFrame:
+    """For each two-way interaction ``a:b`` of a fitted :func:`_factorial_model`: the effect of a
+    with b off and with b on, and of b with a off and with a on, each a linear contrast of the
+    coefficients (``fit.t_test``) with its ``level`` t interval on the fit's residual df. With
+    -1/+1 coding the effect of a at b = s (s = -1 off, +1 on) is 2 (beta_a + s beta_ab): the main
+    effect minus or plus the interaction, averaged like it over the remaining factors."""
+    params = list(fit.params.index)
+    rows = []
+    for xa, xb in itertools.combinations(names, 2):
+        inter = next((n for n in params if sorted(n.split(":")) == sorted((xa, xb))), None)
+        if inter is None:
+            continue
+        for x, other in ((xa, xb), (xb, xa)):
+            for on in (False, True):
+                contrast = np.zeros(len(params))
+                contrast[params.index(x)] = 2.0
+                contrast[params.index(inter)] = 2.0 if on else -2.0
+                t = fit.t_test(contrast)
+                lo, hi = t.conf_int(alpha=1 - level)[0]
+                rows.append({"interaction": f"{names[xa]}:{names[xb]}", "factor": names[x], "given": names[other],
+                             "given_on": on, "estimate": float(np.squeeze(t.effect)), "ci_low": float(lo),
+                             "ci_high": float(hi), "se": float(np.squeeze(t.sd)),
+                             "p_value": float(np.squeeze(t.pvalue))})
+    return pd.DataFrame(rows, columns=CONDITIONAL_COLUMNS)
+
+
 def factorial_effects(data: pd.DataFrame, factors: Sequence[str], response: str = "y", block: str | None = "seed",
                       level: float = 0.95, outlier_alpha: float = 0.05) -> FactorialFit | None:
     """Fit ``response ~ block + (f1 + ... + fk)**2`` by OLS (statsmodels) with every factor
@@ -296,7 +330,9 @@ def factorial_effects(data: pd.DataFrame, factors: Sequence[str], response: str 
     definition). ``data`` has one row per observation: ``response``, the factors as booleans
     or 0/1, and ``block``. None when the design cannot estimate every term and leave at least
     one residual degree of freedom (cells missing, too few observations). ``outliers``: the
-    observations :func:`outlying_observations` flags at ``outlier_alpha``; they stay in the fit."""
+    observations :func:`outlying_observations` flags at ``outlier_alpha``; they stay in the fit.
+    ``conditional``: for every interaction ``a:b``, a's effect with b off and with b on (and b's
+    with a off / on), in the main effects' units: main effect -/+ the interaction."""
     model, names = _factorial_model(data, factors, response, block)
     if model is None:
         return None
@@ -311,7 +347,8 @@ def factorial_effects(data: pd.DataFrame, factors: Sequence[str], response: str 
                      "ci_low": 2 * float(ci.loc[name, 0]), "ci_high": 2 * float(ci.loc[name, 1]),
                      "se": 2 * float(fit.bse[name]), "p_value": float(fit.pvalues[name])})
     return FactorialFit(pd.DataFrame(rows, columns=EFFECT_COLUMNS), float(np.sqrt(fit.scale)), float(fit.df_resid),
-                        int(fit.nobs), outlying_observations(fit, outlier_alpha))
+                        int(fit.nobs), outlying_observations(fit, outlier_alpha),
+                        _conditional_effects(fit, names, level))
 
 
 def effect_standard_errors(design: pd.DataFrame, factors: Sequence[str], block: str | None = "seed"
@@ -413,5 +450,6 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> np.ndarray:
 
 __all__ = ["t_ppf", "welch_ci", "welch_p", "mean_ci", "Paired", "paired_diff", "holm", "pooled_sd", "mdd_paired",
            "mdd_two_sample", "mdd_t", "FactorialFit", "factorial_effects",
-           "outlying_observations", "OUTLIER_COLUMNS", "effect_standard_errors", "EFFECT_COLUMNS",
+           "outlying_observations", "OUTLIER_COLUMNS", "CONDITIONAL_COLUMNS", "effect_standard_errors",
+           "EFFECT_COLUMNS",
            "pareto_front", "blocked_contrasts", "blocked_standard_errors", "BLOCKED_COLUMNS"]

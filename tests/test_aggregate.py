@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 from scipy import stats as ss
 
-from sweeps.aggregate import aggregate, factorial_groups, seeds_for_main_effect, seeds_for_row, train_time_column
+from sweeps.aggregate import aggregate
+from sweeps.analysis import factorial_groups, train_time_column
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
 from sweeps.plots import short_label
+from sweeps.precision import seeds_for_main_effect, seeds_for_row
 from sweeps.record import TrialRecord, read_records, write_record
 from tests.conftest import lstsq_vs_reference
 
@@ -204,11 +206,11 @@ def test_summary_says_how_many_seeds_would_meet_each_goal(tmp_path):
 
 
 def test_a_met_goal_needs_no_more_seeds_whatever_the_pooled_sd_says(tmp_path, monkeypatch):
-    import sweeps.aggregate as A
+    import sweeps.precision as P
     recs, _ = _factorial_records("met")
     _write(tmp_path, "met", FACTORIAL_GRID, recs, precision_goals={"rows": {"odconv4x": 5.0, "condconv8x": 0.2}})
     # the pooled SDs (over every row) can ask for more seeds than the row's own interval needed
-    monkeypatch.setattr(A, "seeds_for_row", lambda sd, n, aim: 9)
+    monkeypatch.setattr(P, "seeds_for_row", lambda sd, n, aim: 9)
     got = {g["goal"]: g for g in aggregate("met", tmp_path)["power"]["goals"]}
     met = got["`odconv4x` vs `static` (paired, 3 seeds)"]
     assert met["verdict"] == "met" and met["seeds_needed"] == "the grid's"
@@ -249,6 +251,52 @@ def test_factorial_effects_recover_the_known_effects(factorial):
     assert "2 × coefficient" in md and "channel:kernel" in md and "kernels=4" in md
     assert (res / "effects.png").stat().st_size > 0
     assert "## Factorial effects of the attentions" in (res / "summary.md").read_text()
+
+
+def _cell_mean_difference(truth: dict, factor: str, given: str, given_on: bool) -> float:
+    """Mean top-1 with ``factor`` on minus with it off, over the results with ``given`` at
+    ``given_on``: a conditional effect of a balanced design, from the results alone."""
+    fi, gi = ATTS.index(factor), ATTS.index(given)
+    at = [(cell[fi], y) for (conv, _), y in truth.items() for cell, c in CELLS.items()
+          if c == conv and cell[gi] == given_on]
+    return np.mean([y for on, y in at if on]) - np.mean([y for on, y in at if not on])
+
+
+def test_a_large_interaction_gets_its_conditional_effects(factorial):
+    sw, truth, out, res = factorial
+    eff = pd.read_csv(res / "effects.csv").set_index("term")
+    cond = pd.read_csv(res / "conditional_effects.csv")
+    # the screen: exactly the interactions with unadjusted p < 0.10, each with 4 conditional effects
+    screened = {t for t in eff.index if ":" in t and eff.loc[t, "p_value"] < 0.10}
+    assert "channel:kernel" in screened and set(cond["interaction"]) == screened and len(cond) == 4 * len(screened)
+    c = cond[cond["interaction"] == "channel:kernel"].set_index(["factor", "given_on"])
+    for factor, given in (("channel", "kernel"), ("kernel", "channel")):
+        for on in (False, True):
+            assert c.loc[(factor, on), "given"] == given
+            assert c.loc[(factor, on), "estimate"] == pytest.approx(_cell_mean_difference(truth, factor, given, on),
+                                                                    abs=1e-9)
+            assert c.loc[(factor, on), "ci_low"] < c.loc[(factor, on), "estimate"] < c.loc[(factor, on), "ci_high"]
+        # the main effect (on minus off, over the other's levels) is the mean of its two conditional effects
+        assert c.loc[factor, "main_effect"].tolist() == pytest.approx([eff.loc[factor, "estimate"]] * 2)
+        assert c.loc[factor, "estimate"].mean() == pytest.approx(eff.loc[factor, "estimate"], abs=1e-9)
+    # near the truth the records were made from: main effect -/+ the interaction (-0.6)
+    assert c.loc[("channel", False), "estimate"] == pytest.approx(1.6, abs=0.1)
+    assert c.loc[("channel", True), "estimate"] == pytest.approx(0.4, abs=0.1)
+    assert c.loc[("kernel", True), "estimate"] == pytest.approx(1.4, abs=0.1)
+    md = (res / "effects.md").read_text().split("## Conditional effects where two attentions interact")[1]
+    assert re.search(r"\| `channel:kernel` \(<0\.001\) +\| channel +\| kernel +\| \+1\.6\d \[", md)
+    assert "`conditional_effects.csv`" in md
+
+
+def test_without_a_large_interaction_no_conditional_effects_are_listed(tmp_path, monkeypatch):
+    monkeypatch.delitem(INTER, ("channel", "kernel"))  # records with no interaction at all
+    recs, _ = _factorial_records("flat")
+    _write(tmp_path, "flat", FACTORIAL_GRID, recs)
+    aggregate("flat", tmp_path)
+    eff = pd.read_csv(tmp_path / "flat" / "effects.csv").set_index("term")
+    assert not any(eff.loc[t, "p_value"] < 0.10 for t in eff.index if ":" in t)  # this noise draw passes none
+    assert len(pd.read_csv(tmp_path / "flat" / "conditional_effects.csv")) == 0
+    assert "No two-way interaction has p < 0.10" in (tmp_path / "flat" / "effects.md").read_text()
 
 
 def test_an_outlying_run_is_listed_and_the_effects_refitted_without_it(tmp_path):
@@ -535,7 +583,13 @@ def test_one_seed_no_factorial_failed_and_missing_trials(tmp_path):
     assert "n/a: the grid lacks 14 of the 16 cells" in (res / "effects.md").read_text()
     assert list(pd.read_csv(res / "effects.csv").columns)[:4] == ["group", "term", "estimate", "ci_low"]
     assert len(pd.read_csv(res / "effects.csv")) == 0 and not (res / "effects.png").exists()
-    assert out["power"]["mdd_rows"] == {} or all(math.isnan(x) for v in out["power"]["mdd_rows"].values() for x in v)
+    assert len(pd.read_csv(res / "conditional_effects.csv")) == 0
+    assert "Conditional effects" not in (res / "effects.md").read_text()
+    # each row shares the grid's one seed with `static`, and with one result a variant no SD is
+    # estimable (0 df): the smallest detectable difference is unknown, not absent
+    pw = out["power"]
+    assert pw["pooled_sd_df"] == 0 and pw["paired_diff_sd_df"] == 0
+    assert list(pw["mdd_rows"]) == [1] and all(math.isnan(x) for x in pw["mdd_rows"][1])
 
 
 def test_no_records_yet(tmp_path):

@@ -206,6 +206,52 @@ def test_factorial_with_noise_and_its_intervals_match_numpy_least_squares():
     assert got["se"].to_numpy() == pytest.approx(np.full(10, 2 * math.sqrt(s2) / math.sqrt(len(d))))
 
 
+def test_conditional_effects_are_the_cell_mean_differences_without_noise():
+    d = _design()
+    fit = S.factorial_effects(d, FACTORS)
+    c = fit.conditional.set_index(["factor", "given", "given_on"])
+    assert len(c) == 6 * 4 and set(fit.conditional["interaction"]) == set(fit.effects["term"][4:])
+    # the definition, straight from the data: on minus off among the results with `given` at that level
+    for (factor, given, given_on), r in c.iterrows():
+        at = d[d[given] == given_on]
+        assert r["estimate"] == pytest.approx(at[at[factor]].y.mean() - at[~at[factor]].y.mean(), abs=1e-9)
+    # and from the known truth: channel helps by 1.2 - (-0.8) with kernel off, by 1.2 + (-0.8) with it on
+    assert c.loc[("channel", "kernel", False), "estimate"] == pytest.approx(2.0)
+    assert c.loc[("channel", "kernel", True), "estimate"] == pytest.approx(0.4)
+    assert c.loc[("kernel", "channel", True), "estimate"] == pytest.approx(1.2)
+    assert c.loc[("spatial", "filter", False), "estimate"] == pytest.approx(-0.5)
+
+
+def test_conditional_effects_and_their_intervals_match_numpy_least_squares():
+    rng = np.random.default_rng(11)
+    d = _design(noise=0.3, rng=rng)
+    d = d.drop(index=[5, 17, 40])  # unbalanced: the contrasts' SEs differ
+    fit = S.factorial_effects(d, FACTORS)
+    # independent: the design matrix by hand, numpy least squares, the contrast's variance L' V L
+    x = {f: np.where(d[f], 1.0, -1.0) for f in FACTORS}
+    pairs = list(itertools.combinations(FACTORS, 2))
+    cols = [np.ones(len(d)), (d.seed == 1).astype(float).to_numpy(), (d.seed == 2).astype(float).to_numpy()]
+    cols += [x[f] for f in FACTORS] + [x[a] * x[b] for a, b in pairs]
+    X = np.column_stack(cols)
+    beta, rss, *_ = np.linalg.lstsq(X, d.y.to_numpy(), rcond=None)
+    dof = len(d) - X.shape[1]
+    cov = float(rss[0]) / dof * np.linalg.inv(X.T @ X)
+    q = ss.t.ppf(0.975, dof)
+    got = fit.conditional.set_index(["factor", "given", "given_on"])
+    for k, (a, b) in enumerate(pairs):
+        for factor, given in ((a, b), (b, a)):
+            for on in (False, True):
+                L = np.zeros(X.shape[1])
+                L[3 + FACTORS.index(factor)] = 2.0
+                L[7 + k] = 2.0 if on else -2.0
+                est, se = float(L @ beta), math.sqrt(float(L @ cov @ L))
+                r = got.loc[(factor, given, on)]
+                assert r["interaction"] == f"{a}:{b}"
+                assert (r["estimate"], r["se"]) == pytest.approx((est, se), rel=1e-9)
+                assert (r["ci_low"], r["ci_high"]) == pytest.approx((est - q * se, est + q * se), rel=1e-9)
+                assert r["p_value"] == pytest.approx(2 * ss.t.sf(abs(est) / se, dof), rel=1e-6)
+
+
 def test_factorial_without_replication_and_with_missing_cells():
     one = S.factorial_effects(_design(seeds=(1,)), FACTORS)  # one seed: error from 3-/4-way terms
     assert one is not None and one.df_resid == 5 and one.n_obs == 16
