@@ -6,9 +6,10 @@ them and write the tables, text and plots under ``results/<sweep>/``.
 - loading (:mod:`sweeps.loading`): records and benchmark tables -> pandas frames;
 - analysis, frames in and frames out: :mod:`sweeps.analysis` (summary, attention pairs,
   attention factorial and its conditional effects, reruns), :mod:`sweeps.precision` (detectable
-  differences, precision goals), :mod:`sweeps.curves` (learning curves);
-- reporting (:mod:`sweeps.reporting`, drawing in :mod:`sweeps.plots`): markdown, CSV and plots
-  from those frames.
+  differences, precision goals), :mod:`sweeps.curves` (learning curves), :mod:`sweeps.isocost`
+  (each variant against a static width ladder at equal cost);
+- reporting (:mod:`sweeps.reporting`, drawing in :mod:`sweeps.plots`; :mod:`sweeps.isocost_report`):
+  markdown, CSV and plots from those frames.
 
 What each file says and how to read it: ``docs/results.md``. Partial sweeps aggregate too:
 seeds not (yet) done are listed in the ``missing`` column.
@@ -31,7 +32,9 @@ from .analysis import (
 )
 from .curves import curves_table
 from .definition import SweepDef
-from .loading import load_sweep_data, load_sweep_for_results
+from .isocost import bench_costs, cost_frame, isocost, results_frame
+from .isocost_report import write_isocost
+from .loading import bench_machine, load_sweep_data, load_sweep_for_results
 from .precision import power_summary
 from .reporting import write_accuracy_plots, write_attention, write_curves, write_effects, write_summary
 
@@ -47,7 +50,8 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
 
     Returns the paths of the main files, ``files`` (every file written), ``plots`` (the PNGs)
     and the frames: ``summary``, ``attention``, ``effects``, ``conditional_effects``,
-    ``power`` (a dict), ``records``, ``reruns``, ``val_curves``."""
+    ``power`` (a dict), ``records``, ``reruns``, ``val_curves``, ``isocost`` (None without a
+    static ladder) with ``isocost_line``, one line saying what the iso-cost step did."""
     sweep = sweep or load_sweep_for_results(sweep_name, results_root)
     out_dir = Path(results_root) / sweep.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,7 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     reruns = rerun_table(sweep, data.point_records)
     references = dict(zip(summary["variant"], summary["reference"])) if len(summary) else {}
     curves = curves_table(data.records, references)
+    iso = isocost(results_frame(data.records), summary, cost_frame(summary, bench_costs(summary, data.bench)))
 
     # reporting: each step writes its files from the frames above and returns their paths
     files = write_summary(out_dir, sweep, data, summary, attention, effects, power, reruns)
@@ -71,6 +76,9 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     files += write_accuracy_plots(out_dir, sweep, data, summary, time_col)
     files += write_curves(out_dir, sweep, curves)
     files += write_effects(out_dir, sweep, effects, conditional, power)
+    iso_files, iso_line = write_isocost(out_dir, iso, sweep.name, data.metric, bench_machine(data.bench_csv),
+                                        str(data.bench_csv))
+    files += iso_files
     # A further analysis goes here: its frame from those above (e.g. a table from `summary` and
     # `data.records`), then `files += write_<it>(out_dir, sweep, <its frame>)`, and the frame
     # in the dict below.
@@ -81,7 +89,8 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
             "val_curves_csv": out_dir / "val_curves.csv", "files": files,
             "plots": [p for p in files if p.suffix == ".png"],
             "summary": summary, "attention": attention, "effects": effects.table, "conditional_effects": conditional,
-            "power": power, "records": data.records, "reruns": reruns, "val_curves": curves}
+            "power": power, "records": data.records, "reruns": reruns, "val_curves": curves,
+            "isocost": iso.table() if iso is not None else None, "isocost_line": iso_line}
 
 
 __all__ = ["aggregate"]

@@ -1,0 +1,200 @@
+"""The iso-cost files of ``make results`` from :mod:`sweeps.isocost`'s frames: ``isocost.csv``
+(one row per axis and variant), ``isocost_frontier.csv`` (the ladder's widths: mean, fitted,
+residual), ``isocost.md`` (a table per axis and what it means) and ``isocost_<axis>.png``
+(top-1 against cost, the frontier with its band, each variant with its interval)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .isocost import AXES, LACK_OF_FIT_ALPHA, AxisFit, IsoCostResult, frontier_band
+from .plots import SHORT_KEY, short_label
+
+FILES = ("isocost.csv", "isocost_frontier.csv", "isocost.md")
+NO_LADDER = "no iso-cost comparison: the results have no static ladder (static at 3 or more widths)"
+
+
+def _num(x: Any, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _interval(m: float, lo: float, hi: float) -> str:
+    return "n/a" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _pval(p: float) -> str:
+    return "n/a" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def rung_label(width: Any) -> str:
+    return f"static w={width:g}" if isinstance(width, (int, float)) and not math.isnan(width) else "static"
+
+
+def _frontier_line(fit: AxisFit) -> str:
+    t = stats.t_ppf(0.975, fit.df_resid)
+    se_b = math.sqrt(fit.coef_cov[1, 1])
+    shape = "a line" if fit.order == 1 else "a quadratic"
+    why = ("" if fit.order == 1 else
+           f" (the line's lack of fit had p = {_pval(fit.line_lack_of_fit_p)} < {LACK_OF_FIT_ALPHA}, so the next "
+           "order was fitted)")
+    b_lo, b_hi = fit.coef[1] - t * se_b, fit.coef[1] + t * se_b
+    slope = (f"{fit.coef[1]:+.2f} pp per doubling of cost [{b_lo:+.2f}, {b_hi:+.2f}]"
+             if fit.order == 1 else f"{fit.coef[1]:+.2f} pp per doubling at the narrowest, curvature "
+                                    f"{fit.coef[2]:+.2f} pp per doubling squared")
+    return (f"Frontier: {shape} in log2(cost ratio){why}: {slope}. Its fit to the ladder alone: lack of fit "
+            f"(against one mean per width) p = {_pval(fit.lack_of_fit_p)}, next-order term p = "
+            f"{_pval(fit.next_order_p)}; residual SD {fit.resid_sd:.2f} pp on {fit.df_resid:.0f} df (the joint fit).")
+
+
+def _reading(fit: AxisFit) -> str:
+    t = fit.table
+    comp = t[t["delta"].notna()]
+    if not len(comp):
+        return "No variant lies inside the ladder's cost range on this axis."
+    above = comp[(comp["p_holm"] < 0.05) & (comp["delta"] > 0)]["variant"].tolist()
+    below = comp[(comp["p_holm"] < 0.05) & (comp["delta"] < 0)]["variant"].tolist()
+    rest = len(comp) - len(above) - len(below)
+    parts = [f"{len(comp)} variant(s) compared"]
+    parts.append(f"above the frontier at Holm 5%: {', '.join(f'`{v}`' for v in above)}" if above
+                 else "none above the frontier at Holm 5%")
+    parts.append(f"below it: {', '.join(f'`{v}`' for v in below)}" if below else "none below it")
+    if rest:
+        parts.append(f"{rest} indistinguishable from it")
+    outside = t[~t["inside_ladder"].astype(bool) & t["cost"].notna()]["variant"].tolist()
+    if outside:
+        parts.append(f"outside the ladder, not compared: {', '.join(f'`{v}`' for v in outside)}")
+    return "; ".join(parts) + "."
+
+
+def _axis_section(fit: AxisFit) -> list[str]:
+    _, label, unit = AXES[fit.axis]
+    lines = [f"## {label} ({unit})", "", _frontier_line(fit), ""]
+    f = fit.frontier
+    lines += [pd.DataFrame({"ladder": [rung_label(w) for w in f["width"]],
+                            "cost ratio": [f"{x:.2f}x" for x in f["cost_ratio"]],
+                            "seeds": f["n_seeds"].astype(str), "top-1 %": [_num(x) for x in f["top1_mean"]],
+                            "frontier": [_num(x) for x in f["fitted"]],
+                            "residual (pp)": [_num(x, "{:+.2f}") for x in f["residual"]]}
+                           ).to_markdown(index=False, disable_numparse=True), ""]
+    t = fit.table
+    lines += [pd.DataFrame({
+        "variant": [f"`{v}`" for v in t["variant"]],
+        "cost ratio": [_num(x, "{:.2f}x") for x in t["cost_ratio"]],
+        "seeds": t["n_seeds"].astype(str),
+        "top-1 %": [_num(x) for x in t["top1_mean"]],
+        "frontier at its cost": [_num(x) for x in t["frontier_top1"]],
+        "Δ [95% CI]": [_interval(m, lo, hi) for m, lo, hi in zip(t["delta"], t["ci_low"], t["ci_high"])],
+        "Holm p": [_pval(p) for p in t["p_holm"]],
+        "MDD (pp)": [_num(x) for x in t["mdd"]],
+        "inside ladder": ["yes" if x else "no" for x in t["inside_ladder"]],
+    }).to_markdown(index=False, disable_numparse=True), "", _reading(fit), ""]
+    if fit.skipped:
+        lines += [f"No {label} for: {', '.join(f'`{v}`' for v in fit.skipped)}.", ""]
+    return lines
+
+
+def isocost_markdown(result: IsoCostResult, title: str, metric: str, machine: str, bench_file: str) -> str:
+    """``isocost.md``: what the comparison is, then a section per axis."""
+    ladder = result.axes[next(iter(result.axes))].frontier if result.axes else pd.DataFrame()
+    widths = ", ".join(f"{w:g}" for w in ladder.get("width", [])) if len(ladder) else "?"
+    mdd = pd.concat([a.table["mdd"] for a in result.axes.values()]).dropna() if result.axes else pd.Series()
+    lines = [f"# {title}: each variant against the static ladder at its own cost", "",
+             f"Ladder: `static` at widths {widths}. Metric: {metric} (%).", "",
+             "**How to read it.** On each cost axis the static ladder's top-1 is fitted as a function of "
+             "log2(cost / the narrowest static's): the *frontier*, what a static network of that cost gets. "
+             "Δ is a variant's mean top-1 minus the frontier at the variant's own cost, for the same seeds "
+             "(one least-squares fit of every result: the frontier, the seed as a block, and one term per "
+             "variant). Its 95% interval carries both the variant's seed-to-seed spread and the frontier's "
+             "uncertainty, with the residual SD pooled over the ladder and the variants. Holm p is adjusted "
+             "over the variants compared on that axis. An interval that contains 0 says the design cannot "
+             "tell the variant from a static network of the same cost; it does not say they are equal.",
+             "",
+             f"**Precision.** MDD is the smallest true Δ the design detects with 80% power at the 5% level "
+             f"(two-sided): {_num(mdd.min())}-{_num(mdd.max())} pp across variants and axes." if len(mdd) else
+             "**Precision.** No variant was compared.",
+             "",
+             "A variant whose cost lies outside the ladder's range is not compared (`inside ladder: no`): the "
+             "frontier is never extrapolated. Parameters and MACs are counted; training time per image, "
+             f"batch-1 latency and training peak memory come from one benchmark run (`{bench_file}`, "
+             f"{machine or 'machine unknown'}): their ratios are that machine's.", ""]
+    for fit in result.axes.values():
+        lines += _axis_section(fit)
+    if result.missing_axes:
+        lines += ["## Axes not compared", ""]
+        lines += [f"- {AXES[a][1]}: {why}" for a, why in result.missing_axes.items()]
+        lines += [""]
+    return "\n".join(lines)
+
+
+def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
+    """Top-1 against cost ratio (log axis): the ladder's means, the frontier with its 95% band,
+    each compared variant at its mean with its Δ interval drawn around it (outside the ladder:
+    hollow, no interval)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    _, label, unit = AXES[fit.axis]
+    fig, ax = plt.subplots(figsize=(7.0, 5.0))
+    xs = np.linspace(fit.x_range[0], fit.x_range[1], 100)
+    mean, lo, hi = frontier_band(fit, xs)
+    ax.fill_between(2 ** xs, lo, hi, color="#bbbbbb", alpha=0.5, lw=0, label="static frontier, 95% band")
+    ax.plot(2 ** xs, mean, "-", color="#555555", lw=1.2)
+    f = fit.frontier
+    ax.scatter(f["cost_ratio"], f["top1_mean"], color="#333333", zorder=3, s=22, label="static ladder (mean)")
+    for _, r in f.iterrows():
+        ax.annotate(f"w={r['width']:g}", (r["cost_ratio"], r["top1_mean"]), fontsize=7, xytext=(3, -9),
+                    textcoords="offset points", color="#333333")
+    t = fit.table[fit.table["cost"].notna()]
+    inside = t[t["delta"].notna()]
+    err = np.vstack([inside["delta"] - inside["ci_low"], inside["ci_high"] - inside["delta"]])
+    ax.errorbar(inside["cost_ratio"], inside["top1_mean"], yerr=err, fmt="o", color="#1f77b4", capsize=3, ms=4,
+                zorder=4, label="variant: mean, Δ's 95% interval")
+    out = t[t["delta"].isna()]
+    if len(out):
+        ax.scatter(out["cost_ratio"], out["top1_mean"], facecolors="none", edgecolors="#1f77b4", s=24, zorder=4,
+                   label="outside the ladder (not compared)")
+    labels = [short_label(v) for v in t["variant"]]
+    for lab, (_, r) in zip(labels, t.iterrows()):
+        ax.annotate(lab, (r["cost_ratio"], r["top1_mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set_xlabel(f"{label} as a multiple of the narrowest static (log scale)")
+    ax.set_ylabel(f"{metric} (%)")
+    note = SHORT_KEY if any(lab != str(v) for lab, v in zip(labels, t["variant"])) else ""
+    ax.set_title(f"{title}: top-1 vs {label} ({unit})" + (f"\n{note}" if note else ""), fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_isocost(out_dir: Path, result: IsoCostResult | None, title: str, metric: str, machine: str,
+                  bench_file: str) -> tuple[list[Path], str]:
+    """Write (or, without a ladder, remove stale) iso-cost files; returns (the files written,
+    one line for the console)."""
+    stale = [out_dir / n for n in FILES] + sorted(out_dir.glob("isocost_*.png"))
+    if result is None:
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return [], NO_LADDER
+    for p in sorted(out_dir.glob("isocost_*.png")):
+        p.unlink()
+    paths = [out_dir / "isocost.csv", out_dir / "isocost_frontier.csv", out_dir / "isocost.md"]
+    result.table().to_csv(paths[0], index=False)
+    result.frontier_table().to_csv(paths[1], index=False)
+    paths[2].write_text(isocost_markdown(result, title, metric, machine, bench_file))
+    for axis, fit in result.axes.items():
+        paths.append(isocost_plot(fit, out_dir / f"isocost_{axis}.png", title, metric))
+    compared = result.table()
+    n = compared["delta"].notna().sum()
+    return paths, (f"iso-cost: {n} comparison(s) on {len(result.axes)} axis/axes against a ladder of "
+                   f"{len(result.ladder)} widths -> {paths[2]}")
