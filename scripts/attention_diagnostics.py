@@ -10,7 +10,7 @@ Trains one fit (the sweep's base config and overrides, the given conv/seed/epoch
 seconds, per attention the fraction of sigmoid values below 0.02 or above 0.98 (channel,
 filter, spatial) or the mean largest kernel weight (kernel) on the first 256 test images,
 and top-1 on the first 2048 test images in eval mode against train mode (batch statistics).
-The README's "Results" quotes its output for the cifar10_cpu sweep.
+results/cifar10_cpu/README.md quotes its output for the cifar10_cpu sweep.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ class CondConv2d(DynamicConvBase):
     ``r = sigmoid(Linear(GAP(x)))`` (independent sigmoids, not a softmax, so they need not sum
     to 1): ``kernel_b = sum_i r_b,i W_i``, ``bias_b = sum_i r_b,i b_i``.
 
-    Choices the paper leaves open (documented in the README): the router is a Linear with
+    Choices the paper leaves open (documented in docs/layers.md): the router is a Linear with
     bias on the globally average-pooled input of this layer, with no dropout on the routing
     weights and no temperature; each expert is initialised on its own like a static conv.
     ``forward(x, routing)`` accepts routing weights (B, n) computed elsewhere, for a router
