@@ -4,6 +4,10 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 # e.g. https://download.pytorch.org/whl/cu126 for a CUDA build (make setup TORCH_INDEX=...)
 TORCH_INDEX ?=
+# The tested versions of every other dependency (docs/setup.md; `make lock` refreshes it;
+# CONSTRAINTS= installs the newest versions pyproject.toml allows instead)
+CONSTRAINTS ?= constraints.txt
+LOCK_VENV   ?= build/lock-venv
 PY     := $(VENV)/bin/python
 SWEEP  ?= ablation
 
@@ -14,20 +18,43 @@ DEVICES_PER_TRIAL ?= 1
 LAUNCHER          ?= local
 SLURM_JOBS        ?=
 
-.PHONY: setup test lint test-slow bench ablation results drain estimate sweep-bench gpu-check clean
+.PHONY: setup lock test test-integration lint test-slow bench ablation results drain estimate sweep-bench gpu-check clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -e ".[test]"
+	# everything else at the tested versions (constraints.txt has no torch line: TORCH stays free)
+	$(PY) -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	touch $@
 
+# Refresh constraints.txt (docs/setup.md): a fresh venv in $(LOCK_VENV) resolves this project
+# and its test extras anew (torch as TORCH); its `pip freeze`, minus the project, torch and
+# torch's CUDA wheels (nvidia-*, triton), becomes the file. Then `make setup` installs it.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(LOCK_VENV)/bin/python -m pip install -e ".[test]"
+	{ echo "# Tested versions of every dependency but torch: pip install -c constraints.txt -e \".[test]\""; \
+	  echo "# Written by \`make lock\` (docs/setup.md) with $$($(LOCK_VENV)/bin/python -V) and $(TORCH); do not edit."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|triton|pytorch-triton)==|^nvidia-'; \
+	} > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(LOCK_VENV)
+
+# Test tiers (docs/tests.md): `test` the fast tier (no slow, gpu or integration test);
+# `test-integration` the end-to-end tier (subprocess sweeps, SLURM, PostgreSQL, DDP, outages);
+# `test-slow` the slow tests (of either tier). CI (.ci/run) runs lint, test and test-integration.
 test: setup
 	$(PY) -m pytest -q
+
+test-integration: setup
+	$(PY) -m pytest -q -m "integration and not slow and not gpu"
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -46,7 +73,7 @@ bench: setup
 gpu-check:
 	PY="$(if $(wildcard $(PY)),$(PY),$(PYTHON))" bash scripts/gpu_check.sh
 
-# Sweeps (README: "Running the ablation sweep"):
+# Sweeps (docs/sweeps.md):
 #   make ablation [SWEEP=smoke] [WORKERS=2] [GPUS=0,1,2,3] [DEVICES_PER_TRIAL=2] [STORAGE=postgresql://...]
 #   make ablation SWEEP=ablation LAUNCHER=slurm [SLURM_JOBS=8] STORAGE=postgresql://...   (docs/slurm.md)
 ablation: setup

@@ -18,24 +18,32 @@ stock Lightning callbacks and loggers, configured):
 - ``model.num_classes`` comes from ``data.num_classes``.
 - ``config.yaml`` is overwritten by a resumed run (lightning's default aborts).
 - Bad values (an unknown model, conv spec, placement, optimizer, dataset class, a negative
-  batch size...) end in the parser's one-line ``error:`` and exit code 2.
+  batch size...) end in the parser's one-line ``error:`` and exit code 2. So do values the
+  parser lets through but the classes reject when they are built (``--trainer.max_epochs -5``,
+  ``--trainer.accelerator bogus``, a model option the model lacks): one mechanism,
+  :meth:`BenchArgumentParser.error`, reached through :meth:`BenchCLI.reject`. With
+  ``JSONARGPARSE_DEBUG=true`` the error is raised with its traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import sys
-from typing import Any
+import traceback
+from typing import Any, NoReturn
 
 import yaml
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from .callbacks import KeepEarlierMetrics, ResumableCSVLogger
+from .callbacks import EpochProgress, KeepEarlierMetrics, ResumableCSVLogger
 from .data import DATAMODULES, ImageDataModule
 from .module import ImageClassifier
 
@@ -61,22 +69,17 @@ LAST_CHECKPOINT_DEFAULTS = {
 USAGE = "%(prog)s [--config CONFIG.yaml] [--SECTION.KEY VALUE ...]"
 
 
-def _tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-        return True
-    except ImportError:
-        try:
-            import tensorboardX  # noqa: F401
-            return True
-        except ImportError:
-            return False
+def tensorboard_available() -> bool:
+    """Whether ``tensorboard`` (or ``tensorboardX``) is installed. Optional on purpose: it is no
+    dependency of this project, and without it the CLI logs to CSV only (an explicit
+    ``TensorBoardLogger`` in ``trainer.logger`` then fails with Lightning's own message)."""
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
 
 
 def default_loggers(root_dir: str) -> list[Logger]:
     """CSV (always) and TensorBoard (when installed) under ``<root_dir>/logs``."""
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=root_dir, name="", version="logs")]
-    if _tensorboard_available():
+    if tensorboard_available():
         loggers.append(TensorBoardLogger(save_dir=os.path.join(root_dir, "logs"), name="", version="tensorboard",
                                          default_hp_metric=False))
     return loggers
@@ -140,6 +143,61 @@ def one_line_error(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+#: Errors by which Lightning and the suite's classes reject a value when they are built (the
+#: parser has let it through): Lightning raises ``MisconfigurationException`` or ``ValueError``.
+REJECTED_VALUE_ERRORS = (ValueError, MisconfigurationException)
+#: Where :func:`section_of` looks for the class that rejected a value, first match wins.
+_SECTIONS = ((Trainer, "trainer"), (LightningModule, "model"), (LightningDataModule, "data"), (Callback, "callback"))
+_UNION = re.compile(r"Does not validate against any of the Union subtypes")
+_CLASS_PATH = re.compile(r"class_path='([^']+)'")
+#: Trainer settings named in a message that names none of the trainer keys (e.g. Lightning's
+#: "No supported gpu backend found!" for ``--trainer.accelerator gpu`` without a GPU).
+HARDWARE_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes")
+
+
+def section_of(err: BaseException) -> str | None:
+    """The config section (``trainer``, ``model``, ``data``, ``callback``) whose class raised
+    ``err`` while being built: the outermost ``__init__`` in its traceback that belongs to one
+    of these classes; None when there is none."""
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        obj = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+        for cls, section in _SECTIONS:
+            if isinstance(obj, cls):
+                name = type(obj).__name__
+                return section if section == "trainer" else f"{section} ({name})"
+    return None
+
+
+def rejected_value_message(err: BaseException, section: str | None = None,
+                           settings: dict[str, Any] | None = None) -> str:
+    """One line for a value rejected while the model, DataModule, callbacks or Trainer were
+    built: ``<section>: <the class's own message>``. The DataModule (a subclass-mode section)
+    comes wrapped by jsonargparse (4.53) in a report on every type ``data`` could take; only
+    its class and the class's own message are kept. ``settings``: the section's values; the
+    hardware ones are added when the message names none of the section's keys."""
+    text = str(err)
+    if _UNION.search(text):
+        errors = [line.strip()[2:].strip() for line in text.splitlines() if line.strip().startswith("- ")]
+        errors = [e for e in errors if "NoneType" not in e] or errors
+        cls = _CLASS_PATH.search(text)
+        section = f"data ({cls.group(1)})" if cls else (section or "data")
+        text = "; ".join(errors) or text
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    section = section or section_of(err)
+    if settings and not any(key in text for key in settings):
+        named = ", ".join(f"{section}.{k}={settings[k]!r}" for k in HARDWARE_KEYS if k in settings)
+        if named:
+            text += f" (with {named})"
+    return f"{section}: {text}" if section else text
+
+
+def config_section(config: Namespace, subcommand: str | None, key: str, default: Any = None) -> Any:
+    """``key`` of a parsed or instantiated LightningCLI config, inside the subcommand's part
+    when there is one (what ``LightningCLI._get`` does, through jsonargparse's public
+    ``Namespace.get``)."""
+    return config.get(str(subcommand), config).get(key, default)
+
+
 class BenchArgumentParser(LightningArgumentParser):
     """The CLI's parser: reports a bad value in one ``error:`` line (after the short usage)."""
 
@@ -149,6 +207,18 @@ class BenchArgumentParser(LightningArgumentParser):
 
 class BenchCLI(LightningCLI):
     """LightningCLI with the suite's checkpoint, logger and link defaults (see module doc)."""
+
+    def reject(self, message: str, err: BaseException | None = None) -> NoReturn:
+        """The one way a bad value ends the CLI: the parser's one ``error:`` line, exit code 2."""
+        self.parser.error(message, err if isinstance(err, Exception) else None)
+
+    def instantiate_classes(self) -> None:
+        """Build the model, DataModule, callbacks and Trainer; a value one of them rejects is
+        reported by :meth:`reject` (the Trainer's by :meth:`instantiate_trainer`)."""
+        try:
+            super().instantiate_classes()
+        except REJECTED_VALUE_ERRORS as err:
+            self.reject(rejected_value_message(err), err)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
@@ -169,15 +239,19 @@ class BenchCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_cfg = self._get(self.config_init, "trainer", default={}) or {}
+        trainer_cfg = config_section(self.config_init, self.subcommand, "trainer", default={}) or {}
         logger_cfg = trainer_cfg.get("logger", None)
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except REJECTED_VALUE_ERRORS as err:
+            self.reject(rejected_value_message(err, "trainer", {**trainer_cfg, **kwargs}), err)
         if (logger_cfg is None or logger_cfg is True) and not trainer.fast_dev_run:
             trainer.loggers = default_loggers(trainer.default_root_dir)
         if any(isinstance(lg, ResumableCSVLogger) for lg in trainer.loggers):
             trainer.callbacks.append(KeepEarlierMetrics())
         if trainer.loggers:
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
+        trainer.callbacks.append(EpochProgress())
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
@@ -190,8 +264,9 @@ def main(args: list[str] | None = None, run: bool = True) -> BenchCLI:
     With ``run=False`` give the arguments without a subcommand (e.g. ``["--config", "x.yaml"]``):
     the model, DataModule and Trainer are instantiated (``cli.model``, ``cli.datamodule``,
     ``cli.trainer``) and nothing runs. Returns the CLI object (the installed scripts call
-    :func:`console_main`, which exits 0). A bad argument exits with code 2 (``SystemExit``)
-    after printing the parser's ``error:`` line.
+    :func:`console_main`, which exits 0). A bad argument, or a value the model, DataModule,
+    callbacks or Trainer reject when built, exits with code 2 (``SystemExit``) after printing
+    one ``error:`` line.
     """
     # the subcommands' usage (or, without subcommands, the main one); the main parser's own
     # usage names the subcommands and stays as argparse writes it

@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LR
 from torchmetrics.classification import MulticlassAccuracy
 
 from odconv.models import build_model, list_models
+from odconv.profile import count_macs, count_params
 
 from .arg_types import ConvSpecName, ModelName, OptimizerName, Placement, ScheduleName
 from .callbacks import TemperatureScheduler, temperature_modules
@@ -22,6 +23,16 @@ OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 #: The name under which the learning rate is logged (by ``LearningRateMonitor``).
 LR_LOG_NAME = "train/lr"
+
+
+def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
+    """The Trainer ``module`` is attached to, or None. ``LightningModule.trainer`` raises
+    ``RuntimeError`` when the module is attached to none (checked against lightning 2.6.6);
+    this is the one place that relies on it."""
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
 
 
 def _check_choice(what: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -143,20 +154,14 @@ class ImageClassifier(L.LightningModule):
 
     # -- cost summary --------------------------------------------------------------------
     def compute_model_stats(self, image_size: int | None = None) -> dict[str, Any]:
-        """Params (and MACs per image when ``odconv.count_macs`` is available)."""
+        """Params and MACs per image (``odconv.profile``)."""
         if image_size is None:
-            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            dm = getattr(attached_trainer(self), "datamodule", None)
             image_size = int(getattr(dm, "image_size", 32) or 32)
         stats: dict[str, Any] = {"params": sum(p.numel() for p in self.model.parameters()), "input_size": image_size}
         try:
-            from odconv.profile import count_macs, count_params
-        except ImportError:  # pragma: no cover - profiling module not available
-            count_params = count_macs = None
-        try:
-            if count_params is not None:
-                stats["params"] = int(count_params(self.model))
-            if count_macs is not None:
-                stats["macs"] = int(count_macs(self.model, input_size=(3, image_size, image_size)))
+            stats["params"] = int(count_params(self.model))
+            stats["macs"] = int(count_macs(self.model, input_size=(3, image_size, image_size)))
         except Exception as err:  # noqa: BLE001 - cost counting must never stop training
             stats["macs_error"] = f"{type(err).__name__}: {err}"
         self.model_stats = stats
@@ -274,7 +279,8 @@ class ImageClassifier(L.LightningModule):
         if self.model is None and hp.get("num_classes"):
             self._build(int(hp["num_classes"]))
         state = checkpoint.get("odconv_bench_rng")
-        if state and self._trainer is not None and self.trainer.world_size == 1:
+        trainer = attached_trainer(self)
+        if state and trainer is not None and trainer.world_size == 1:
             torch.set_rng_state(state["torch"])
             if "cuda" in state and torch.cuda.is_available():
                 try:

@@ -77,11 +77,8 @@ def _positive(text: str) -> float:
 
 
 def _cuda() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
+    import torch
+    return torch.cuda.is_available()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -278,10 +275,7 @@ def _print_jobs(sweep_name: str, results_root: str) -> None:
 
 def _bad_storage_url(e: Exception) -> str | None:
     """The message for a storage URL SQLAlchemy cannot use (unknown dialect, malformed), else None."""
-    try:
-        from sqlalchemy import exc as sa_exc
-    except ImportError:  # pragma: no cover
-        return None
+    from sqlalchemy import exc as sa_exc
     if isinstance(e, (sa_exc.ArgumentError, sa_exc.NoSuchModuleError)):
         return (f"bad --storage/STORAGE URL ({str(e).splitlines()[0]}); valid: a journal file path, "
                 f"postgresql://user:pass@host:5432/db, mysql://..., sqlite:///file.db")
@@ -325,17 +319,28 @@ def _command(a: argparse.Namespace) -> int:
         print(out["summary_md"].read_text())
         print(f"wrote {out['summary_csv']}, {out['summary_md']}, {out['attention_csv']}, "
               + ", ".join(str(p) for p in out["plots"]), file=sys.stderr)
+        print(out["isocost_line"], file=sys.stderr)
         return 0
     if a.cmd == "status":
         from . import study as S
         sweep = _results_sweep(a.sweep, a.results_root)
         st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
-        p = S.progress(st, [pt.key for pt in sweep.points()])
+        points = sweep.points()
+        p = S.progress(st, [pt.key for pt in points], {pt.key: pt.variant for pt in points})
         print(S.format_progress(p, 1))
+        left = S.time_left(p, 1)
+        if left.assumed and left.seconds is not None:
+            print(f"time left assumes the mean of the measured variants for: {', '.join(left.assumed)}")
         if S.drain_requested(st):
             print("drain requested: workers finish their running trials and claim no new one; `run` again goes on")
         for key, state in sorted(p.points.items()):
-            print(f"  {state:8s} {key}")
+            extra = ""
+            if state == "running":
+                t = p.last_trial[key]
+                who = t.user_attrs.get("worker_host")
+                extra = f"  epoch {S.format_epoch(t)}  (trial {t.number}" + (
+                    f", {who}:{t.user_attrs.get('worker_pid')}" if who else "") + ")"
+            print(f"  {state:8s} {key}{extra}")
         _print_jobs(sweep.name, a.results_root)
         return 0
     if a.cmd == "drain":

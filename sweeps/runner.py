@@ -46,8 +46,10 @@ class ProgressDisplay:
     """Progress lines of a running sweep: one per finished trial, and the counts (rewritten in
     place on a terminal, else printed when they change or every minute)."""
 
-    def __init__(self, study: S.SweepStudy, keys: list[str], n_slots: int, interval: float = 5.0, stream=None):
+    def __init__(self, study: S.SweepStudy, keys: list[str], n_slots: int, interval: float = 5.0, stream=None,
+                 variants: dict[str, str] | None = None):
         self.study, self.keys, self.n_slots, self.interval = study, keys, n_slots, interval
+        self.variants = variants or {}
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started = time.time()
@@ -58,7 +60,7 @@ class ProgressDisplay:
     def update(self, force: bool = False) -> None:
         try:
             with self.study.storage.guard.no_wait():  # a progress line is not worth waiting for
-                p = S.progress(self.study, self.keys)
+                p = S.progress(self.study, self.keys, self.variants)
         except StorageUnavailable:
             return
         for t in p.completed_trials:
@@ -108,6 +110,50 @@ def _prepare_data(sweep: SweepDef, res: Path) -> bool:
     return True
 
 
+#: The study sized for a CPU that the no-GPU warning points to.
+CPU_STUDY = "sweeps/cifar10_factorial.yaml"
+#: Accelerators that train on a GPU when one is visible (Lightning's default is ``auto``).
+GPU_ACCELERATORS = ("auto", "gpu", "cuda")
+
+
+def point_settings(sweep: SweepDef, key: str, default: object = None) -> list[object]:
+    """The value of the dotted config ``key`` (``trainer.max_epochs``) at every grid point: the
+    point's params, else the sweep's overrides, else the base config, else ``default``."""
+    import yaml
+    try:
+        base = yaml.safe_load(Path(sweep.base_config).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        base = {}
+    value: object = base
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    value = sweep.overrides.get(key, value)
+    return [p.params.get(key, value if value is not None else default) for p in sweep.points()]
+
+
+def cpu_scale_warning(sweep: SweepDef, slots: list[Slot]) -> str | None:
+    """One line before a sweep meant for GPUs starts on a machine where no CUDA device is
+    visible (every slot a CPU slot, and the trainer's accelerator ``auto``/``gpu``/``cuda``):
+    its scale (points, epochs, the device found) and where to look first. None otherwise."""
+    if any(s.devices for s in slots):
+        return None
+    accelerators = sorted({str(a).lower() for a in point_settings(sweep, "trainer.accelerator", "auto")})
+    if not set(accelerators) & set(GPU_ACCELERATORS):
+        return None
+    epochs = [e for e in point_settings(sweep, "trainer.max_epochs") if isinstance(e, int) and e > 0]
+    per_point = ("?" if not epochs else str(epochs[0]) if min(epochs) == max(epochs)
+                 else f"{min(epochs)}-{max(epochs)}")
+    total = f" = {sum(epochs)} epochs" if epochs and len(epochs) == len(sweep.points()) else ""
+    stem = Path(sweep.source).stem if getattr(sweep, "source", None) else sweep.name
+    fails = " (its trials will fail: they ask for a GPU)" if set(accelerators) & {"gpu", "cuda"} else ""
+    threads = slots[0].threads if slots else None
+    return (f"[sweep] no CUDA device visible: sweep {sweep.name!r} is {len(sweep.points())} grid points x "
+            f"{per_point} epochs{total} with trainer.accelerator {'/'.join(accelerators)}, here on the CPU "
+            f"({len(slots)} worker(s){f' x {threads} threads' if threads else ''}){fails}; its expected wall time: "
+            f"make estimate SWEEP={stem}; a study sized for a CPU: {CPU_STUDY} (make ablation SWEEP="
+            f"{Path(CPU_STUDY).stem})")
+
+
 def study_name_for(sweep: SweepDef, override: str | None = None) -> str:
     return override or os.environ.get("STUDY") or sweep.name
 
@@ -122,6 +168,9 @@ def run_sweep(sweep: SweepDef, storage_url: str | None = None, workers: int | No
     drain``), 130 when interrupted. ``ValueError`` for impossible
     worker/GPU requests."""
     slots = plan_slots(gpus, workers, devices_per_trial)
+    warning = cpu_scale_warning(sweep, slots)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     label = S.storage_label(storage_url, sweep.name, results_root)
     with StopRequest() as stop:
         try:
@@ -186,7 +235,8 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
     log.info("enqueued %d new grid point(s); settled %d trial(s) of dead workers", added, len(reaped))
 
     keys = [p.key for p in sweep.points()]
-    display = ProgressDisplay(study, keys, len(slots), progress_interval)
+    display = ProgressDisplay(study, keys, len(slots), progress_interval,
+                              variants={p.key: p.variant for p in sweep.points()})
     last_reap = time.monotonic()
 
     def tick() -> None:
@@ -235,7 +285,7 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
         try:
             from .aggregate import aggregate
             out = aggregate(sweep.name, results_root, sweep=sweep, study=study)
-            print(f"[sweep] results: {out['summary_md']}", file=sys.stderr)
+            print(f"[sweep] results: {out['summary_md']}; {out['isocost_line']}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 (the sweep's trials are done and kept; `results` redoes this)
             log.warning("aggregation failed: %s", e)
     print(f"[sweep] dashboard: optuna-dashboard {guard.label}", file=sys.stderr)

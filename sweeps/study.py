@@ -339,26 +339,56 @@ def clear_drain(study: optuna.Study) -> None:
 
 # --- progress ----------------------------------------------------------------------------
 
+#: Trial user attribute with how far a running trial is: ``{"epoch": k, "max_epochs": N,
+#: "start_epoch": s}`` (k epochs finished of N; s: where this attempt's fit started, >0 when it
+#: resumed). Its worker copies it from the trial's ``<run_dir>/progress.json``
+#: (:class:`lightning_modules.callbacks.EpochProgress`) with every heartbeat.
+PROGRESS_ATTR = "progress"
+#: = ``lightning_modules.callbacks.PROGRESS_FILE`` (not imported: it pulls in lightning).
+PROGRESS_FILE = "progress.json"
+
+
+def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The epoch progress a fit's ``EpochProgress`` callback wrote at ``path`` (format:
+    ``lightning_modules.callbacks.read_progress``), None when there is no readable one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("epoch"), int) else None
+
+
 @dataclass
 class Progress:
     points: dict[str, str] = field(default_factory=dict)          # grid key -> done|running|waiting|failed
     last_trial: dict[str, FrozenTrial] = field(default_factory=dict)
     durations: list[float] = field(default_factory=list)          # seconds of completed trials
     completed_trials: list[FrozenTrial] = field(default_factory=list)
+    variants: dict[str, str] = field(default_factory=dict)        # grid key -> variant, where known
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.points.values() if s == state)
+
+    def running_trials(self) -> list[FrozenTrial]:
+        """The RUNNING trial of each running point, in grid-key order."""
+        return [self.last_trial[k] for k, st in sorted(self.points.items()) if st == "running"]
 
 
 _RANK = {"done": 4, "running": 3, "waiting": 2, "failed": 1}
 
 
-def progress(study: optuna.Study, expected_keys: list[str] | None = None) -> Progress:
-    p = Progress()
+def progress(study: optuna.Study, expected_keys: list[str] | None = None,
+             variants: dict[str, str] | None = None) -> Progress:
+    """The state of every grid point. ``expected_keys``: the sweep's points (those not yet in
+    the study are ``missing``); ``variants``: grid key -> variant of those points (for the
+    time left of points not yet in the study)."""
+    p = Progress(variants=dict(variants or {}))
     for t in study.get_trials(deepcopy=False):
         key = t.user_attrs.get("grid_key")
         if key is None:
             continue
+        if t.user_attrs.get("variant") is not None:
+            p.variants.setdefault(key, str(t.user_attrs["variant"]))
         st = {TrialState.COMPLETE: "done", TrialState.RUNNING: "running",
               TrialState.WAITING: "waiting"}.get(t.state, "failed")
         if _RANK[st] >= _RANK.get(p.points.get(key, ""), 0):
@@ -373,18 +403,123 @@ def progress(study: optuna.Study, expected_keys: list[str] | None = None) -> Pro
     return p
 
 
-def format_progress(p: Progress, n_slots: int, started: float | None = None) -> str:
+def trial_epoch(t: FrozenTrial) -> tuple[int, int | None] | None:
+    """(epochs finished, planned epochs or None) of a trial, from its :data:`PROGRESS_ATTR`;
+    None when its worker has not reported any yet."""
+    prog = t.user_attrs.get(PROGRESS_ATTR)
+    if not isinstance(prog, dict) or not isinstance(prog.get("epoch"), int):
+        return None
+    n = prog.get("max_epochs")
+    return prog["epoch"], (int(n) if isinstance(n, int) and n > 0 else None)
+
+
+def format_epoch(t: FrozenTrial) -> str:
+    """``k/N`` (epochs finished of planned) of a running trial, ``k`` when N is unknown, ``?``
+    before its first report."""
+    ep = trial_epoch(t)
+    if ep is None:
+        return "?"
+    return f"{ep[0]}/{ep[1]}" if ep[1] else str(ep[0])
+
+
+def full_trial_seconds(t: FrozenTrial) -> float | None:
+    """Wall time of a COMPLETE trial that trained from epoch 0 (Optuna's start to complete:
+    start-up, fit, test and cost measurements); None for other trials, and for one that
+    resumed from a checkpoint (its time covers only part of the fit)."""
+    if t.state != TrialState.COMPLETE or not (t.datetime_start and t.datetime_complete):
+        return None
+    record = t.user_attrs.get("record") or {}
+    prog = t.user_attrs.get(PROGRESS_ATTR) or {}
+    if record.get("resumed_from") or (isinstance(prog, dict) and prog.get("start_epoch")):
+        return None
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def variant_seconds(p: Progress) -> dict[str, float]:
+    """Each variant's mean wall time of a whole trial, over its finished trials that trained
+    from epoch 0 (:func:`full_trial_seconds`); variants without one are left out."""
+    times: dict[str, list[float]] = {}
+    for t in p.completed_trials:
+        secs = full_trial_seconds(t)
+        if secs is not None and t.user_attrs.get("variant") is not None:
+            times.setdefault(str(t.user_attrs["variant"]), []).append(secs)
+    return {v: sum(x) / len(x) for v, x in times.items()}
+
+
+@dataclass
+class TimeLeft:
+    """The sweep's expected time left (:func:`time_left`)."""
+
+    seconds: float | None      # None: unknown (no finished trial to measure a pace from)
+    workers: int               # the trials assumed to run at a time
+    assumed: list[str] = field(default_factory=list)  # variants without a finished trial (given the others' mean)
+
+
+def time_left(p: Progress, workers: int = 1, now: float | None = None) -> TimeLeft:
+    """Expected wall time until every running, waiting and missing point is done.
+
+    The rule: a variant's trial takes ``D`` = the mean wall time of its finished trials that
+    trained from epoch 0 (:func:`variant_seconds`); a variant without one takes the mean ``D``
+    of the variants with one (listed in ``assumed``); with no finished trial at all the time
+    left is unknown. A waiting (or missing) point needs ``D``; a running trial at epoch k of N
+    (its heartbeat) needs ``D x (N - k) / N``, one not yet at its first report
+    ``max(D - its time so far, 0)``. The sum is divided by ``workers``, the trials that run at
+    a time (at least the running ones). Failed points need nothing (``--retry-failed``
+    re-queues them)."""
+    now = time.time() if now is None else now
+    workers = max(1, workers, p.count("running"))
+    per_variant = variant_seconds(p)
+    fallback = sum(per_variant.values()) / len(per_variant) if per_variant else None
+    total, assumed = 0.0, set()
+    for key, state in p.points.items():
+        if state not in ("running", "waiting", "missing"):
+            continue
+        variant = p.variants.get(key)
+        d = per_variant.get(variant) if variant is not None else None
+        if d is None:
+            if fallback is None:
+                return TimeLeft(None, workers)
+            d = fallback
+            assumed.add(variant or key)
+        if state == "running":
+            t = p.last_trial[key]
+            ep = trial_epoch(t)
+            if ep is not None and ep[1]:
+                d *= max(ep[1] - ep[0], 0) / ep[1]
+            elif t.datetime_start is not None:
+                d = max(d - (now - t.datetime_start.timestamp()), 0.0)
+        total += d
+    return TimeLeft(total / workers, workers, sorted(assumed))
+
+
+#: Running trials named in the progress line; more are counted ("+3").
+MAX_RUNNING_SHOWN = 8
+
+
+def format_progress(p: Progress, n_slots: int, started: float | None = None, now: float | None = None) -> str:
+    """The progress line: counts, elapsed time, each running trial's epoch (``k/N``, grid-key
+    order) and the expected time left (:func:`time_left`, ``n_slots`` workers or the running
+    trials, whichever is more)."""
+    now = time.time() if now is None else now
     total = len(p.points)
     done, run, wait, fail = p.count("done"), p.count("running"), p.count("waiting"), p.count("failed")
     missing = p.count("missing")
+    epochs = ""
+    running = p.running_trials()
+    if running:
+        shown = ", ".join(format_epoch(t) for t in running[:MAX_RUNNING_SHOWN])
+        more = f" +{len(running) - MAX_RUNNING_SHOWN}" if len(running) > MAX_RUNNING_SHOWN else ""
+        epochs = f" | epochs {shown}{more}"
     eta = ""
-    remaining = run + wait + missing
-    if p.durations and remaining:
-        per = sorted(p.durations)[len(p.durations) // 2]
-        secs = per * remaining / max(1, n_slots)
-        eta = f" | ETA {_fmt_s(secs)} ({datetime.fromtimestamp(time.time() + secs):%H:%M})"
-    el = f" | elapsed {_fmt_s(time.time() - started)}" if started else ""
-    return (f"[sweep] {done}/{total} done, {run} running, {wait + missing} waiting, {fail} failed{el}{eta}")
+    if run + wait + missing:
+        left = time_left(p, n_slots, now)
+        if left.seconds is None:
+            eta = " | time left unknown (no finished trial yet)"
+        else:
+            eta = (f" | time left ~{_fmt_s(left.seconds)} ({datetime.fromtimestamp(now + left.seconds):%H:%M}) "
+                   f"at {left.workers} worker(s)")
+    el = f" | elapsed {_fmt_s(now - started)}" if started else ""
+    return f"[sweep] {done}/{total} done, {run} running, {wait + missing} waiting, {fail} failed{el}{epochs}{eta}"
 
 
 def _fmt_s(s: float) -> str:

@@ -3,11 +3,13 @@ already pinned (``CUDA_VISIBLE_DEVICES`` in its environment before Python starts
 
 One loop for both stages: claim a trial from its source -- the grid queue
 (:class:`GridSource`) or the tuning studies (:class:`sweeps.tune.TuneSource`) -- run it in a
-child process (``python -m sweeps _trial``) while beating its heartbeat, then tell Optuna the
-outcome its record says. Stops when the source has nothing left (running nothing), when the
-study is drained (``odconv-sweep drain``: before claiming the next trial), or on
-SIGINT/SIGTERM (the running trial is failed as "interrupted"; a grid point is re-queued without
-using up a retry and resumes from its checkpoint).
+child process (``python -m sweeps _trial``) while beating its heartbeat (each beat also
+copies the fit's epoch from ``<run_dir>/progress.json`` into the trial's ``progress`` user
+attribute, for ``odconv-sweep status``), then tell Optuna the outcome its record says. Stops
+when the source has nothing left (running nothing), when the study is drained
+(``odconv-sweep drain``: before claiming the next trial), or on SIGINT/SIGTERM (the running
+trial is failed as "interrupted"; a grid point is re-queued without using up a retry and
+resumes from its checkpoint).
 
 In a SLURM worker job (``odconv-sweep run --launcher slurm``) the job's warning signal
 (:func:`sweeps.slurm.stop_signal`) does the same, except that the trial process got that
@@ -48,6 +50,20 @@ from .tune import TuneSource
 
 log = logging.getLogger("sweeps")
 WARNING_RESEND_S = 3.0
+
+
+def beat_progress(study: S.SweepStudy, trial_id: int, progress_path: Path | None,
+                  reported: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Copy the epoch progress at ``progress_path`` into the trial's
+    :data:`sweeps.study.PROGRESS_ATTR` attribute (Optuna's public storage API) when it differs
+    from ``reported``, the progress written last; returns the progress now written."""
+    prog = S.read_progress(progress_path) if progress_path is not None else None
+    if prog is None:
+        return reported
+    value = {k: prog.get(k) for k in ("epoch", "max_epochs", "start_epoch")}
+    if value != reported and study.storage.try_set_trial_user_attr(trial_id, S.PROGRESS_ATTR, value):
+        return value
+    return reported
 
 
 class TrialSource(Protocol):
@@ -186,12 +202,19 @@ class Worker:
             trial.set_user_attr(k, v)
         return dict(trial.user_attrs)
 
-    def _heartbeat_loop(self, study: S.SweepStudy, trial_id: int, done: threading.Event) -> None:
+    def _heartbeat_loop(self, study: S.SweepStudy, trial_id: int, done: threading.Event,
+                        progress_path: Path | None = None) -> None:
+        """Beat the trial's ``heartbeat`` attribute; with each beat, copy the trial's epoch
+        progress (``progress_path``, written by the fit's ``EpochProgress``) into its
+        :data:`sweeps.study.PROGRESS_ATTR` attribute when it changed."""
         interval = 2 if os.environ.get("SWEEP_FAST_HEARTBEAT") else S.HEARTBEAT_INTERVAL_S
+        reported: dict[str, Any] | None = None
         while not done.wait(interval):
             # one attempt per beat: during an outage the beat is skipped (the guard logs the outage once)
             try:
-                study.storage.try_set_trial_user_attr(trial_id, "heartbeat", time.time())
+                if not study.storage.try_set_trial_user_attr(trial_id, "heartbeat", time.time()):
+                    continue
+                reported = beat_progress(study, trial_id, progress_path, reported)
             except Exception as e:  # noqa: BLE001 (e.g. the trial was settled by a reaper: the report says so)
                 log.warning("heartbeat stopped (trial id %d): %r", trial_id, e)
                 return
@@ -212,8 +235,8 @@ class Worker:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         done = threading.Event()
-        hb = threading.Thread(target=self._heartbeat_loop, args=(claim.study, claim.study.trial_id(trial.number), done),
-                              daemon=True)
+        hb = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                              args=(claim.study, claim.study.trial_id(trial.number), done, run_dir / S.PROGRESS_FILE))
         try:
             self.child = popen_child([sys.executable, "-m", "sweeps", "_trial", str(spec_path)], env,
                                      run_dir / "train.log",
