@@ -1,6 +1,6 @@
 """Cost counting: parameters and multiply-accumulates (MACs) per image.
 
-Definition (see README, "Cost counting"). ``count_macs`` runs one forward pass on a single
+Definition (see docs/models.md, "Cost counting"). ``count_macs`` runs one forward pass on a single
 image of ``input_size`` and adds up:
 
 - for every **static** part of the model, the MACs that

@@ -1,6 +1,6 @@
 """The conv spec grammar: one short string names a conv variant everywhere.
 
-Grammar (see README, "Conv specs")::
+Grammar (see docs/layers.md, "Conv specs")::
 
     static
     odconv<n>x                       all four attentions, n kernels

@@ -1,14 +1,15 @@
-"""Wall-clock time and peak memory of a callable, on CPU or CUDA.
+"""The project's one timer, peak memory, autocast and the training step that is timed.
 
-Used by the benchmark (`make bench`) and by sweep records (latency, throughput, memory).
-Times are medians over repeats after warm-up; compare them only as ratios measured in the
-same run on the same machine.
+Every timing of the project goes through :func:`time_rounds` (the benchmark, sweep records,
+sweep estimates, the ``tune`` strategy); a model's costs are measured by
+:func:`odconv.bench.measurement.measure_model_costs` on top of it. Compare times only as
+ratios measured in the same run on the same machine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import os
 import platform
 import statistics
 import time
@@ -16,6 +17,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
+Clock = Callable[[], float]
 
 
 def cpu_name() -> str:
@@ -36,24 +39,59 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_callable(fn: Callable[[], object], device: torch.device | str = "cpu", *, warmup: int = 2,
-                  repeats: int = 5, min_time: float = 0.0) -> float:
-    """Median seconds per call of ``fn`` over ``repeats`` timed calls after ``warmup`` calls.
-    With ``min_time`` > 0, keeps repeating until that many seconds have been spent timing."""
+def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *, rounds: int = 3,
+                warmup: int = 0, keep_within: float = float("inf"), keep: Sequence[str] = (),
+                clock: Clock = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds of every call of every callable in ``fns``, timed in interleaved rounds.
+
+    Each round calls every entry once; the order alternates (forward, then reversed) from
+    round to round, so a load change or a cache effect of the previous entry hits all alike.
+    Round 0 times every entry; from round 1 on only the *contenders* are timed: the entries
+    named in ``keep`` and those whose round-0 time is within ``keep_within`` times the
+    fastest round-0 time. So a contender has ``rounds`` samples, index ``r`` taken in round
+    ``r`` (samples of two contenders with the same index are paired); any other entry has one.
+    ``warmup`` untimed calls of every entry come first. ``clock``: seconds, read before and
+    after each call (CUDA work is synchronized before the second read).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    unknown = sorted(set(keep) - set(fns))
+    if unknown:
+        raise ValueError(f"keep names {unknown} that are not among the timed entries {sorted(fns)}")
     device = torch.device(device)
-    for _ in range(warmup):
-        fn()
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     _sync(device)
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < repeats or spent < min_time:
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        dt = time.perf_counter() - start
-        times.append(dt)
-        spent += dt
-    return statistics.median(times)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds):
+        if r == 1:
+            fastest = min(s[0] for s in samples.values())
+            order = [n for n in order if n in keep or samples[n][0] <= keep_within * fastest]
+        for name in (order if r % 2 == 0 else order[::-1]):
+            start = clock()
+            fns[name]()
+            _sync(device)
+            samples[name].append(clock() - start)
+    return samples
+
+
+def time_callable(fn: Callable[[], object], device: torch.device | str = "cpu", *, warmup: int = 2,
+                  repeats: int = 5, clock: Clock = time.perf_counter) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` timed calls after ``warmup`` calls
+    (:func:`time_rounds` with one entry)."""
+    return statistics.median(time_rounds({"fn": fn}, device, rounds=repeats, warmup=warmup, clock=clock)["fn"])
+
+
+def median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median over rounds of the per-round ratio ``num[r] / den[r]`` of two entries' paired
+    :func:`time_rounds` samples (the rounds both were timed in): a drift in load between
+    rounds cancels in each ratio."""
+    n = min(len(num), len(den))
+    if n == 0:
+        raise ValueError("no round in which both entries were timed")
+    return statistics.median(num[i] / den[i] for i in range(n))
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
@@ -70,6 +108,10 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
+    # Kineto (seen with torch 2.13) logs "USDT ... profiler_start/stop" to stderr at every profile, at
+    # a severity above ERROR; 6 silences it. Kineto reads this once, at its first profile;
+    # setdefault keeps a level the user chose.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -83,6 +125,18 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
         current += e.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
+
+
+def precision_dtype(precision: str, device_type: str = "cpu") -> Optional[torch.dtype]:
+    """The autocast dtype of a precision name: the benchmark's ``fp32``/``bf16`` or Lightning's
+    ``trainer.precision`` (``32-true``, ``bf16-mixed``, ``16-mixed``...). fp16 only on CUDA
+    (Lightning runs ``16-mixed`` there only); None: no autocast (fp32)."""
+    name = str(precision)
+    if name.startswith("bf16"):
+        return torch.bfloat16
+    if (name.startswith("16") or name == "fp16") and device_type == "cuda":
+        return torch.float16
+    return None
 
 
 def autocast(device_type: str, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
@@ -110,108 +164,3 @@ def make_train_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
         opt.step()
 
     return step
-
-
-def measure_latency(model: nn.Module, batch_size: int, input_size: tuple[int, int, int] = (3, 32, 32),
-                    device: torch.device | str = "cpu", *, warmup: int = 2, repeats: int = 5) -> float:
-    """Median seconds of one eval-mode forward pass at ``batch_size`` (no grad)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    x = torch.randn(batch_size, *input_size, device=device)
-    try:
-        with torch.inference_mode():
-            return time_callable(lambda: model(x), device, warmup=warmup, repeats=repeats)
-    finally:
-        model.train(was_training)
-
-
-def measure_train_throughput(model: nn.Module, batch_size: int, input_size: tuple[int, int, int] = (3, 32, 32),
-                             num_classes: int = 10, device: torch.device | str = "cpu", *, warmup: int = 2,
-                             repeats: int = 5) -> float:
-    """Images per second of a train-mode forward + backward + optimiser step at ``batch_size``."""
-    device = torch.device(device)
-    was_training = model.training
-    model.train()
-    x = torch.randn(batch_size, *input_size, device=device)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
-    try:
-        seconds = time_callable(make_train_step(model, x, y), device, warmup=warmup, repeats=repeats)
-    finally:
-        model.train(was_training)
-    return batch_size / seconds
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *, warmup: int = 1,
-                     repeats: int = 3, max_seconds: float = float("inf")) -> dict[str, float]:
-    """Median seconds per call of every callable in ``fns``, timed round-robin (one call of
-    each per round) so that load changes on a shared machine hit all of them alike.
-
-    A callable whose warm-up call took longer than ``max_seconds / repeats`` is timed
-    fewer times, bounding each entry's cost near ``max_seconds``; one whose warm-up call
-    alone took longer than ``max_seconds`` is not called again (its warm-up time is used).
-    """
-    device = torch.device(device)
-    first: dict[str, float] = {}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        for _ in range(max(1, warmup)):
-            fn()
-        _sync(device)
-        first[name] = (time.perf_counter() - start) / max(1, warmup)
-    # (inf // x is nan in Python: without a bound every entry gets all its repeats)
-    wanted = {name: repeats if math.isinf(max_seconds) else min(repeats, int(max_seconds // max(first[name], 1e-9)))
-              for name in fns}
-    times: dict[str, list[float]] = {name: ([] if wanted[name] else [first[name]]) for name in fns}
-    for r in range(max(wanted.values())):
-        for name, fn in fns.items():
-            if r >= wanted[name]:
-                continue
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *, rounds: int = 3,
-                warmup: int = 0, keep_within: float = float("inf"), keep: Sequence[str] = ()) -> dict[str, list[float]]:
-    """Seconds of every call of every callable in ``fns``, timed in interleaved rounds.
-
-    Each round calls every entry once; the order alternates (forward, then reversed) from
-    round to round, so a load change or a cache effect of the previous entry hits all alike.
-    Round 0 times every entry; from round 1 on only the *contenders* are timed: the entries
-    named in ``keep`` and those whose round-0 time is within ``keep_within`` times the
-    fastest round-0 time. So a contender has ``rounds`` samples, index ``r`` taken in round
-    ``r`` (samples of two contenders with the same index are paired); any other entry has one.
-    ``warmup`` untimed calls of every entry come first.
-    """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    unknown = sorted(set(keep) - set(fns))
-    if unknown:
-        raise ValueError(f"keep names {unknown} that are not among the timed entries {sorted(fns)}")
-    device = torch.device(device)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns)
-    for r in range(rounds):
-        if r == 1:
-            fastest = min(s[0] for s in samples.values())
-            order = [n for n in order if n in keep or samples[n][0] <= keep_within * fastest]
-        for name in (order if r % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            samples[name].append(time.perf_counter() - start)
-    return samples
-
-
-def median_ratio(samples: dict[str, list[float]], num: str, den: str) -> float:
-    """Median over rounds of the per-round ratio ``num / den`` of :func:`time_rounds` samples
-    (the rounds both were timed in): a drift in load between rounds cancels in each ratio."""
-    n = min(len(samples[num]), len(samples[den]))
-    return statistics.median(samples[num][i] / samples[den][i] for i in range(n))

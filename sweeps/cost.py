@@ -2,8 +2,9 @@
 
 ``odconv-sweep bench <sweep>``: every grid variant's model as a trial builds it (the sweep's
 base config, overrides and grid point, resolved by the CLI parser as in a trial: model, width,
-conv spec, precision, batch size, classes) is timed by :func:`odconv.bench.bench_models` in one
-run on this machine, interleaved with the static model of the same model and width: training
+conv spec, precision, batch size, classes) is timed by :func:`odconv.bench.models.bench_models`
+(:func:`odconv.bench.measurement.measure_model_costs`) in one run on this machine, interleaved
+with the static model of the same model and width: training
 step, batch-1 latency and training peak memory, as ratios to static. The table goes to
 ``results/<sweep>/bench/models.csv|md``; ``make results`` takes the summary's cost columns from
 it (``cost from: bench``) instead of from the trials' own timings, which may come from several
@@ -73,7 +74,9 @@ def bench_sweep(sweep: SweepDef, results_root: str | os.PathLike = "results", de
     path of the CSV written (:func:`bench_path`, with a ``.md`` beside it)."""
     import torch
 
-    from odconv.bench import bench_models, machine_info, models_markdown, write_csv
+    from odconv.bench.measurement import machine_info
+    from odconv.bench.models import bench_models
+    from odconv.bench.report import models_markdown, write_csv
 
     dev = torch.device(device)
     variants = variant_models(sweep)

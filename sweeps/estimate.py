@@ -65,54 +65,32 @@ def limited_images(images: int, batch_size: int, limit: Any) -> int:
     return min(images, batches * batch_size)
 
 
-def _autocast(precision: str, device: torch.device):
-    p = str(precision)
-    if p.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if p.startswith("16") and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast(device.type, enabled=False)
-
-
 def measure_point(base_config: str, overrides: dict[str, Any], device: torch.device, repeats: int = 5) -> dict:
-    """Build one grid point as a trial would and measure it: train and eval img/s, image counts."""
-    from odconv.timing import make_train_step, time_callable
+    """Build one grid point as a trial would and measure it: train and eval img/s, image counts.
+
+    Train: the training step at the configured batch size; eval: the eval forward pass at the
+    eval batch size; both under the trainer's precision
+    (:func:`odconv.bench.measurement.measure_model_costs`, ``repeats`` rounds each)."""
+    from odconv.bench.measurement import measure_model_costs
 
     from .trial import build_point
 
     warnings.filterwarnings("ignore")
     cli = build_point(base_config, overrides)
     dm, trainer, module = cli.datamodule, cli.trainer, cli.model
-    model = module.model.to(device)
     train, val, test = dm.split_sizes()
     epochs = int(trainer.max_epochs)
-    s = dm.image_size
-    x = torch.randn(dm.batch_size, 3, s, s, device=device)
-    y = torch.randint(0, dm.num_classes, (dm.batch_size,), device=device)
-    step = make_train_step(model, x, y)
-    precision = str(trainer.precision)
-
-    def train_step() -> None:
-        with _autocast(precision, device):
-            step()
-
-    model.train()
-    train_s = time_callable(train_step, device, warmup=2, repeats=repeats)
-    xe = torch.randn(dm.eval_batch_size, 3, s, s, device=device)
-    model.eval()
-    with torch.inference_mode():
-        def infer() -> None:
-            with _autocast(precision, device):
-                model(xe)
-        eval_s = time_callable(infer, device, warmup=2, repeats=repeats)
-    model.train()
     ebs = dm.eval_batch_size
+    costs = measure_model_costs(
+        {"model": module.model.to(device)}, device, batch=dm.batch_size, input_size=(3, dm.image_size, dm.image_size),
+        num_classes=dm.num_classes, precision=str(trainer.precision), train_rounds=repeats, train_warmup=2,
+        latency_batches=(ebs,), latency_rounds=repeats, memory=False, macs=False)["model"]
     eval_images = (epochs * limited_images(val, ebs, trainer.limit_val_batches)
                    + (limited_images(test, ebs, trainer.limit_test_batches) if dm.has_test_set else 0))
     return {"train_images_per_epoch": limited_images(train, dm.batch_size, trainer.limit_train_batches),
             "epochs": epochs,
-            "eval_images": eval_images, "train_img_s": dm.batch_size / train_s,
-            "eval_img_s": dm.eval_batch_size / eval_s}
+            "eval_images": eval_images, "train_img_s": costs.train_images_per_s,
+            "eval_img_s": ebs / costs.latency_s(ebs)}
 
 
 def worker_threads(workers: int, cpus: Optional[int] = None) -> int:

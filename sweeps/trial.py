@@ -108,16 +108,16 @@ def library_versions() -> dict[str, str]:
     for mod in ("torch", "lightning", "torchmetrics", "optuna", "numpy", "jsonargparse", "pandas"):
         try:
             out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
+        except ImportError:  # an optional library (pandas) that is not installed
             pass
-    try:
-        import torch
-        out["cuda"] = str(torch.version.cuda)
-        if torch.cuda.is_available():
+    import torch
+    out["cuda"] = str(torch.version.cuda)
+    if torch.cuda.is_available():
+        try:
             out["gpu"] = torch.cuda.get_device_name(0)
             out["cudnn"] = str(torch.backends.cudnn.version())
-    except Exception:  # noqa: BLE001
-        pass
+        except RuntimeError:  # a broken CUDA driver: these fields are informational
+            pass
     return out
 
 
@@ -216,92 +216,55 @@ def _stop_on_signal_callback(flag: StopFlag, last_ckpt: Path):
     return StopOnSignal()
 
 
-def _net(lm):
-    import torch.nn as nn
-    for name in ("model", "net", "backbone"):
-        sub = getattr(lm, name, None)
-        if isinstance(sub, nn.Module):
-            return sub
-    return lm
-
-
-def _count_params_macs(net, input_size) -> tuple[int | None, int | None]:
-    params = macs = None
-    try:
-        from odconv.profile import count_params
-        params = int(count_params(net))
-    except Exception:  # noqa: BLE001
-        params = int(sum(p.numel() for p in net.parameters()))
-    try:
-        from odconv.profile import count_macs
-        try:
-            macs = count_macs(net, input_size)
-        except TypeError:
-            macs = count_macs(net, (1, *input_size))
-        macs = int(macs) if macs is not None else None
-    except Exception:  # noqa: BLE001
-        macs = None
-    return params, macs
-
-
 def measure_costs(lm, datamodule, device, opts: dict[str, Any]) -> dict[str, Any]:
-    """Params, MACs, train throughput, latency at batch 1 and 64, peak memory of a train step."""
-    import torch
+    """The record's cost fields of the trained network ``lm.model`` (measured on a copy, in fp32):
+    ``params_count``, ``macs`` (per image), ``measure_device`` and, unless ``opts["enabled"]`` is
+    false, ``train_throughput`` (img/s of the training step at ``throughput_batch_size``, default the
+    data's batch size), ``latency_ms`` per batch of ``latency_batch_sizes`` (default 1 and 64; also
+    ``latency_b1_ms``, ``latency_b64_ms``) and ``peak_memory_mb`` of one training step
+    (:func:`odconv.bench.measurement.measure_model_costs`, ``repeats`` rounds, default 5)."""
+    from odconv.bench.measurement import measure_model_costs
 
-    from odconv.timing import make_train_step, measure_latency, measure_train_throughput, peak_memory
-
-    out: dict[str, Any] = {}
-    size = int(getattr(datamodule, "image_size", 32) or 32)
-    input_size = (3, size, size)
-    num_classes = int(getattr(datamodule, "num_classes", 10) or 10)
-    stats: dict[str, Any] = {}
-    if hasattr(lm, "compute_model_stats"):
-        try:
-            stats = lm.compute_model_stats(size)
-        except Exception:  # noqa: BLE001
-            stats = {}
-    net = copy.deepcopy(_net(lm)).to(device)
-    if "params" in stats:
-        out.update(params_count=int(stats["params"]),
-                   macs=int(stats["macs"]) if stats.get("macs") is not None else None)
-    else:
-        p, m = _count_params_macs(net, input_size)
-        out.update(params_count=p, macs=m)
-    out["measure_device"] = str(device)
-    if not opts.get("enabled", True):
-        return out
+    size = int(datamodule.image_size)
+    timed = bool(opts.get("enabled", True))
+    batch = int(opts.get("throughput_batch_size") or datamodule.batch_size)
+    latency_batches = [int(b) for b in opts.get("latency_batch_sizes", [1, 64])]
     repeats = int(opts.get("repeats", 5))
-    bs = int(opts.get("throughput_batch_size") or getattr(datamodule, "batch_size", 64) or 64)
-    out["train_throughput"] = measure_train_throughput(net, bs, input_size, num_classes, device, repeats=repeats)
-    out["latency_ms"] = {}
-    for b in opts.get("latency_batch_sizes", [1, 64]):
-        ms = 1000.0 * measure_latency(net, int(b), input_size, device, repeats=repeats)
-        out["latency_ms"][str(int(b))] = ms
-        if int(b) in (1, 64):
-            out[f"latency_b{int(b)}_ms"] = ms
-    xb = torch.randn(bs, *input_size, device=device)
-    yb = torch.randint(0, num_classes, (bs,), device=device)
-    net.train()
-    out["peak_memory_mb"] = peak_memory(make_train_step(net, xb, yb), device) / 2**20
+    net = copy.deepcopy(lm.model).to(device)  # the training steps move BatchNorm statistics
+    costs = measure_model_costs({"net": net}, device, batch=batch, input_size=(3, size, size),
+                                num_classes=int(datamodule.num_classes), timed=timed, train_rounds=repeats,
+                                train_warmup=1, latency_batches=latency_batches, latency_rounds=repeats)["net"]
+    out: dict[str, Any] = {"params_count": costs.params, "macs": costs.macs, "measure_device": str(device)}
+    if not timed:
+        return out
+    out["train_throughput"] = costs.train_images_per_s
+    out["latency_ms"] = {str(b): 1000.0 * costs.latency_s(b) for b in latency_batches}
+    for b in (1, 64):
+        if b in latency_batches:
+            out[f"latency_b{b}_ms"] = 1000.0 * costs.latency_s(b)
+    out["peak_memory_mb"] = costs.peak_memory_bytes / 2**20
     return out
 
 
 def _has(obj, method: str) -> bool:
+    """Whether ``obj`` (a LightningModule or DataModule) overrides Lightning's ``method``."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
     try:
-        from lightning.pytorch.utilities.model_helpers import is_overridden
         return is_overridden(method, obj)
-    except Exception:  # noqa: BLE001
+    except ValueError:  # not a Lightning class: is_overridden has no parent to compare with
         return hasattr(obj, method)
 
 
 def resolved_config(cli) -> dict[str, Any]:
+    """The CLI's resolved config as plain data (what the record keeps); values jsonargparse
+    cannot serialize are kept as their ``str``."""
+    import yaml
     try:
-        import yaml
         return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_validation=True)) or {}
-    except Exception:  # noqa: BLE001
+    except (TypeError, yaml.YAMLError):  # dump: a value the parser cannot serialize
         try:
             return json.loads(json.dumps(cli.config.as_dict(), default=str))
-        except Exception:  # noqa: BLE001
+        except (TypeError, ValueError):  # e.g. a circular reference
             return {"unavailable": True}
 
 
@@ -356,12 +319,9 @@ def run_trial(spec: dict[str, Any], stop: StopFlag | None = None) -> int:
     rec.placement = (rec.config.get("model") or {}).get("placement")
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     rec.synthetic = bool(getattr(dm, "synthetic", False) or "synthetic" in type(dm).__name__.lower())
-    if hasattr(dm, "describe"):
-        try:
-            dm.setup("fit")
-            rec.data = json.loads(json.dumps(dm.describe(), default=str))
-        except Exception:  # noqa: BLE001
-            pass
+    # (data that cannot be set up fails here as it would in the fit: exit 1, see main)
+    dm.setup("fit")
+    rec.data = json.loads(json.dumps(dm.describe(), default=str))
     ValHistory = _val_history_callback()
     hist = ValHistory(optuna_trial)
     trainer.callbacks.append(hist)
@@ -372,22 +332,22 @@ def run_trial(spec: dict[str, Any], stop: StopFlag | None = None) -> int:
         trainer.callbacks.append(_stop_on_signal_callback(stop, last))
     ckpt = str(last) if last.exists() else None
     rec.resumed_from = ckpt
+    # read before the fit: the fit's checkpoint callback may overwrite last.ckpt
+    start_epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1 if ckpt else 0
+    import optuna
     fit_start = time.time()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
     except FloatingPointError as e:
-        # the training module's report of a non-finite loss (ODConvLightningModule(stop_on_nonfinite=True))
+        # the training module's report of a non-finite loss (ImageClassifier(stop_on_nonfinite=True))
         rec.val_history = hist.history
         return finish("failed", f"{DIVERGED}: {e}")
-    except Exception as e:  # noqa: BLE001
-        import optuna
-        if isinstance(e, optuna.TrialPruned):
-            rec.val_history = hist.history
-            rec.epochs = len(hist.history)
-            h = hist.history[-1] if hist.history else {}
-            rec.final_val_top1 = h.get("val/acc_top1")
-            return finish("pruned", str(e))
-        raise
+    except optuna.TrialPruned as e:
+        rec.val_history = hist.history
+        rec.epochs = len(hist.history)
+        h = hist.history[-1] if hist.history else {}
+        rec.final_val_top1 = h.get("val/acc_top1")
+        return finish("pruned", str(e))
     rec.fit_time_s = time.time() - fit_start
     if getattr(trainer, "interrupted", False):
         raise KeyboardInterrupt("fit interrupted")
@@ -403,17 +363,12 @@ def run_trial(spec: dict[str, Any], stop: StopFlag | None = None) -> int:
         rec.best_val_top1 = best.get("val/acc_top1")
         rec.best_epoch = best["epoch"]
         rec.best_val_top5 = max(h.get("val/acc_top5", -1.0) for h in hist.history)
-    try:
-        samples = int(getattr(dm, "num_train_samples", 0) or len(dm.train_dataloader().dataset))
-        limit = trainer.limit_train_batches
-        if isinstance(limit, int):
-            samples = min(samples, limit * int(getattr(dm, "batch_size", 1)))
-        start_epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1 if ckpt else 0
-        epochs_run = rec.epochs - start_epoch
-        if rec.fit_time_s and epochs_run > 0:
-            rec.fit_throughput = samples * epochs_run / rec.fit_time_s
-    except Exception:  # noqa: BLE001
-        pass
+    samples = len(dm.train_set)
+    if isinstance(trainer.limit_train_batches, int):
+        samples = min(samples, trainer.limit_train_batches * dm.batch_size)
+    epochs_run = rec.epochs - start_epoch
+    if rec.fit_time_s and epochs_run > 0:
+        rec.fit_throughput = samples * epochs_run / rec.fit_time_s
 
     has_test = getattr(dm, "has_test_set", None)
     if has_test is None:
@@ -431,7 +386,8 @@ def run_trial(spec: dict[str, Any], stop: StopFlag | None = None) -> int:
         device = trainer.strategy.root_device
         for k, v in measure_costs(model, dm, device, spec.get("measure", {})).items():
             setattr(rec, k, v)
-    except Exception as e:  # noqa: BLE001  (a cost measurement must not lose a finished fit)
+    # Any failure, whatever its type: a cost measurement must not lose a finished fit's record.
+    except Exception as e:  # noqa: BLE001
         rec.reason = f"cost measurement failed: {e!r}"
     metric = spec.get("metric") or ("test/acc_top1" if rec.test_top1 is not None else "val/acc_top1")
     rec.metric = metric
@@ -448,6 +404,7 @@ def prepare(base_config: str, overrides: dict[str, Any]) -> int:
     import tempfile
     import warnings
     warnings.filterwarnings("ignore")
+    from lightning_modules import DatasetError
     from lightning_modules.cli import main as cli_main
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -455,7 +412,7 @@ def prepare(base_config: str, overrides: dict[str, Any]) -> int:
             cli.datamodule.prepare_data()
         except SystemExit as e:
             return int(e.code or 2)
-        except Exception as e:  # noqa: BLE001
+        except (DatasetError, OSError) as e:  # missing, corrupt or undownloadable data
             print(f"the sweep's data is not available: {e}", file=sys.stderr)
             return 3
     return 0
@@ -476,6 +433,8 @@ def main(spec_path: str) -> int:
     except KeyboardInterrupt:
         print("trial interrupted", file=sys.stderr)
         return 130
+    # Any other failure, whatever its type: the trial process reports it as exit code 1 with its
+    # traceback (in train.log), which the worker records as a failed attempt.
     except Exception:  # noqa: BLE001
         traceback.print_exc()
         return 1

@@ -44,6 +44,7 @@ def test_trial_time_arithmetic():
     assert e.trial_s == pytest.approx(3 * 1000 / 100 + 400 / 400 + 5)
 
 
+@pytest.mark.integration  # measures every variant of the smoke sweep (a benchmark run)
 def test_estimate_smoke_sweep(capsys):
     sweep = load_sweep(str(ROOT / "sweeps" / "smoke.yaml"))
     rows = estimate_sweep(sweep, "cpu", overhead_s=0.0, repeats=1, log=lambda s: None)

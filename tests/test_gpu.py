@@ -88,7 +88,7 @@ def test_cuda_model_train_step_and_export(conv):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_quick_bench(tmp_path):
-    from odconv.bench import main
+    from odconv.bench.cli import main
 
     assert main(["--quick", "--device", "cuda", "--out", str(tmp_path)]) == 0
     for name in ("layers", "models", "targets"):

@@ -79,7 +79,7 @@ class DynamicConvBase(nn.Module):
         return 0
 
     def mac_breakdown(self, in_hw: tuple[int, int]) -> dict[str, int]:
-        """Multiply-accumulates per example, by part (see README, "Cost counting"):
+        """Multiply-accumulates per example, by part (see docs/models.md, "Cost counting"):
 
         - ``conv``: the convolution itself with the example's kernel (same as a static conv);
         - ``aggregation``: building the example's kernel from the n kernels and the spatial

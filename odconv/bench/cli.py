@@ -1,0 +1,327 @@
+"""Benchmark of dynamic convolution against static convolution (``make bench``).
+
+    python -m odconv.bench [--quick] [--device cpu|cuda] [--out results/bench] [--sections ...]
+
+Sections (``--sections``, default all that apply to the device), each writing ``NAME.csv``
+and ``NAME.md`` under ``--out``:
+
+* ``layers``: the dynamic-conv shapes of CIFAR ResNet-18 and CIFAR MobileNetV2 (as ODConv-4x
+  places them), forward (no grad) and forward+backward: time and peak memory of the static
+  conv, of every strategy and of the ``auto`` choice, as ratios to the static conv, to the
+  reference strategy (``grouped``) and to the fastest strategy of the same row. A recheck
+  pass re-times, with more rounds, any row where ``auto`` looks slower than the reference
+  or than the fastest strategy beyond the tolerances; the table marks those rows.
+* ``models``: ``cifar_resnet18`` at widths 0.125, 0.5 and 1 with static, odconv1x, odconv4x,
+  dyconv4x and condconv8x convs: training step time (batch 128), batch-1 inference latency
+  and training peak memory, as ratios to the static model of the same run, in fp32 and under
+  bf16 autocast (``bf16-mixed``; the static model in bf16 is then the reference).
+* ``strategies``: the same model measurement for ODConv-1x, ODConv-4x and CondConv-8x at widths
+  0.125 and 0.5 under several strategies (default ``auto`` and ``fused``): what each execution strategy
+  costs in time and peak memory against the static model, i.e. the memory floor (``fused``
+  saves only each layer's inputs) and its price in time.
+* ``floors``: the models of the strategies section (static, ODConv-1x, ODConv-4x, DyConv-4x),
+  each dynamic model also with its attention branches replaced by the constants they computed
+  (:func:`odconv.bench.models.freeze_attentions`): how much of its training step and batch-1 latency over static
+  is the attention branch, and what is left for the dynamic conv itself.
+* ``workers`` (CPU only): training throughput of the sweeps' small CPU model with P worker
+  processes of one thread each against one process of P threads (P = the CPU cores).
+
+``targets.md|csv`` then states every target of the project (model time, memory and latency
+ratios, the default strategy against the reference and the fastest strategy), what this run
+measured and whether it is met. Timings are medians of interleaved rounds
+(:func:`odconv.timing.time_rounds`); compare ratios within one run only. Module layout: see
+:mod:`odconv.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+
+import odconv
+
+from ..spec import parse_conv_spec
+from .layers import (
+    NOT_TIMED_BY_DEFAULT,
+    REFERENCE,
+    LayerShape,
+    bench_layers,
+    default_strategies,
+    layer_callables,
+    layer_shapes,
+    recheck_layers,
+)
+from .measurement import machine_info
+from .models import (
+    FLOOR_CONVS,
+    MODEL_CONVS,
+    MODEL_STRATEGIES,
+    MODELS,
+    PRECISIONS,
+    STRATEGY_CONVS,
+    STRATEGY_MODELS,
+    bench_models,
+)
+from .report import (
+    BEST_TOLERANCE,
+    REFERENCE_TOLERANCE,
+    evaluate_targets,
+    floors_markdown,
+    layers_markdown,
+    memory_floor_summary,
+    models_markdown,
+    strategies_markdown,
+    targets_markdown,
+    workers_advice,
+    workers_markdown,
+    write_csv,
+)
+from .workers import bench_workers
+
+SECTIONS = ("layers", "models", "strategies", "floors", "workers")
+
+
+def _parse_list(p: argparse.ArgumentParser, option: str, text: str, valid: Sequence[str]) -> list[str]:
+    items = [s for s in text.split(",") if s]
+    bad = [s for s in items if s not in valid]
+    if bad or not items:
+        p.error(f"{option}: {', '.join(map(repr, bad)) or 'nothing given'}; valid: {', '.join(valid)}")
+    return items
+
+
+def _parse_models(p: argparse.ArgumentParser, text: str) -> tuple[tuple[str, float], ...]:
+    known = odconv.list_models()
+    out = []
+    for item in (s for s in text.split(",") if s):
+        name, _, width = item.partition(":")
+        if name not in known:
+            p.error(f"--models: unknown model {name!r}; valid: {', '.join(sorted(known))}")
+        try:
+            out.append((name, float(width) if width else 1.0))
+        except ValueError:
+            p.error(f"--models: width {width!r} of {name} is not a number (name:width, e.g. cifar_resnet18:0.5)")
+    return tuple(out)
+
+
+def _parse_convs(p: argparse.ArgumentParser, option: str, text: str, add_static: bool = True) -> tuple[str, ...]:
+    """Comma-separated conv specs, each checked by :func:`odconv.spec.parse_conv_spec`;
+    ``static`` first unless there or ``add_static`` is False."""
+    convs = tuple(c for c in text.split(",") if c)
+    if not convs:
+        p.error(f"{option}: nothing given")
+    for c in convs:
+        try:
+            parse_conv_spec(c)
+        except ValueError as e:
+            p.error(f"{option}: {e}")
+    return convs if "static" in convs or not add_static else ("static", *convs)
+
+
+def _int_list(p: argparse.ArgumentParser, option: str, text: str) -> list[int]:
+    try:
+        values = [int(b) for b in text.split(",") if b]
+    except ValueError:
+        p.error(f"{option}: {text!r} is not a comma-separated list of positive integers")
+    if not values or min(values) < 1:
+        p.error(f"{option}: {text!r} is not a comma-separated list of positive integers")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m odconv.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run in seconds: two tiny layer shapes, the smallest model at batch 8, 1 s workers")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--out", default="results/bench", help="output directory")
+    p.add_argument("--sections", default=None,
+                   help=f"comma-separated, of {', '.join(SECTIONS)} (default: all; workers on CPU only)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    g = p.add_argument_group("layers")
+    g.add_argument("--batches", default=None, help="layer batch sizes, comma-separated (default 1,64)")
+    g.add_argument("--strategies", default=None,
+                   help="strategies to time, comma-separated (the reference is always timed; default: every "
+                        f"registered one except {', '.join(NOT_TIMED_BY_DEFAULT)})")
+    g.add_argument("--all-shapes", action="store_true",
+                   help="every distinct layer shape (36) instead of one per kind, resolution and stride (22)")
+    g.add_argument("--repeats", type=int, default=5, help="timed rounds per layer row and for latency (x2)")
+    g.add_argument("--keep-within", type=float, default=2.0,
+                   help="after the first round, time further only strategies within this multiple of the fastest")
+    g.add_argument("--recheck-repeats", type=int, default=15, help="rounds of the recheck pass")
+    g.add_argument("--tolerance", type=float, default=REFERENCE_TOLERANCE,
+                   help="auto may exceed the reference by this fraction before a row is rechecked / not met")
+    g = p.add_argument_group("models")
+    g.add_argument("--models", default=None,
+                   help="models as name:width, comma-separated (default "
+                        + ",".join(f"{m}:{w:g}" for m, w in MODELS) + ")")
+    g.add_argument("--convs", default=None, help=f"model conv specs, comma-separated (default {','.join(MODEL_CONVS)}; "
+                                                 "static is always added)")
+    g.add_argument("--model-batch", type=int, default=None, help="training batch of the model benchmark (128)")
+    g.add_argument("--precisions", default=None, help=f"of {', '.join(PRECISIONS)} (default both)")
+    g.add_argument("--train-repeats", type=int, default=3, help="timed rounds of the training steps")
+    g.add_argument("--reference-models", action="store_true",
+                   help="also time each dynamic model with the reference strategy (slow at width 1)")
+    g = p.add_argument_group("strategies")
+    g.add_argument("--strategy-models", default=None,
+                   help="model:width pairs of the strategies section (default "
+                        f"{','.join(f'{m}:{w:g}' for m, w in STRATEGY_MODELS)})")
+    g.add_argument("--strategy-convs", default=None,
+                   help=f"convs of the strategies section (default {','.join(STRATEGY_CONVS)}; static is always added)")
+    g.add_argument("--model-strategies", default=None,
+                   help=f"strategies each dynamic model runs under there (default {','.join(MODEL_STRATEGIES)})")
+    g = p.add_argument_group("floors")
+    g.add_argument("--floor-convs", default=None,
+                   help=f"convs of the floors section (default {','.join(FLOOR_CONVS)}; static is always added; its "
+                        "models are the strategies section's)")
+    g = p.add_argument_group("workers")
+    g.add_argument("--workers-model", default="cifar_resnet18:0.125", help="model:width of the layout measurement")
+    g.add_argument("--workers-convs", default=None, help="convs of the layout measurement (default static,odconv4x)")
+    g.add_argument("--workers-batch", type=int, default=None, help="training batch (128)")
+    g.add_argument("--workers-seconds", type=float, default=None, help="length of each timed window (6)")
+    g.add_argument("--workers-repeats", type=int, default=None, help="repeats of each layout (2)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device: {args.device!r} is not a device; valid: cpu, cuda, cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device: {args.device!r}; valid: cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: CUDA is not available to torch {torch.__version__}: nothing to benchmark on {device}",
+              file=sys.stderr)
+        return 2
+    for option in ("repeats", "recheck_repeats", "train_repeats"):
+        if getattr(args, option) < 1:
+            p.error(f"--{option.replace('_', '-')}: must be >= 1, got {getattr(args, option)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = _parse_list(p, "--sections", args.sections or ",".join(SECTIONS), SECTIONS)
+    if device.type != "cpu" and "workers" in sections:
+        if args.sections:
+            p.error("--sections: workers measures CPU worker processes; it runs with --device cpu only")
+        sections.remove("workers")
+    strategies = _parse_list(p, "--strategies", args.strategies or ",".join(default_strategies()),
+                             sorted(odconv.STRATEGIES))
+    if REFERENCE not in strategies:
+        strategies.insert(0, REFERENCE)
+    precisions = _parse_list(p, "--precisions", args.precisions or ",".join(PRECISIONS), list(PRECISIONS))
+    convs = _parse_convs(p, "--convs", args.convs or ",".join(MODEL_CONVS))
+    w_model = _parse_models(p, args.workers_model)
+    if len(w_model) != 1:
+        p.error(f"--workers-model: one model:width, got {args.workers_model!r}")
+    model_strategies = _parse_list(p, "--model-strategies", args.model_strategies or ",".join(MODEL_STRATEGIES),
+                                   ["auto", *sorted(odconv.STRATEGIES)])
+    s_convs = _parse_convs(p, "--strategy-convs", args.strategy_convs or ",".join(STRATEGY_CONVS))
+    f_convs = _parse_convs(p, "--floor-convs", args.floor_convs or ",".join(FLOOR_CONVS))
+    w_default = "static" if args.quick else "static,odconv4x"
+    w_convs = list(_parse_convs(p, "--workers-convs", args.workers_convs or w_default, add_static=False))
+
+    if args.quick:
+        batches = _int_list(p, "--batches", args.batches or "2")
+        model_batch = args.model_batch or 8
+        models = _parse_models(p, args.models) if args.models else (("cifar_resnet18", 0.125),)
+        if not args.convs:
+            convs = ("static", "odconv4x")
+        s_models = _parse_models(p, args.strategy_models) if args.strategy_models else (("cifar_resnet18", 0.125),)
+        if not args.strategy_convs:
+            s_convs = ("static", "odconv4x")
+        if not args.floor_convs:
+            f_convs = ("static", "odconv4x")
+        rounds, train_rounds, recheck_rounds = 2, 2, 3
+        w_batch, w_seconds, w_repeats = args.workers_batch or 8, args.workers_seconds or 1.0, args.workers_repeats or 1
+    else:
+        batches = _int_list(p, "--batches", args.batches or "1,64")
+        model_batch = args.model_batch or 128
+        models = _parse_models(p, args.models) if args.models else MODELS
+        s_models = _parse_models(p, args.strategy_models) if args.strategy_models else STRATEGY_MODELS
+        rounds, train_rounds, recheck_rounds = args.repeats, args.train_repeats, args.recheck_repeats
+        w_batch, w_seconds = args.workers_batch or 128, args.workers_seconds or 6.0
+        w_repeats = args.workers_repeats or 2
+    latency_rounds = 2 * rounds
+
+    os.makedirs(args.out, exist_ok=True)
+    info = machine_info(device)
+    started = time.perf_counter()
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    layer_rows: list[dict] = []
+    model_rows: list[dict] = []
+
+    if "layers" in sections:
+        shapes = layer_shapes(all_shapes=args.all_shapes)
+        if args.quick:
+            shapes = [shapes[0], next(s for s in shapes if s.groups > 1)]
+            shapes = [LayerShape(s.model, s.name, min(s.in_ch, 16), min(s.out_ch, 16), s.k, s.stride, s.padding,
+                                 s.dilation, min(s.groups, 16), 8, s.attentions, s.n) for s in shapes]
+        say(f"layers: {len(shapes)} shapes x batches {batches} x (fwd, fwd+bwd) x {strategies}")
+        layer_rows = bench_layers(shapes, batches, strategies, device, rounds, args.keep_within, log=say)
+        by_key = {(s.model, s.name): s for s in shapes}
+
+        def make_fns(row, names):
+            s = by_key[(row["model"], row["layer"])]
+            return layer_callables(s, int(row["batch"]), device, row["mode"] == "fwd+bwd", names)[0]
+
+        n = recheck_layers(layer_rows, make_fns, device, recheck_rounds, args.tolerance, BEST_TOLERANCE, log=say)
+        say(f"layers: {n} row(s) rechecked")
+        write_csv(os.path.join(args.out, "layers.csv"), layer_rows)
+        with open(os.path.join(args.out, "layers.md"), "w") as f:
+            f.write(layers_markdown(layer_rows, strategies, info, argv, rounds, args.keep_within, args.tolerance,
+                                    BEST_TOLERANCE, recheck_rounds))
+    if "models" in sections:
+        for precision in precisions:
+            say(f"models ({precision}): {models} x {convs}, train batch {model_batch}")
+            model_rows += bench_models(models, convs, model_batch, device, precision, train_rounds, latency_rounds,
+                                       ("auto", REFERENCE) if args.reference_models else ("auto",), log=say)
+        write_csv(os.path.join(args.out, "models.csv"), model_rows)
+        with open(os.path.join(args.out, "models.md"), "w") as f:
+            f.write(models_markdown(model_rows, info, argv, train_rounds, latency_rounds))
+    if "strategies" in sections:
+        strategy_rows: list[dict] = []
+        for precision in precisions:
+            say(f"strategies ({precision}): {s_models} x {s_convs} x {model_strategies}, train batch {model_batch}")
+            strategy_rows += bench_models(s_models, s_convs, model_batch, device, precision, train_rounds,
+                                          latency_rounds, model_strategies, log=say)
+        write_csv(os.path.join(args.out, "strategies.csv"), strategy_rows)
+        with open(os.path.join(args.out, "strategies.md"), "w") as f:
+            f.write(strategies_markdown(strategy_rows, info, argv, train_rounds))
+        say("strategies: " + memory_floor_summary(strategy_rows).replace("\n", "\n  "))
+    if "floors" in sections:
+        floor_rows: list[dict] = []
+        for precision in precisions:
+            say(f"floors ({precision}): {s_models} x {f_convs}, attention computed and constant, train batch "
+                f"{model_batch}")
+            floor_rows += bench_models(s_models, f_convs, model_batch, device, precision, train_rounds, latency_rounds,
+                                       log=say, constant_attention=True)
+        write_csv(os.path.join(args.out, "floors.csv"), floor_rows)
+        with open(os.path.join(args.out, "floors.md"), "w") as f:
+            f.write(floors_markdown(floor_rows, info, argv, train_rounds, latency_rounds))
+    if "workers" in sections:
+        cores = os.cpu_count() or 1
+        if cores < 2:
+            say("workers: one CPU core: no layout to compare")
+        else:
+            say(f"workers: {cores} processes x 1 thread against 1 process x {cores} threads, {w_model[0]}, {w_convs}")
+            rows = bench_workers(cores, w_model[0][0], w_model[0][1], w_convs, w_batch, w_seconds, w_repeats, log=say)
+            write_csv(os.path.join(args.out, "workers.csv"), rows)
+            with open(os.path.join(args.out, "workers.md"), "w") as f:
+                f.write(workers_markdown(rows, info, argv, w_seconds, w_repeats))
+            say("workers: " + workers_advice(rows))
+    if layer_rows or model_rows:
+        targets = evaluate_targets(model_rows, layer_rows, args.tolerance, BEST_TOLERANCE)
+        write_csv(os.path.join(args.out, "targets.csv"), targets)
+        with open(os.path.join(args.out, "targets.md"), "w") as f:
+            f.write(targets_markdown(targets, info, argv))
+        say(f"targets: {sum(t['met'] for t in targets)} of {len(targets)} met")
+    say(f"done in {time.perf_counter() - started:.0f} s; results in {args.out}")
+    return 0
+
