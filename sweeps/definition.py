@@ -36,8 +36,8 @@ every key, type, default and error is ``docs/sweep-files.md``)::
       pruner: median                 # median | none
       metric: val/acc_top1
 
-The file's schema is the pydantic models :class:`SweepFile`, :class:`TuneSection`,
-:class:`ParamSpace` and :class:`MeasureSection`; the grid and the values of the keys this
+The file's schema is :mod:`sweeps.sweep_schema` (pydantic models: :class:`SweepFile`, its sections),
+checked first; the grid and the values of the keys this
 module knows (conv specs through :func:`odconv.parse_conv_spec`, model names through
 :func:`odconv.list_models`, seeds) are checked after it. ``load_sweep`` raises
 :class:`SweepConfigError` naming the file, the key path, the bad value and what is valid.
@@ -52,23 +52,21 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from odconv import list_models, parse_conv_spec
 
 from .slurm import SlurmOptions, SlurmOptionsError
+from .sweep_schema import MeasureSection, PrecisionGoalsSection, RerunsSection, SweepFile, describe_error
 
 ALIASES = {"conv": "model.conv", "seed": "seed_everything", "lr": "model.lr",
            "weight_decay": "model.weight_decay", "model_name": "model.model", "backbone": "model.model"}
 SEED_KEY = "seed_everything"
 CONV_KEY = "model.conv"
 MODEL_KEY = "model.model"
-Metric = Literal["test/acc_top1", "val/acc_top1", "best_val/acc_top1"]
-METRICS: tuple[str, ...] = get_args(Metric)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class SweepConfigError(ValueError):
@@ -217,121 +215,6 @@ def slugify(text: str) -> str:
     return s
 
 
-# --- the file's schema ------------------------------------------------------------------------
-
-class _Section(BaseModel):
-    """A mapping of the sweep file: known keys only, YAML types as written (no "3" -> 3)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def known_keys_only(cls, data: Any) -> Any:
-        # before pydantic's own "extra" check, to name the valid keys too
-        if isinstance(data, dict):
-            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
-            if unknown:
-                raise ValueError(f"unknown key(s) {unknown}; valid keys: {', '.join(sorted(cls.model_fields))}")
-        return data
-
-
-def _simple_name(name: str) -> str:
-    if not _NAME_RE.match(name):
-        raise ValueError(f"must be a simple name (letters, digits, '_', '-', '.'), got {name!r}")
-    return name
-
-
-PositiveInt = Annotated[int, Field(ge=1)]
-DottedMapping = dict[str, Any]  # LightningCLI keys (dotted, aliases allowed) -> values
-
-
-class MeasureSection(_Section):
-    """``measure:``: how each trial measures cost after its fit."""
-
-    enabled: bool = True
-    repeats: PositiveInt = 5
-    latency_batch_sizes: list[PositiveInt] = [1, 64]
-    throughput_batch_size: PositiveInt | None = None  # None: the data module's batch size
-
-
-class ParamSpace(_Section):
-    """``tune.params.<key>``: an Optuna search space."""
-
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def fits_its_type(self) -> "ParamSpace":
-        if self.type == "categorical":
-            if not self.choices or self.low is not None or self.high is not None:
-                raise ValueError(f"a categorical space needs a non-empty 'choices' list and no low/high, "
-                                 f"got choices={self.choices!r}")
-            return self
-        if self.choices is not None:
-            raise ValueError(f"'choices' is for type categorical, not {self.type}")
-        if self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError(f"a {self.type} space needs numbers low < high, got low={self.low!r}, high={self.high!r}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0, got low={self.low!r}")
-        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()):
-            raise ValueError(f"an int space needs integer low and high, got low={self.low!r}, high={self.high!r}")
-        return self
-
-
-class TuneSection(_Section):
-    """``tune:``: the optional tuning stage (per variant, on the validation set)."""
-
-    params: Annotated[dict[str, ParamSpace], Field(min_length=1)]
-    n_trials: PositiveInt = 10
-    overrides: DottedMapping | None = None
-    pruner: Literal["median", "none"] | None = "median"  # None = "none"
-    metric: Literal["val/acc_top1"] = "val/acc_top1"  # the test set is never used to tune
-    seed: int = 0
-
-
-class RerunsSection(_Section):
-    """``reruns:``: grid points run again with ``overrides`` that must not change the result."""
-
-    # a grid block or a list of them, each point a grid point: checked by _parse_reruns
-    points: Any
-    overrides: Annotated[DottedMapping, Field(min_length=1)]
-
-
-class PrecisionGoalsSection(_Section):
-    """``precision_goals:``: the half-widths (percentage points) of the 95% intervals a study
-    aims for: of every main effect of the attention factorial, and of named rows against
-    their reference. Checked against the results by ``odconv-sweep results``."""
-
-    main_effect: Annotated[float, Field(gt=0)] | None = None
-    rows: dict[str, Annotated[float, Field(gt=0)]] | None = None
-
-
-class SweepFile(_Section):
-    """A sweep YAML file as written (before the grid and the known keys' values are checked)."""
-
-    name: Annotated[str, AfterValidator(_simple_name)]
-    base_config: Annotated[str, Field(min_length=1)]
-    # a mapping axis -> values (one block) or a list of them: checked by _parse_grid, whose
-    # messages say more than a union type's would
-    grid: Any
-    description: str | None = None
-    overrides: DottedMapping | None = None
-    metric: Metric | None = None
-    max_retries: Annotated[int, Field(ge=0)] = 2
-    stale_after_s: Annotated[float, Field(ge=30)] = 900.0
-    measure: MeasureSection | None = None
-    tune: TuneSection | None = None
-    # what each worker job asks SLURM for (`--launcher slurm`); checked by _slurm_section
-    slurm: Any = None
-    reruns: RerunsSection | None = None
-    precision_goals: PrecisionGoalsSection | None = None
-
-
-
-
 def _slurm_section(src: str, raw: Any) -> dict[str, Any]:
     """The `slurm:` section, checked against :class:`sweeps.slurm.SlurmOptions` (environment
     overrides are applied at submission, not here)."""
@@ -342,50 +225,6 @@ def _slurm_section(src: str, raw: Any) -> dict[str, Any]:
     except SlurmOptionsError as e:
         raise _err(src, str(e)) from None
     return dict(raw)
-
-
-def _key_path(raw: Any, loc: tuple[Any, ...]) -> str:
-    """Dotted path of a pydantic error location in the YAML document (union-member tags,
-    which are no keys of the document, left out)."""
-    parts, cur = [], raw
-    for i, el in enumerate(loc):
-        if isinstance(cur, dict) and el in cur:
-            cur = cur[el]
-        elif isinstance(cur, list) and isinstance(el, int) and 0 <= el < len(cur):
-            parts.append(f"[{el}]")
-            cur = cur[el]
-            continue
-        elif i < len(loc) - 1:
-            continue
-        parts.append(str(el))
-    return ".".join(parts).replace(".[", "[")
-
-
-def _describe(raw: Any, err: dict[str, Any]) -> str:
-    path = _key_path(raw, err["loc"])
-    where = f"'{path}'" if path else "the file"
-    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
-    if kind == "missing":
-        top = len(err["loc"]) == 1
-        return f"missing required key '{path}'" + (" (a sweep needs name, base_config and grid)" if top else "")
-    if kind == "value_error":
-        return f"{where}: {ctx['error']}" if path else str(ctx["error"])
-    if kind == "literal_error":
-        return f"{where} must be one of {ctx['expected']}, got {got!r}"
-    if kind in ("greater_than_equal", "greater_than"):
-        return f"{where} must be {'>=' if 'ge' in ctx else '>'} {ctx.get('ge', ctx.get('gt'))}, got {got!r}"
-    if kind == "too_short":
-        return f"{where} must have at least {ctx['min_length']} item(s), got {got!r}"
-    if kind in ("model_type", "dict_type"):
-        return f"{where} must be a mapping, got {type(got).__name__} {got!r}"
-    hint = ""
-    if kind == "float_type" and isinstance(got, str):
-        try:
-            float(got)
-            hint = " (YAML reads a number like 1e-5 as text: write 1.0e-5)"
-        except ValueError:
-            pass
-    return f"{where}: {err['msg']}, got {got!r}{hint}"
 
 
 def _err(src: str, msg: str) -> SweepConfigError:
@@ -591,7 +430,7 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
     try:
         f = SweepFile.model_validate(raw)
     except ValidationError as e:
-        raise _err(src, "; ".join(_describe(raw, err) for err in e.errors(include_url=False))) from None
+        raise _err(src, "; ".join(describe_error(raw, err) for err in e.errors(include_url=False))) from None
     base = resolve_base_config(f.base_config, src_path)
     if check_files and not Path(base).exists():
         raise _err(src, f"'base_config' file {f.base_config!r} does not exist (looked in {os.getcwd()})")
