@@ -212,10 +212,13 @@ def main(args: list[str] | None = None) -> int:
         print(f"odconv-sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 (classified: storage trouble and bad storage URLs are not bugs)
-        from .storage import StorageUnavailable
+        from .storage import StorageDriverMissing, StorageUnavailable
         if isinstance(e, StorageUnavailable):
             print(f"odconv-sweep: error: {e}", file=sys.stderr)
             return EXIT_STORAGE
+        if isinstance(e, StorageDriverMissing):
+            print(f"odconv-sweep: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         bad_url = _bad_storage_url(e)
         if bad_url:
             print(f"odconv-sweep: error: {bad_url}", file=sys.stderr)

@@ -16,6 +16,7 @@ pass through unchanged.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import logging
 import os
 import threading
@@ -27,10 +28,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import exc as sa_exc
 
 log = logging.getLogger("sweeps")
 
@@ -38,11 +40,8 @@ DEFAULT_OUTAGE_LIMIT_S = 300.0   # a managed database's restart or failover fits
 JOURNAL_LOCK_GRACE_S = 60         # a journal lock file older than this (holder killed) is broken
 EXIT_STORAGE = 3                  # exit code of a sweep command stopped by a storage outage
 
-try:  # the journal lock classes are "experimental" in optuna 5.0; the warning is noise here
-    from optuna.exceptions import ExperimentalWarning
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
-except ImportError:  # pragma: no cover
-    pass
+# the journal lock classes are "experimental" in optuna 5.0; the warning is noise here
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 T = TypeVar("T")
 
@@ -69,25 +68,19 @@ _TRANSIENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno
 
 def is_transient(e: BaseException) -> bool:
     """Whether ``e`` means "the storage is unreachable right now" (worth retrying)."""
-    try:
-        from sqlalchemy import exc as sa_exc
-        sa_types: tuple[type, ...] = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
-                                      sa_exc.TimeoutError)
-    except ImportError:  # pragma: no cover
-        sa_exc = None
-        sa_types = ()
     if isinstance(e, StorageInternalError):
         # optuna's RDB storage wraps every SQLAlchemy error in this; only connection trouble is transient
         cause = e.__cause__
         return cause is not None and is_transient(cause)
-    if sa_types and isinstance(e, sa_types):
+    if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+                      sa_exc.TimeoutError)):
         return True
-    if sa_exc is not None and isinstance(e, sa_exc.PendingRollbackError):
+    if isinstance(e, sa_exc.PendingRollbackError):
         # a session reused after its connection dropped (optuna's _get_trials retries its query
         # in the same session, checked with optuna 5.0): transient when what it awaits was
         context = e.__cause__ or e.__context__
         return context is not None and is_transient(context)
-    if sa_exc is not None and isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+    if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
         return True
     if isinstance(e, OSError):
         return e.errno in _TRANSIENT_ERRNOS
@@ -325,14 +318,28 @@ def journal_path(sweep_name: str, root: str | os.PathLike = "results", url: str 
 
 def rdb_url(url: str) -> str:
     """``postgresql://`` picks a driver that is installed: recent SQLAlchemy defaults to
-    psycopg 3, while the suite's extra installs psycopg2-binary."""
+    psycopg 3, while the ``postgres`` extra installs psycopg2-binary."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
-        import importlib.util
         rest = url.split("://", 1)[1]
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
             return "postgresql+psycopg2://" + rest
         return "postgresql://" + rest
     return url
+
+
+class StorageDriverMissing(ImportError):
+    """A storage URL whose database driver is not installed (the message names the extra)."""
+
+
+def require_postgres_driver(url: str) -> None:
+    """A ``postgresql://`` URL needs a driver, psycopg2 from the optional ``postgres`` extra (or
+    psycopg 3): without one, an error that says what to install, rather than SQLAlchemy's
+    ``No module named 'psycopg2'``. A URL naming its driver (``postgresql+pg8000://``) is left
+    to SQLAlchemy."""
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is None:
+        raise StorageDriverMissing(f"PostgreSQL storage ({_redacted(url)}) needs a PostgreSQL driver, which is not "
+                          "installed: install the `postgres` extra (pip install -e '.[postgres]')")
 
 
 def storage_label(url: str | None, sweep_name: str, root: str | os.PathLike = "results") -> str:
@@ -357,6 +364,7 @@ def make_storage(url: str | None, sweep_name: str, root: str | os.PathLike = "re
     :class:`OutageGuard`; a new one by default). Opening waits for the storage like any call."""
     if is_rdb_url(url):
         u = str(url)
+        require_postgres_driver(u)
         guard = guard or OutageGuard(_redacted(u))
         if u.startswith("sqlite"):
             warnings.warn("SQLite storage is not for parallel workers (database locks); use the default "

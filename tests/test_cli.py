@@ -1,5 +1,6 @@
 """The ``lightning`` CLI: smoke config in a subprocess, validate/test/print_config, exact
-resume from ``--ckpt_path last``, 2-process DDP on CPU, bad configs."""
+resume from ``--ckpt_path last``, 2-process DDP on CPU, bad configs. The tests that train
+(the subprocess fit, resume, DDP, last.ckpt) are in the integration tier."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def epoch_values(rows, key) -> dict[int, float]:
     return {int(r["epoch"]): float(r[key]) for r in rows if r.get(key)}
 
 
+@pytest.mark.integration  # a fit in a subprocess, then validate/test
 def test_smoke_config_through_the_real_cli(tmp_path):
     root = tmp_path / "run"
     p = run_cli(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(root)])
@@ -194,6 +196,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.integration  # a training run
 def test_resume_from_last_reproduces_the_uninterrupted_run(tmp_path):
     args = ["--config", SMOKE, *SMALL, "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1",
             "--model.model_options", "{width: 0.125, dropout: 0.3}", "--model.temperature_epochs", "2"]
@@ -231,6 +234,7 @@ def test_resume_from_last_reproduces_the_uninterrupted_run(tmp_path):
         assert torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-5, atol=1e-6), k
 
 
+@pytest.mark.integration  # 2-process DDP
 def test_ddp_two_processes_on_cpu(tmp_path):
     root = tmp_path / "ddp"
     p = run_cli(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(root), "--trainer.strategy", "ddp",
@@ -241,6 +245,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert epoch_values(rows, "val/acc_top1") and os.path.isfile(root / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.integration  # a training run
 def test_last_checkpoint_is_refreshed_when_the_best_is_not(tmp_path):
     # monitor "epoch" in mode min: epoch 0 stays the best, so the best checkpoint is never
     # saved again; last.ckpt must still follow every epoch (what --ckpt_path last resumes).

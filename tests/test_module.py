@@ -4,7 +4,6 @@ precision, non-finite loss."""
 from __future__ import annotations
 
 import math
-import warnings
 from types import SimpleNamespace
 
 import lightning.pytorch as L
@@ -170,18 +169,39 @@ def test_num_classes_from_datamodule_and_training_moves_temperature(tmp_path):
     assert m.model_stats["params"] > 0
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-def test_mixed_precision_on_cpu(tmp_path, precision):
+def test_bf16_mixed_fit_on_cpu(tmp_path):
     m = ImageClassifier("cifar_resnet18", conv="odconv4x", num_classes=10, model_options=TINY)
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        trainer = quick_trainer(tmp_path, precision=precision)
-        trainer.fit(m, tiny_dm())
-    # lightning runs "16-mixed" on CPU as bf16 (fp16 AMP is not supported on CPU) and says so
-    if precision == "16-mixed":
-        assert trainer.precision == "bf16-mixed"
-        assert any("bf16-mixed" in str(w.message) for w in rec)
+    trainer = quick_trainer(tmp_path, precision="bf16-mixed")
+    trainer.fit(m, tiny_dm())
     assert math.isfinite(float(trainer.callback_metrics["val/loss"]))
+    assert all(p.dtype == torch.float32 for p in m.parameters())  # bf16 compute, float32 weights
+
+
+def test_bf16_validation_metrics_are_the_means_over_every_image(tmp_path):
+    """Under bf16-mixed (autocast on CPU) the logged val/loss and val/acc_top1 are means over
+    every validation image, the smaller last batch weighted by its size: recomputed here from
+    the autocast logits with the cross-entropy written out, in float64."""
+    m = ImageClassifier("cifar_resnet18", conv="odconv4x", num_classes=10, model_options=TINY)
+    dm = tiny_dm(batch_size=6)  # 20 validation images: batches of 6, 6, 6 and 2
+    trainer = quick_trainer(tmp_path, precision="bf16-mixed", limit_val_batches=1.0)
+    (res,) = trainer.validate(m, dm)
+    m.eval()
+    total, wins, wins_or_ties, sizes = 0.0, 0, 0, []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for batch in dm.val_dataloader():
+            x = dm.transform_batch(batch[0], batch[2], False)  # eval: normalisation only
+            y = batch[1]
+            z = m(x).double()
+            target = z[torch.arange(len(y)), y]
+            total += float((torch.logsumexp(z, dim=1) - target).sum())
+            others = z.scatter(1, y[:, None], -math.inf).amax(dim=1)
+            wins += int((target > others).sum())
+            wins_or_ties += int((target >= others).sum())
+            sizes.append(len(y))
+    n = sum(sizes)
+    assert sizes == [6, 6, 6, 2]
+    assert res["val/loss"] == pytest.approx(total / n, rel=1e-5)
+    assert wins / n - 1e-6 <= res["val/acc_top1"] <= wins_or_ties / n + 1e-6  # bf16 logits can tie
 
 
 def test_nonfinite_loss_fails_with_reason(tmp_path):

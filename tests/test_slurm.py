@@ -2,7 +2,9 @@
 
 The cluster (tests/slurm_cluster.py) runs munged, slurmctld and slurmd as root in a temporary
 directory; without the Debian packages slurm-wlm and munge, or not as root, the cluster tests
-skip with the reason. Every wait polls the scheduler or a job's record file, with a deadline.
+skip with the reason. Every wait polls the scheduler or a job's record file, with a deadline; a
+job the test acts on runs until the test releases it (a release file). The cluster tests are in
+the integration tier (``make test-integration``); the options tests are fast.
 """
 
 from __future__ import annotations
@@ -224,6 +226,7 @@ def explain_job(cluster: SlurmCluster, job_id: str, tmp_path: Path):
     return text
 
 
+@pytest.mark.integration
 def test_cluster_has_this_hosts_cpus_and_memory_and_srun_answers(cluster):
     res = cluster.run(["srun", "--time=1", "hostname"], timeout=30)
     assert res.stdout.strip() == socket.gethostname()
@@ -235,6 +238,7 @@ def test_cluster_has_this_hosts_cpus_and_memory_and_srun_answers(cluster):
     assert abs(int(fields["RealMemory"]) - mem_total_kib / 1024) < 0.05 * mem_total_kib / 1024
 
 
+@pytest.mark.integration
 def test_submitit_job_returns_its_result(cluster, tmp_path):
     executor = submitit.SlurmExecutor(folder=tmp_path / "submitit")
     executor.update_parameters(time=2, cpus_per_task=1)
@@ -245,6 +249,7 @@ def test_submitit_job_returns_its_result(cluster, tmp_path):
     assert wait_ended(job.job_id, 10).state == "COMPLETED"
 
 
+@pytest.mark.integration
 def test_launcher_runs_two_jobs_and_lists_their_states(cluster, tmp_path):
     jobs = submit_recorders(cluster, tmp_path, 2, release_now=True, mem_gb=0.25, time_min=3,
                             partition=cluster.partition)
@@ -266,6 +271,7 @@ def test_launcher_runs_two_jobs_and_lists_their_states(cluster, tmp_path):
     assert "#SBATCH --signal=USR1@20" in script.splitlines()
 
 
+@pytest.mark.integration
 def test_signalled_job_and_requeued_job_each_run_again(cluster, tmp_path):
     # two jobs at once (the node has 2 CPUs): one gets the warning signal, the other is requeued;
     # the recorders run as grandchildren of the wrapper, as a worker's trial processes will
@@ -294,6 +300,7 @@ def test_signalled_job_and_requeued_job_each_run_again(cluster, tmp_path):
         assert events(record)[3:] == [("done", job_id, cluster.node, 1)]
 
 
+@pytest.mark.integration
 def test_cancelled_job_ends_cancelled_and_a_failing_command_ends_failed(cluster, tmp_path):
     ((job_id, record, _),) = submit_recorders(cluster, tmp_path, 1, release_now=False)
     short = S.SlurmOptions.from_mapping({"time_min": 2, "signal_before_s": 20}, environ={})
@@ -309,19 +316,22 @@ def test_cancelled_job_ends_cancelled_and_a_failing_command_ends_failed(cluster,
     assert "returned non-zero exit status 3" in next((tmp_path / "jobs" / failing).glob("*_log.err")).read_text()
 
 
+@pytest.mark.integration
 def test_list_jobs_without_accounting_reports_unknown_for_ids_squeue_lacks(cluster):
     (status,) = S.list_jobs(["999999"])
     assert (status.state, status.source) == ("UNKNOWN", "none")
     assert "not in squeue; sacct: Slurm accounting storage is disabled" in status.reason
 
 
+@pytest.mark.integration
 def test_a_second_cluster_stops_with_a_running_job_and_leaves_no_process(slurm_cluster):
     # needs the session cluster's start to have worked (skips with its reason otherwise)
     root = Path(tempfile.mkdtemp(prefix="odconv-slurm-stop-"))
     try:
         second = start_cluster(root)
         daemons = {p.pid for p in second.processes.values()}
-        second.run(["sbatch", "--wrap", "sleep 60", "-o", str(root / "sleep.out")], timeout=30)
+        # a job far longer than the test (stop() cancels it): it is still running when the test acts
+        second.run(["sbatch", "--wrap", "sleep 600", "-o", str(root / "sleep.out")], timeout=30)
         wait_until(lambda: second.run(["squeue", "-h", "-o", "%t"]).stdout.split() == ["R"], 30, "the job to run")
         stepds = set(stepd_pids_under(root))
         assert stepds, "a running batch job has a slurmstepd"
@@ -343,6 +353,7 @@ def is_zombie(pid: int) -> bool:
         return True  # gone
 
 
+@pytest.mark.integration
 def test_start_cluster_refuses_a_directory_munged_cannot_use(slurm_cluster, tmp_path):
     # (needs the binaries and root, as the session cluster does) pytest's tmp_path lies under a 0700
     # directory: munged could not serve a socket there

@@ -8,7 +8,8 @@ jobs of 1 CPU each and waits on the storage's and the scheduler's state, with de
 first test runs with the journal file, and in the slow suite (``make test-slow``) also with a
 PostgreSQL study (SWEEP_TEST_PG, as tests/test_sweeps_e2e.py; skipped where unreachable).
 A test that acts mid-trial holds its trials at the start of epoch 1 (tests/fit_gate.py) until
-it has acted, so that no trial can finish its fit first.
+it has acted, so that no trial can finish its fit first. The cluster tests are in the
+integration tier (``make test-integration``).
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def test_default_job_count_is_one_per_waiting_point_capped(tmp_path, monkeypatch
     assert submitted == [R.MAX_DEFAULT_JOBS, 3, 2, 5]
 
 
+@pytest.mark.integration
 def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(cluster, storage, tmp_path):
     url, study_name = storage
     where = ["--storage", url, "--study", study_name] if url else []
@@ -216,6 +218,7 @@ def test_sweep_as_two_jobs_runs_every_point_once_and_status_lists_the_jobs(clust
     assert SL.job_ids_in(tmp_path / "sl" / "slurm") == ids
 
 
+@pytest.mark.integration
 def test_signalled_job_and_requeued_job_resume_their_trials_from_checkpoints(cluster, tmp_path):
     sw_yaml, gate = held_sweep(tmp_path, "pre", [0, 1], epochs=4)
     keys = [p.key for p in load_sweep(sw_yaml).points()]
@@ -262,6 +265,7 @@ def test_signalled_job_and_requeued_job_resume_their_trials_from_checkpoints(clu
         assert "Restoring states from the checkpoint path at" in train_log(tmp_path, "pre", retry)
 
 
+@pytest.mark.integration
 def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, tmp_path):
     sw_yaml, gate = held_sweep(tmp_path, "cxl", [0, 1, 2], epochs=4)
     keys = [p.key for p in load_sweep(sw_yaml).points()]
@@ -295,6 +299,7 @@ def test_cancelled_job_is_reaped_and_its_trial_rerun_by_the_other_job(cluster, t
     assert rec.epochs == 4 and len(rec.val_history) == 4
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_time_limit_warning_signal_stops_the_trial_and_the_requeued_job_resumes_it(cluster, tmp_path):
     """No signal from the test: SLURM itself sends the warning signal signal_before_s before
@@ -332,6 +337,7 @@ def test_time_limit_warning_signal_stops_the_trial_and_the_requeued_job_resumes_
     assert rec.epochs == 4 and len(rec.val_history) == 4 and rec.slurm_job_id == job
 
 
+@pytest.mark.integration
 def test_gpu_jobs_get_one_gpu_each(cluster, tmp_path):
     """`gpus_per_job: 1` reaches sbatch (--gpus-per-node): on the test node's two GPUs (plain
     files, tests/slurm_cluster.py) the two worker jobs run at once, one GPU each (read while

@@ -4,7 +4,6 @@ aggregation. Sweep files are tested in test_definition.py, the end-to-end runs i
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import optuna
 import pytest
 
 from sweeps import study as S
-from sweeps.aggregate import aggregate, t_ppf, welch_ci
+from sweeps.aggregate import aggregate
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, parse_sweep
 from sweeps.process import plan_slots
@@ -38,6 +37,33 @@ def _study(tmp_path, raw=None):
     sw = parse_sweep(raw or _raw())
     storage = S.make_storage(None, sw.name, tmp_path)
     return sw, S.create_study(storage, sw.name)
+
+
+def test_postgres_storage_without_a_driver_names_the_extra_to_install(tmp_path, monkeypatch):
+    """psycopg2 is the optional `postgres` extra: without a PostgreSQL driver, opening a
+    postgresql:// storage says what to install (and not the URL's password)."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("psycopg", "psycopg2") else find_spec(name, *a))
+    url = "postgresql://sweeper:secret@127.0.0.1:5432/sweeps"
+    with pytest.raises(ImportError) as e:
+        S.make_storage(url, "t", tmp_path)
+    assert "pip install -e '.[postgres]'" in str(e.value) and "secret" not in str(e.value)
+    assert S.storage_label(url, "t", tmp_path) == url  # the label (for optuna-dashboard) needs no driver
+    S.make_storage(None, "t", tmp_path)  # the journal file needs none either
+
+
+def test_the_cli_says_a_missing_driver_in_one_line(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("psycopg", "psycopg2") else find_spec(name, *a))
+    rc = cli_main(["status", "smoke", "--storage", "postgresql://sweeper:secret@127.0.0.1:5432/sweeps",
+                   "--results-root", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("odconv-sweep: error: PostgreSQL storage")
+    assert "postgres" in err[0] and "secret" not in err[0]
 
 
 def test_enqueue_once_and_pop_runs_nothing_when_empty(tmp_path):
@@ -156,14 +182,6 @@ def test_plan_slots():
 
 
 # --- statistics and aggregation -----------------------------------------------------------
-
-def test_t_quantiles_match_tables():
-    for df, q in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423), (1000, 1.9623)]:
-        assert abs(t_ppf(0.975, df) - q) < 2e-3
-    d, lo, hi = welch_ci([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
-    assert d == pytest.approx(1.0) and lo < 0 < hi and hi - d == pytest.approx(d - lo)
-    assert math.isnan(welch_ci([1.0], [0.0, 1.0])[1])
-
 
 def _rec(sweep, conv, seed, value, params=1000, macs=10_000, tput=100.0, status="complete"):
     p = {"model.conv": conv, "seed_everything": seed}

@@ -2,9 +2,12 @@
 
 Each test writes a small sweep over experiments/smoke.yaml (synthetic data, tiny model, one
 or a few epochs of 2 batches) into a temporary results root and runs the real command
-(``python -m sweeps run ...``). Tests that act mid-sweep wait on the storage's state (a trial
-RUNNING in its trial process, a checkpoint on disk), and freeze a trial process with SIGSTOP
-while they act, so that the trial cannot finish in between."""
+(``python -m sweeps run ...``). A test that acts while a trial runs first holds the trial's fit
+at the start of an epoch (tests/fit_gate.py: the fit sleeps while a gate file exists), waits
+until the storage shows that trial RUNNING in the held process, acts, and only then deletes
+the gate: the trial cannot finish before the test has acted, however slow the machine.
+
+Integration tier (``make test-integration``): subprocess sweeps with real fits."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -26,6 +31,9 @@ from sweeps import study as S
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
 from tests.conftest import wait_for
+from tests.fit_gate import held_pids, hold_at_epoch
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -59,6 +67,28 @@ def run_cmd(sweep_yaml: Path, root: Path, *args: str, timeout: float = 600, back
         return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def background(sweep_yaml: Path, root: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``run_cmd(..., background=True)``; on the way out (a failed assertion included) the
+    driver's process group is killed if it still runs, so that no held trial outlives the test."""
+    drv = run_cmd(sweep_yaml, root, *args, background=True)
+    try:
+        yield drv
+    finally:
+        if drv.poll() is None:
+            os.killpg(drv.pid, signal.SIGKILL)
+            drv.communicate()
+
+
+@pytest.fixture
+def gate(tmp_path) -> Iterator[Path]:
+    """A gate file (tests/fit_gate.py), removed at the end whatever happened."""
+    g = tmp_path / "fit.gate"
+    g.touch()
+    yield g
+    g.unlink(missing_ok=True)
 
 
 def study_of(name: str, root: Path, storage: str | None = None, study: str | None = None) -> optuna.Study:
@@ -122,66 +152,49 @@ def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
     assert len(study_of("e2e", tmp_path).get_trials()) == n_before
 
 
-def _trial_in_training(name: str, root: Path, storage=None, study=None, need_ckpt: bool = False, min_done: int = 0,
-                      skip: frozenset[int] = frozenset()):
-    """A RUNNING trial whose trial process has started (and saved a checkpoint, with
-    ``need_ckpt``), once ``min_done`` trials are complete; None otherwise."""
+def held_trial(name: str, root: Path, gate: Path, n: int = 0, storage=None, study=None,
+               min_done: int = 0) -> optuna.trial.FrozenTrial:
+    """The trial whose fit is held n-th at ``gate`` (tests/fit_gate.py), once the storage shows it
+    RUNNING in that process and ``min_done`` trials complete. Until the test deletes the gate
+    (or signals it) the trial stays RUNNING and its fit stays where it is."""
     def check():
+        pid = held_pids(gate).get(n)
+        if pid is None:
+            return None
         try:
-            st = study_of(name, root, storage, study)
+            trials = study_of(name, root, storage, study).get_trials()
         except KeyError:
             return None
-        trials = st.get_trials()
         if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) < min_done:
             return None
-        for t in trials:
-            run = t.user_attrs.get("run_dir")
-            if t.number not in skip and t.state == optuna.trial.TrialState.RUNNING and "trial_pid" in t.user_attrs and (
-                    not need_ckpt or (Path(run) / "checkpoints" / "last.ckpt").exists()):
-                return t
-        return None
-    return check
-
-
-def _freeze_trial_in_training(name: str, root: Path, **kw) -> optuna.trial.FrozenTrial:
-    """SIGSTOP the trial process of a trial in training (see :func:`_trial_in_training`) and
-    return that trial, checked still RUNNING and still fitting after the stop (else the next
-    one is taken: on a loaded machine a trial may finish its fit between two polls)."""
-    skip: set[int] = set()
-    while True:
-        t = wait_for(_trial_in_training(name, root, skip=frozenset(skip), **kw), 300, "a trial in training")
-        pid = int(t.user_attrs["trial_pid"])
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            continue
-        st = study_of(name, root, kw.get("storage"), kw.get("study"))
-        log = Path(t.user_attrs["run_dir"], "train.log")
-        fit_ended = log.exists() and "`Trainer.fit` stopped" in log.read_text(errors="replace")
-        if st.trials[t.number].state == optuna.trial.TrialState.RUNNING and not fit_ended:
-            return t
-        skip.add(t.number)
-        os.kill(pid, signal.SIGCONT)
+        return next((t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                     and t.user_attrs.get("trial_pid") == pid), None)
+    return wait_for(check, 300, f"a trial held at {gate.name} (arrival {n})")
 
 
 def _two_drivers(tmp_path, name, storage_args: list[str], storage=None, study=None):
-    """Two drivers ("machines") with one worker each share one study. The first driver's trial
-    is frozen while the second driver starts and runs the other points, so both win a trial."""
-    sw_yaml = write_sweep(tmp_path, name, {"conv": ["static", "odconv1x"], "seed": [0, 1]})
+    """Two drivers ("machines") with one worker each share one study. The first driver's first
+    trial is held (the one fit held at the gate) while the second driver starts and runs the
+    other points, so both win a trial."""
+    gate = tmp_path / f"{name}.gate"
+    gate.touch()
+    sw_yaml = write_sweep(tmp_path, name, {"conv": ["static", "odconv1x"], "seed": [0, 1]},
+                          overrides={"trainer.callbacks": [hold_at_epoch(gate, epoch=0, only=0)]})
     keys = [p.key for p in load_sweep(sw_yaml).points()]
-    a = run_cmd(sw_yaml, tmp_path, "--workers", "1", *storage_args, background=True)
-    first = _freeze_trial_in_training(name, tmp_path, storage=storage, study=study)
-    b = run_cmd(sw_yaml, tmp_path, "--workers", "1", *storage_args, background=True)
-    try:
-        def others_done():
-            done = [t for t in study_of(name, tmp_path, storage, study).get_trials()
-                    if t.state == optuna.trial.TrialState.COMPLETE]
-            return len(done) == len(keys) - 1
-        wait_for(others_done, 600, "the second driver to run the other points")
-    finally:
-        os.kill(int(first.user_attrs["trial_pid"]), signal.SIGCONT)
-    out_a, _ = a.communicate(timeout=600)
-    out_b, _ = b.communicate(timeout=600)
+    with background(sw_yaml, tmp_path, "--workers", "1", *storage_args) as a:
+        try:
+            first = held_trial(name, tmp_path, gate, storage=storage, study=study)
+            with background(sw_yaml, tmp_path, "--workers", "1", *storage_args) as b:  # its fits pass the gate
+                def others_done():
+                    done = [t for t in study_of(name, tmp_path, storage, study).get_trials()
+                            if t.state == optuna.trial.TrialState.COMPLETE]
+                    return len(done) == len(keys) - 1
+                wait_for(others_done, 600, "the second driver to run the other points")
+                gate.unlink()
+                out_b, _ = b.communicate(timeout=600)
+        finally:
+            gate.unlink(missing_ok=True)
+        out_a, _ = a.communicate(timeout=600)
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
     st = study_of(name, tmp_path, storage, study)
     done = assert_each_point_once(st, keys)
@@ -190,7 +203,7 @@ def _two_drivers(tmp_path, name, storage_args: list[str], storage=None, study=No
     return done
 
 
-@pytest.mark.slow  # the fast suite shares a journal between processes in the SLURM test (2 jobs, one journal)
+@pytest.mark.slow  # the integration tier shares a journal between processes in the SLURM test (2 jobs, one journal)
 def test_two_workers_one_journal(tmp_path):
     done = _two_drivers(tmp_path, "twoj", [])
     assert len({t.user_attrs["worker_pid"] for t in done.values()}) == 2  # both drivers' workers ran trials
@@ -225,23 +238,27 @@ def test_two_workers_postgres(tmp_path):
             pass
 
 
-def test_sigkill_worker_mid_trial_then_resume(tmp_path):
+def test_sigkill_worker_mid_trial_then_resume(tmp_path, gate):
+    # the second trial is held at the start of epoch 1, after its first checkpoint
     sw_yaml = write_sweep(tmp_path, "kill", {"conv": ["static"], "seed": [0, 1, 2]},
-                          overrides={"trainer.max_epochs": 8})
+                          overrides={"trainer.max_epochs": 8, "trainer.callbacks": [hold_at_epoch(gate, only=1)]})
     sweep = load_sweep(sw_yaml)
     keys = [p.key for p in sweep.points()]
-    drv = run_cmd(sw_yaml, tmp_path, "--workers", "1", background=True)
-    # a trial that has saved a checkpoint and is still fitting, after one trial finished
-    victim = _freeze_trial_in_training("kill", tmp_path, need_ckpt=True, min_done=1)
-    st = study_of("kill", tmp_path)
-    finished_before = {t.user_attrs["grid_key"]: t for t in st.get_trials()
-                       if t.state == optuna.trial.TrialState.COMPLETE}
-    mtimes = {k: (tmp_path / "kill" / "trials" / f"{S.trial_point(t).slug}.json").stat().st_mtime
-              for k, t in finished_before.items()}
-    # kill -9 the worker (its fit dies with it), then the whole sweep, as a crash would
-    os.kill(int(victim.user_attrs["worker_pid"]), signal.SIGKILL)
-    os.killpg(drv.pid, signal.SIGKILL)
-    drv.wait()
+    with background(sw_yaml, tmp_path, "--workers", "1") as drv:
+        try:
+            victim = held_trial("kill", tmp_path, gate, n=1, min_done=1)
+            assert (Path(victim.user_attrs["run_dir"]) / "checkpoints" / "last.ckpt").exists()
+            st = study_of("kill", tmp_path)
+            finished_before = {t.user_attrs["grid_key"]: t for t in st.get_trials()
+                               if t.state == optuna.trial.TrialState.COMPLETE}
+            mtimes = {k: (tmp_path / "kill" / "trials" / f"{S.trial_point(t).slug}.json").stat().st_mtime
+                      for k, t in finished_before.items()}
+            # kill -9 the worker (its fit dies with it), then the whole sweep, as a crash would
+            os.kill(int(victim.user_attrs["worker_pid"]), signal.SIGKILL)
+            os.killpg(drv.pid, signal.SIGKILL)
+            drv.wait()
+        finally:
+            gate.unlink()
     assert study_of("kill", tmp_path).trials[victim.number].state == optuna.trial.TrialState.RUNNING
     r = run_cmd(sw_yaml, tmp_path, "--workers", "1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -331,13 +348,17 @@ def test_ddp_trial_on_cpu_ranks_do_not_rerun_the_driver(tmp_path):
     assert "[worker" not in log and "[sweep]" not in log
 
 
-def test_ctrl_c_then_same_command_resumes_without_using_a_retry(tmp_path):
-    sw_yaml = write_sweep(tmp_path, "ctrlc", {"conv": ["static"], "seed": [0, 1]}, overrides={"trainer.max_epochs": 6})
-    drv = run_cmd(sw_yaml, tmp_path, "--workers", "1", background=True)
-    victim = _freeze_trial_in_training("ctrlc", tmp_path, need_ckpt=True)
-    os.killpg(drv.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
-    os.kill(int(victim.user_attrs["trial_pid"]), signal.SIGCONT)  # the frozen trial gets its SIGINT now
-    out, _ = drv.communicate(timeout=180)
+def test_ctrl_c_then_same_command_resumes_without_using_a_retry(tmp_path, gate):
+    # the trial is held at the start of epoch 1 (after its first checkpoint) until Ctrl-C has stopped the sweep
+    sw_yaml = write_sweep(tmp_path, "ctrlc", {"conv": ["static"], "seed": [0, 1]},
+                          overrides={"trainer.max_epochs": 6, "trainer.callbacks": [hold_at_epoch(gate)]})
+    with background(sw_yaml, tmp_path, "--workers", "1") as drv:
+        try:
+            victim = held_trial("ctrlc", tmp_path, gate)
+            os.killpg(drv.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+            out, _ = drv.communicate(timeout=180)
+        finally:
+            gate.unlink()
     assert drv.returncode == 130, out
     assert "run the same command again to resume" in out
     st = study_of("ctrlc", tmp_path)
@@ -353,18 +374,21 @@ def test_ctrl_c_then_same_command_resumes_without_using_a_retry(tmp_path):
     assert rec.resumed_from and rec.epochs == 6
 
 
-def test_drain_lets_the_running_trial_finish_and_starts_no_new_one(tmp_path):
-    sw_yaml = write_sweep(tmp_path, "drain", {"conv": ["static"], "seed": [0, 1]})
-    drv = run_cmd(sw_yaml, tmp_path, "--workers", "1", background=True)
-    running = _freeze_trial_in_training("drain", tmp_path)
-    r = subprocess.run([sys.executable, "-m", "sweeps", "drain", "drain", "--results-root", str(tmp_path)],
-                       cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "1 running trial(s) finish" in r.stdout and "1 waiting" in r.stdout, r
-    status = subprocess.run([sys.executable, "-m", "sweeps", "status", "drain", "--results-root", str(tmp_path)],
-                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
-    assert "drain requested" in status.stdout, status
-    os.kill(int(running.user_attrs["trial_pid"]), signal.SIGCONT)
-    out, _ = drv.communicate(timeout=180)
+def test_drain_lets_the_running_trial_finish_and_starts_no_new_one(tmp_path, gate):
+    sw_yaml = write_sweep(tmp_path, "drain", {"conv": ["static"], "seed": [0, 1]},
+                          overrides={"trainer.callbacks": [hold_at_epoch(gate, epoch=0)]})
+    with background(sw_yaml, tmp_path, "--workers", "1") as drv:
+        try:
+            running = held_trial("drain", tmp_path, gate)
+            r = subprocess.run([sys.executable, "-m", "sweeps", "drain", "drain", "--results-root", str(tmp_path)],
+                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0 and "1 running trial(s) finish" in r.stdout and "1 waiting" in r.stdout, r
+            status = subprocess.run([sys.executable, "-m", "sweeps", "status", "drain", "--results-root",
+                                     str(tmp_path)], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
+            assert "drain requested" in status.stdout, status
+        finally:
+            gate.unlink()  # the held trial goes on and finishes
+        out, _ = drv.communicate(timeout=180)
     assert drv.returncode == 4, out
     assert "drained" in out and "1/2 points done" in out
     st = study_of("drain", tmp_path)
