@@ -259,10 +259,11 @@ def bench_costs(summary: pd.DataFrame, bench: pd.DataFrame | None) -> pd.DataFra
     for _, r in summary.iterrows():
         b = bench_row(bench, r.get("model_name"), r.get("model_width"), r.get("conv"), r.get("model_precision"),
                       r.get("measure_device"))
-        if b is not None:
-            rows[r["variant"]] = {"train_ms_per_image": float(b["train_step_ms"]) / float(b["batch"]),
-                                  "latency_b1_ms": float(b["latency_b1_ms"]),
-                                  "train_peak_mb": float(b["train_peak_mb"])}
+        if b is not None:  # a table of ratios only (an older bench) gives no absolute cost
+            rows[r["variant"]] = {
+                "train_ms_per_image": float(b.get("train_step_ms", math.nan)) / float(b.get("batch", math.nan)),
+                "latency_b1_ms": float(b.get("latency_b1_ms", math.nan)),
+                "train_peak_mb": float(b.get("train_peak_mb", math.nan))}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
