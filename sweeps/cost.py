@@ -13,6 +13,7 @@ hosts and moments. Reruns are not benchmarked: they repeat grid points.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -53,8 +54,17 @@ def variant_models(sweep: SweepDef) -> list[VariantModel]:
     for p in sweep.grid_points():
         first.setdefault(p.variant, p)
     out = []
-    for variant, p in first.items():
-        cli = build_point(sweep.base_config, {**sweep.overrides, **p.params})
+    # building a point's CLI logs Lightning's set-up lines (seed, accelerators) for every variant
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        clis = {v: build_point(sweep.base_config, {**sweep.overrides, **p.params}) for v, p in first.items()}
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    for variant, cli in clis.items():
         config = resolved_config(cli)
         name, width, precision = model_of(config)
         if name is None:
