@@ -21,6 +21,7 @@ signal, 1 on any other error.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import math
 import os
@@ -105,11 +106,8 @@ def library_versions() -> dict[str, str]:
     from odconv.timing import cpu_name
 
     out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name()}
-    for mod in ("torch", "lightning", "torchmetrics", "optuna", "numpy", "jsonargparse", "pandas"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:  # an optional library (pandas) that is not installed
-            pass
+    for dist in ("torch", "lightning", "torchmetrics", "optuna", "numpy", "jsonargparse", "pandas"):
+        out[dist] = importlib.metadata.version(dist)  # all required dependencies
     import torch
     out["cuda"] = str(torch.version.cuda)
     if torch.cuda.is_available():
