@@ -277,6 +277,8 @@ def isocost(results: pd.DataFrame, summary: pd.DataFrame, costs: pd.DataFrame,
     if not ladder:
         return None
     widths = dict(zip(summary["variant"], summary["model_width"]))
+    order = {v: i for i, v in enumerate(summary["variant"])}  # the tables list variants as the summary does
+    results = results.sort_values("variant", key=lambda s: s.map(order), kind="stable")
     fits: dict[str, AxisFit] = {}
     missing: dict[str, str] = {}
     for axis, (col, label, _) in AXES.items():

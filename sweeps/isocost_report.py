@@ -170,7 +170,7 @@ def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
     ax.set_ylabel(f"{metric} (%)")
     note = SHORT_KEY if any(lab != str(v) for lab, v in zip(labels, t["variant"])) else ""
     ax.set_title(f"{title}: top-1 vs {label} ({unit})" + (f"\n{note}" if note else ""), fontsize=10)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
