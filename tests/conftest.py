@@ -161,3 +161,17 @@ def lstsq_vs_reference(d, reference: str, treatment: str = "variant", block: str
     cov = sigma2 * np.linalg.inv(x.T @ x)
     return {t: (float(beta[i]), float(np.sqrt(cov[i, i])), dof, float(np.sqrt(sigma2)))
             for i, t in enumerate(others, start=1)}
+
+
+def sweep_file_error(raw) -> str:
+    """The one-line error of a sweep document that :func:`sweeps.definition.parse_sweep` refuses
+    (read from ``x.yaml``): the CLI prints it as ``error: ...``."""
+    import pytest
+
+    from sweeps.definition import SweepConfigError, parse_sweep
+
+    with pytest.raises(SweepConfigError) as e:
+        parse_sweep(raw, src="x.yaml")
+    msg = str(e.value)
+    assert msg.startswith("x.yaml: ") and "\n" not in msg
+    return msg

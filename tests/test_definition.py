@@ -15,13 +15,13 @@ from sweeps.cli import main as cli_main
 from sweeps.definition import (
     CONV_KEY,
     SEED_KEY,
-    SweepConfigError,
     SweepDef,
     grid_key,
     load_sweep,
     parse_sweep,
     variant_label,
 )
+from tests.conftest import sweep_file_error
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -37,11 +37,7 @@ def _raw(**kw):
 
 
 def _error(raw) -> str:
-    with pytest.raises(SweepConfigError) as e:
-        parse_sweep(raw, src="x.yaml")
-    msg = str(e.value)
-    assert msg.startswith("x.yaml: ") and "\n" not in msg  # one line: the CLI prints it as `error: ...`
-    return msg
+    return sweep_file_error(raw)
 
 
 # --- the shipped sweeps ---------------------------------------------------------------------

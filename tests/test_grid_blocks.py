@@ -12,8 +12,9 @@ import optuna
 import pytest
 
 from sweeps import study as S
-from sweeps.definition import CONV_KEY, SEED_KEY, SweepConfigError, common_axes, load_sweep, parse_sweep
+from sweeps.definition import CONV_KEY, SEED_KEY, common_axes, load_sweep, parse_sweep
 from sweeps.worker import GridSource
+from tests.conftest import sweep_file_error
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -29,11 +30,7 @@ def _ladder(**kw):
 
 
 def _error(raw) -> str:
-    with pytest.raises(SweepConfigError) as e:
-        parse_sweep(raw, src="x.yaml")
-    msg = str(e.value)
-    assert msg.startswith("x.yaml: ") and "\n" not in msg
-    return msg
+    return sweep_file_error(raw)
 
 
 def test_a_block_may_add_an_axis_whose_other_value_the_overrides_give():
