@@ -176,11 +176,10 @@ def test_factorial_recovers_known_effects_exactly_without_noise():
     assert fit.n_obs == 48 and fit.df_resid == 48 - 1 - 2 - 10
 
 
-def test_factorial_with_noise_and_its_intervals_match_numpy_least_squares():
-    rng = np.random.default_rng(7)
-    d = _design(noise=0.05, rng=rng)
-    fit = S.factorial_effects(d, FACTORS)
-    # independent: the design matrix by hand, numpy least squares, scipy's t quantile
+def _numpy_factorial_fit(d):
+    """The 2^4 model with seed blocks and two-way interactions by hand (+-1 coding), fitted by
+    numpy least squares: (coefficients, residual variance, their covariance, residual df, the
+    interaction pairs)."""
     x = {f: np.where(d[f], 1.0, -1.0) for f in FACTORS}
     pairs = list(itertools.combinations(FACTORS, 2))
     cols = [np.ones(len(d)), (d.seed == 1).astype(float).to_numpy(), (d.seed == 2).astype(float).to_numpy()]
@@ -189,7 +188,16 @@ def test_factorial_with_noise_and_its_intervals_match_numpy_least_squares():
     beta, rss, *_ = np.linalg.lstsq(X, d.y.to_numpy(), rcond=None)
     dof = len(d) - X.shape[1]
     s2 = float(rss[0]) / dof
-    se = np.sqrt(np.diag(s2 * np.linalg.inv(X.T @ X)))
+    return beta, s2, s2 * np.linalg.inv(X.T @ X), dof, pairs
+
+
+def test_factorial_with_noise_and_its_intervals_match_numpy_least_squares():
+    rng = np.random.default_rng(7)
+    d = _design(noise=0.05, rng=rng)
+    fit = S.factorial_effects(d, FACTORS)
+    # independent: the design matrix by hand, numpy least squares, scipy's t quantile
+    beta, s2, cov, dof, pairs = _numpy_factorial_fit(d)
+    se = np.sqrt(np.diag(cov))
     q = ss.t.ppf(0.975, dof)
     names = list(FACTORS) + [f"{a}:{b}" for a, b in pairs]
     got = fit.effects.set_index("term")
@@ -228,20 +236,13 @@ def test_conditional_effects_and_their_intervals_match_numpy_least_squares():
     d = d.drop(index=[5, 17, 40])  # unbalanced: the contrasts' SEs differ
     fit = S.factorial_effects(d, FACTORS)
     # independent: the design matrix by hand, numpy least squares, the contrast's variance L' V L
-    x = {f: np.where(d[f], 1.0, -1.0) for f in FACTORS}
-    pairs = list(itertools.combinations(FACTORS, 2))
-    cols = [np.ones(len(d)), (d.seed == 1).astype(float).to_numpy(), (d.seed == 2).astype(float).to_numpy()]
-    cols += [x[f] for f in FACTORS] + [x[a] * x[b] for a, b in pairs]
-    X = np.column_stack(cols)
-    beta, rss, *_ = np.linalg.lstsq(X, d.y.to_numpy(), rcond=None)
-    dof = len(d) - X.shape[1]
-    cov = float(rss[0]) / dof * np.linalg.inv(X.T @ X)
+    beta, _, cov, dof, pairs = _numpy_factorial_fit(d)
     q = ss.t.ppf(0.975, dof)
     got = fit.conditional.set_index(["factor", "given", "given_on"])
     for k, (a, b) in enumerate(pairs):
         for factor, given in ((a, b), (b, a)):
             for on in (False, True):
-                L = np.zeros(X.shape[1])
+                L = np.zeros(len(beta))
                 L[3 + FACTORS.index(factor)] = 2.0
                 L[7 + k] = 2.0 if on else -2.0
                 est, se = float(L @ beta), math.sqrt(float(L @ cov @ L))
