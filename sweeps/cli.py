@@ -332,6 +332,8 @@ def _command(a: argparse.Namespace) -> int:
         p = S.progress(st, [pt.key for pt in points], {pt.key: pt.variant for pt in points})
         print(S.format_progress(p, 1))
         left = S.time_left(p, 1)
+        if left.paced and left.seconds is not None:
+            print(f"time left takes the running trial's pace (no finished trial yet) for: {', '.join(left.paced)}")
         if left.assumed and left.seconds is not None:
             print(f"time left assumes the mean of the measured variants for: {', '.join(left.assumed)}")
         if S.drain_requested(st):

@@ -446,29 +446,53 @@ def variant_seconds(p: Progress) -> dict[str, float]:
     return {v: sum(x) / len(x) for v, x in times.items()}
 
 
+def running_pace_seconds(p: Progress, now: float | None = None) -> dict[str, float]:
+    """Each variant's whole-trial wall time extrapolated from the pace of its running trials:
+    a trial that started ``s`` seconds ago at epoch k0 and is now at epoch k of N (its
+    heartbeat) trains N epochs in ``s x N / (k - k0)``; the mean over the variant's running
+    trials with at least one epoch since they started (its start-up is spread over those
+    epochs; its test and cost measurements at the end are not seen yet)."""
+    now = time.time() if now is None else now
+    paces: dict[str, list[float]] = {}
+    for t in p.running_trials():
+        ep, prog = trial_epoch(t), t.user_attrs.get(PROGRESS_ATTR) or {}
+        variant = t.user_attrs.get("variant")
+        start_epoch = prog.get("start_epoch") if isinstance(prog.get("start_epoch"), int) else 0
+        if ep is None or not ep[1] or ep[0] <= start_epoch or variant is None or t.datetime_start is None:
+            continue
+        elapsed = now - t.datetime_start.timestamp()
+        paces.setdefault(str(variant), []).append(elapsed * ep[1] / (ep[0] - start_epoch))
+    return {v: sum(x) / len(x) for v, x in paces.items()}
+
+
 @dataclass
 class TimeLeft:
     """The sweep's expected time left (:func:`time_left`)."""
 
-    seconds: float | None      # None: unknown (no finished trial to measure a pace from)
+    seconds: float | None      # None: unknown (no finished or running trial to measure a pace from)
     workers: int               # the trials assumed to run at a time
-    assumed: list[str] = field(default_factory=list)  # variants without a finished trial (given the others' mean)
+    assumed: list[str] = field(default_factory=list)  # variants without any pace (given the measured ones' mean)
+    paced: list[str] = field(default_factory=list)    # variants timed by a running trial's pace only
 
 
 def time_left(p: Progress, workers: int = 1, now: float | None = None) -> TimeLeft:
     """Expected wall time until every running, waiting and missing point is done.
 
     The rule: a variant's trial takes ``D`` = the mean wall time of its finished trials that
-    trained from epoch 0 (:func:`variant_seconds`); a variant without one takes the mean ``D``
-    of the variants with one (listed in ``assumed``); with no finished trial at all the time
-    left is unknown. A waiting (or missing) point needs ``D``; a running trial at epoch k of N
-    (its heartbeat) needs ``D x (N - k) / N``, one not yet at its first report
+    trained from epoch 0 (:func:`variant_seconds`); a variant without one but with a running
+    trial past its first epoch takes that trial's pace (:func:`running_pace_seconds`, listed in
+    ``paced``); any other variant takes the mean ``D`` of the variants measured either way
+    (listed in ``assumed``); with nothing measured the time left is unknown. A waiting (or
+    missing) point needs ``D``; a running trial at epoch k of N (its heartbeat) needs
+    ``D x (N - k) / N``, one not yet at its first report
     ``max(D - its time so far, 0)``. The sum is divided by ``workers``, the trials that run at
     a time (at least the running ones). Failed points need nothing (``--retry-failed``
     re-queues them)."""
     now = time.time() if now is None else now
     workers = max(1, workers, p.count("running"))
     per_variant = variant_seconds(p)
+    paced = {v: d for v, d in running_pace_seconds(p, now).items() if v not in per_variant}
+    per_variant.update(paced)
     fallback = sum(per_variant.values()) / len(per_variant) if per_variant else None
     total, assumed = 0.0, set()
     for key, state in p.points.items():
@@ -489,7 +513,7 @@ def time_left(p: Progress, workers: int = 1, now: float | None = None) -> TimeLe
             elif t.datetime_start is not None:
                 d = max(d - (now - t.datetime_start.timestamp()), 0.0)
         total += d
-    return TimeLeft(total / workers, workers, sorted(assumed))
+    return TimeLeft(total / workers, workers, sorted(assumed), sorted(paced))
 
 
 #: Running trials named in the progress line; more are counted ("+3").

@@ -1,6 +1,6 @@
 """Progress of long work: a running trial's epoch (``k/N``, from the fit's ``progress.json``
 through its worker's heartbeat into the ``progress`` user attribute), the sweep's expected
-time left from the per-variant pace of finished trials (``sweeps.study.time_left``), and the
+time left from the per-variant pace of finished (else running) trials (``sweeps.study.time_left``), and the
 warning before a GPU-sized sweep starts on a machine without a GPU. No training, no timing:
 finished trials get their start and end times explicitly."""
 
@@ -89,6 +89,23 @@ def test_time_left_by_hand(sweep_study):
     line = S.format_progress(p, 1, now=time.time())
     assert "2/6 done, 1 running, 3 waiting, 0 failed" in line
     assert "| epochs 3/15 |" in line and "time left ~7m36s" in line and "at 1 worker(s)" in line
+
+
+def test_a_variant_without_a_finished_trial_takes_its_running_trials_pace(sweep_study):
+    _, sw, st = sweep_study
+    t = start_running(st, grid_key(point("odconv1x", 0).params), epoch=5)
+    start = st.trials[t.number].datetime_start.timestamp()
+    p = S.progress(st, [pt.key for pt in sw.points()], {pt.key: pt.variant for pt in sw.points()})
+    left = S.time_left(p, workers=1, now=start + 300)
+    # odconv1x: 5 of 15 epochs in 300 s, D = 300 x 15 / 5 = 900 s; the running one needs
+    # 900 x 10 / 15 = 600 s, each of the 2 waiting ones 900 s; static's running trial 96 s as before.
+    assert left.paced == ["odconv1x"] and left.assumed == []
+    assert left.seconds == pytest.approx((96 + 600 + 2 * 900) / 2)  # 2 trials run at a time
+    # A trial that resumed at epoch 2 has trained 3 epochs in its 300 s: D = 300 x 15 / 3.
+    t.set_user_attr(S.PROGRESS_ATTR, {"epoch": 5, "max_epochs": 15, "start_epoch": 2})
+    p = S.progress(st, [pt.key for pt in sw.points()], {pt.key: pt.variant for pt in sw.points()})
+    assert S.running_pace_seconds(p, now=start + 300)["odconv1x"] == pytest.approx(1500.0)
+    assert S.time_left(p, workers=2, now=start + 300).seconds == pytest.approx((96 + 1000 + 2 * 1500) / 2)
 
 
 def test_status_names_the_running_trials_epoch_and_the_time_left(sweep_study, tmp_path, capsys):
