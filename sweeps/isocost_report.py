@@ -52,13 +52,20 @@ def _frontier_line(fit: AxisFit) -> str:
             f"{_pval(fit.next_order_p)}; residual SD {fit.resid_sd:.2f} pp on {fit.df_resid:.0f} df (the joint fit).")
 
 
-def _reading(fit: AxisFit) -> str:
+def _verdicts(fit: AxisFit) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    """(compared rows, rows above the frontier at Holm 5%, rows below it, variants outside the ladder)."""
     t = fit.table
     comp = t[t["delta"].notna()]
+    sig = comp["p_holm"] < 0.05
+    outside = t[~t["inside_ladder"].astype(bool) & t["cost"].notna()]["variant"].tolist()
+    return comp, comp[sig & (comp["delta"] > 0)], comp[sig & (comp["delta"] < 0)], outside
+
+
+def _reading(fit: AxisFit) -> str:
+    comp, above_rows, below_rows, outside = _verdicts(fit)
     if not len(comp):
         return "No variant lies inside the ladder's cost range on this axis."
-    above = comp[(comp["p_holm"] < 0.05) & (comp["delta"] > 0)]["variant"].tolist()
-    below = comp[(comp["p_holm"] < 0.05) & (comp["delta"] < 0)]["variant"].tolist()
+    above, below = above_rows["variant"].tolist(), below_rows["variant"].tolist()
     rest = len(comp) - len(above) - len(below)
     parts = [f"{len(comp)} variant(s) compared"]
     parts.append(f"above the frontier at Holm 5%: {', '.join(f'`{v}`' for v in above)}" if above
@@ -66,10 +73,38 @@ def _reading(fit: AxisFit) -> str:
     parts.append(f"below it: {', '.join(f'`{v}`' for v in below)}" if below else "none below it")
     if rest:
         parts.append(f"{rest} indistinguishable from it")
-    outside = t[~t["inside_ladder"].astype(bool) & t["cost"].notna()]["variant"].tolist()
     if outside:
         parts.append(f"outside the ladder, not compared: {', '.join(f'`{v}`' for v in outside)}")
     return "; ".join(parts) + "."
+
+
+def _glance(result: IsoCostResult) -> list[str]:
+    """One row per axis: the frontier's slope, how many variants were compared, which lie above
+    or below the frontier at Holm 5% (with Δ and interval), how many the design cannot tell from
+    it, how many lie outside the ladder, and the axis's MDD range."""
+    def named(rows: pd.DataFrame) -> str:
+        return "; ".join(f"`{v}` {_interval(m, lo, hi)}" for v, m, lo, hi in
+                         zip(rows["variant"], rows["delta"], rows["ci_low"], rows["ci_high"])) or "none"
+
+    table = []
+    for fit in result.axes.values():
+        comp, above, below, outside = _verdicts(fit)
+        mdd = comp["mdd"].dropna()
+        table.append({
+            "axis": AXES[fit.axis][1],
+            "frontier, pp per doubling": f"{fit.coef[1]:+.2f}" if fit.order == 1 else "quadratic",
+            "compared": str(len(comp)),
+            "above the frontier": named(above),
+            "below the frontier": named(below),
+            "indistinguishable": str(len(comp) - len(above) - len(below)),
+            "outside the ladder": str(len(outside)),
+            "MDD (pp)": f"{_num(mdd.min())}-{_num(mdd.max())}" if len(mdd) else "n/a",
+        })
+    return ["## At a glance", "",
+            "Above / below: Δ's Holm-adjusted p < 0.05 on that axis (Δ [95% CI, unadjusted], pp); "
+            "indistinguishable: Holm p >= 0.05, which is no proof of equality (a true Δ below the MDD is "
+            "missed more often than not); outside the ladder: not compared.", "",
+            pd.DataFrame(table).to_markdown(index=False, disable_numparse=True), ""]
 
 
 def _axis_section(fit: AxisFit) -> list[str]:
@@ -123,6 +158,8 @@ def isocost_markdown(result: IsoCostResult, title: str, metric: str, machine: st
              "frontier is never extrapolated. Parameters and MACs are counted; training time per image, "
              f"batch-1 latency and training peak memory come from one benchmark run (`{bench_file}`, "
              f"{machine or 'machine unknown'}): their ratios are that machine's.", ""]
+    if result.axes:
+        lines += _glance(result)
     for fit in result.axes.values():
         lines += _axis_section(fit)
     if result.missing_axes:

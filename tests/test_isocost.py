@@ -168,8 +168,10 @@ def test_files_per_axis_and_no_files_without_a_ladder(tmp_path):
                             "model_name": ["m"] * 7, "model_width": list(WIDTHS.values()) + [0.125, 0.125],
                             "n_seeds": [4] * 7, "params_count": [1000 * r for r in RATIOS.values()] + [3000.0, 20000.0],
                             "macs": [10.0 * r for r in RATIOS.values()] + [11.0, 12.0]})
-    res = _results({"odconv4x": (3.0, 0.5), "far": (20.0, 0.0)}, sd=0.2)
+    # rng_seed 1: a ladder the lack-of-fit test takes for a line (as about 95% of straight ones)
+    res = _results({"odconv4x": (3.0, 0.5), "far": (20.0, 0.0)}, sd=0.2, rng_seed=1)
     out = isocost(res, summary, cost_frame(summary, None))
+    assert out.axes["params"].order == 1
     paths, line = write_isocost(tmp_path, out, "t", "test/acc_top1", "cpu X", "bench/models.csv")
     names = sorted(p.name for p in paths)
     assert names == ["isocost.csv", "isocost.md", "isocost_frontier.csv", "isocost_macs.png", "isocost_params.png"]
@@ -186,6 +188,17 @@ def test_files_per_axis_and_no_files_without_a_ladder(tmp_path):
     assert "outside the ladder, not compared: `far`" in md
     frontier = pd.read_csv(tmp_path / "isocost_frontier.csv")
     assert len(frontier) == 10 and set(frontier["axis"]) == {"params", "macs"}
+    # the glance table agrees with the CSVs: the frontier's slope, one compared (its verdict by
+    # Holm p), one outside the ladder
+    glance = md[md.index("## At a glance"):md.index("## parameters")]
+    row = next(line for line in glance.splitlines() if line.startswith("| parameters"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    fp = frontier[frontier["axis"] == "params"]
+    slope = np.polyfit(np.log2(fp["cost_ratio"]), fp["fitted"], 1)[0]
+    r = t.loc[("params", "odconv4x")]
+    assert r["p_holm"] < 0.05  # +0.5 pp at SD 0.2 over 4 seeds
+    verdict = f"`odconv4x` {r['delta']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+    assert cells == ["parameters", f"{slope:+.2f}", "1", verdict, "none", "0", "1", f"{r['mdd']:.2f}-{r['mdd']:.2f}"]
     # a sweep without a ladder: one line, no files, stale ones removed
     paths, line = write_isocost(tmp_path, None, "t", "test/acc_top1", "", "")
     assert paths == [] and line == NO_LADDER
