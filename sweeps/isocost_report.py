@@ -92,7 +92,9 @@ def _glance(result: IsoCostResult) -> list[str]:
         mdd = comp["mdd"].dropna()
         table.append({
             "axis": AXES[fit.axis][1],
-            "frontier, pp per doubling": f"{fit.coef[1]:+.2f}" if fit.order == 1 else "quadratic",
+            "frontier, pp per doubling": (f"{fit.coef[1]:+.2f}" if fit.order == 1 else
+                                          f"quadratic: {fit.coef[1]:+.2f} at the narrowest, {fit.coef[2]:+.2f} "
+                                          "curvature"),
             "compared": str(len(comp)),
             "above the frontier": named(above),
             "below the frontier": named(below),

@@ -270,3 +270,23 @@ def test_make_results_of_a_sweep_with_a_ladder_writes_the_iso_cost_files(tmp_pat
     out = aggregate("iso", tmp_path, bench_csv=bench)
     assert out["isocost"] is None and out["isocost_line"].startswith("no iso-cost comparison")
     assert not list((tmp_path / "iso").glob("isocost*"))
+
+
+def test_the_glance_table_names_a_quadratic_frontier_with_its_two_coefficients(tmp_path):
+    """A curved ladder: the glance row says the frontier is a quadratic and gives the slope at the
+    narrowest width and the curvature the fit found (not one slope, which a quadratic does not have)."""
+    from sweeps.isocost_report import write_isocost
+
+    summary = pd.DataFrame({"variant": list(RATIOS) + ["v"], "conv": ["static"] * 5 + ["odconv4x"],
+                            "model_name": ["m"] * 6, "model_width": list(WIDTHS.values()) + [0.125],
+                            "n_seeds": [4] * 6, "params_count": [1000 * r for r in RATIOS.values()] + [3000.0],
+                            "macs": [10.0 * r for r in RATIOS.values()] + [11.0]})
+    out = isocost(_results({"v": (3.0, 0.0)}, sd=0.2, curve=-0.6, rng_seed=1), summary, cost_frame(summary, None))
+    fit = out.axes["params"]
+    assert fit.order == 2
+    write_isocost(tmp_path, out, "t", "test/acc_top1", "cpu X", "bench/models.csv")
+    md = (tmp_path / "isocost.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| parameters"))
+    cell = [c.strip() for c in row.strip("|").split("|")][1]
+    assert cell == f"quadratic: {fit.coef[1]:+.2f} at the narrowest, {fit.coef[2]:+.2f} curvature"
+    assert fit.coef[2] == pytest.approx(-0.6, abs=0.2)
