@@ -47,9 +47,14 @@ def _frontier_line(fit: AxisFit) -> str:
     slope = (f"{fit.coef[1]:+.2f} pp per doubling of cost [{b_lo:+.2f}, {b_hi:+.2f}]"
              if fit.order == 1 else f"{fit.coef[1]:+.2f} pp per doubling at the narrowest, curvature "
                                     f"{fit.coef[2]:+.2f} pp per doubling squared")
+    misfit = ("" if not fit.lack_of_fit_p < LACK_OF_FIT_ALPHA else
+              f" **The frontier still departs from the ladder's width means (lack of fit p < {LACK_OF_FIT_ALPHA}):"
+              " the Δs on this axis carry an error the intervals do not include; the residuals below show"
+              " where.**")
     return (f"Frontier: {shape} in log2(cost ratio){why}: {slope}. Its fit to the ladder alone: lack of fit "
             f"(against one mean per width) p = {_pval(fit.lack_of_fit_p)}, next-order term p = "
-            f"{_pval(fit.next_order_p)}; residual SD {fit.resid_sd:.2f} pp on {fit.df_resid:.0f} df (the joint fit).")
+            f"{_pval(fit.next_order_p)}; residual SD {fit.resid_sd:.2f} pp on {fit.df_resid:.0f} df (the joint fit)."
+            + misfit)
 
 
 def _verdicts(fit: AxisFit) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
@@ -94,7 +99,8 @@ def _glance(result: IsoCostResult) -> list[str]:
             "axis": AXES[fit.axis][1],
             "frontier, pp per doubling": (f"{fit.coef[1]:+.2f}" if fit.order == 1 else
                                           f"quadratic: {fit.coef[1]:+.2f} at the narrowest, {fit.coef[2]:+.2f} "
-                                          "curvature"),
+                                          "curvature") + (" (lack of fit)" if fit.lack_of_fit_p < LACK_OF_FIT_ALPHA
+                                                          else ""),
             "compared": str(len(comp)),
             "above the frontier": named(above),
             "below the frontier": named(below),

@@ -288,5 +288,29 @@ def test_the_glance_table_names_a_quadratic_frontier_with_its_two_coefficients(t
     md = (tmp_path / "isocost.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| parameters"))
     cell = [c.strip() for c in row.strip("|").split("|")][1]
+    assert fit.lack_of_fit_p > 0.05  # a quadratic ladder: the quadratic fits it
     assert cell == f"quadratic: {fit.coef[1]:+.2f} at the narrowest, {fit.coef[2]:+.2f} curvature"
     assert fit.coef[2] == pytest.approx(-0.6, abs=0.2)
+    assert "still departs from the ladder" not in md
+
+
+def test_a_frontier_that_misses_the_ladder_is_flagged_in_the_glance_row_and_its_section(tmp_path):
+    """A ladder with a step at one width (as a time axis can have): neither the line nor the
+    quadratic fits it, and isocost.md says so where the frontier is given and in the glance row."""
+    from sweeps.isocost_report import write_isocost
+
+    summary = pd.DataFrame({"variant": list(RATIOS) + ["v"], "conv": ["static"] * 5 + ["odconv4x"],
+                            "model_name": ["m"] * 6, "model_width": list(WIDTHS.values()) + [0.125],
+                            "n_seeds": [4] * 6, "params_count": [1000 * r for r in RATIOS.values()] + [3000.0],
+                            "macs": [10.0 * r for r in RATIOS.values()] + [11.0]})
+    res = _results({"v": (3.0, 0.0)}, sd=0.2, rng_seed=1)
+    res.loc[res["variant"] == "static w=0.1875", "top1"] += 1.5
+    out = isocost(res, summary, cost_frame(summary, None))
+    fit = out.axes["params"]
+    assert fit.lack_of_fit_p < 0.05
+    write_isocost(tmp_path, out, "t", "test/acc_top1", "cpu X", "bench/models.csv")
+    md = (tmp_path / "isocost.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| parameters"))
+    assert [c.strip() for c in row.strip("|").split("|")][1].endswith("(lack of fit)")
+    section = md[md.index("## parameters"):md.index("## MACs")]
+    assert "still departs from the ladder's width means" in section
