@@ -272,15 +272,20 @@ def test_make_results_of_a_sweep_with_a_ladder_writes_the_iso_cost_files(tmp_pat
     assert not list((tmp_path / "iso").glob("isocost*"))
 
 
+def _ladder_and_one_variant() -> pd.DataFrame:
+    """The summary rows of the ladder and one ODConv variant ``v`` at 3x the narrowest's parameters."""
+    return pd.DataFrame({"variant": list(RATIOS) + ["v"], "conv": ["static"] * 5 + ["odconv4x"],
+                         "model_name": ["m"] * 6, "model_width": list(WIDTHS.values()) + [0.125],
+                         "n_seeds": [4] * 6, "params_count": [1000 * r for r in RATIOS.values()] + [3000.0],
+                         "macs": [10.0 * r for r in RATIOS.values()] + [11.0]})
+
+
 def test_the_glance_table_names_a_quadratic_frontier_with_its_two_coefficients(tmp_path):
     """A curved ladder: the glance row says the frontier is a quadratic and gives the slope at the
     narrowest width and the curvature the fit found (not one slope, which a quadratic does not have)."""
     from sweeps.isocost_report import write_isocost
 
-    summary = pd.DataFrame({"variant": list(RATIOS) + ["v"], "conv": ["static"] * 5 + ["odconv4x"],
-                            "model_name": ["m"] * 6, "model_width": list(WIDTHS.values()) + [0.125],
-                            "n_seeds": [4] * 6, "params_count": [1000 * r for r in RATIOS.values()] + [3000.0],
-                            "macs": [10.0 * r for r in RATIOS.values()] + [11.0]})
+    summary = _ladder_and_one_variant()
     out = isocost(_results({"v": (3.0, 0.0)}, sd=0.2, curve=-0.6, rng_seed=1), summary, cost_frame(summary, None))
     fit = out.axes["params"]
     assert fit.order == 2
@@ -299,10 +304,7 @@ def test_a_frontier_that_misses_the_ladder_is_flagged_in_the_glance_row_and_its_
     quadratic fits it, and isocost.md says so where the frontier is given and in the glance row."""
     from sweeps.isocost_report import write_isocost
 
-    summary = pd.DataFrame({"variant": list(RATIOS) + ["v"], "conv": ["static"] * 5 + ["odconv4x"],
-                            "model_name": ["m"] * 6, "model_width": list(WIDTHS.values()) + [0.125],
-                            "n_seeds": [4] * 6, "params_count": [1000 * r for r in RATIOS.values()] + [3000.0],
-                            "macs": [10.0 * r for r in RATIOS.values()] + [11.0]})
+    summary = _ladder_and_one_variant()
     res = _results({"v": (3.0, 0.0)}, sd=0.2, rng_seed=1)
     res.loc[res["variant"] == "static w=0.1875", "top1"] += 1.5
     out = isocost(res, summary, cost_frame(summary, None))
