@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import stats
 from .isocost import AXES, LACK_OF_FIT_ALPHA, AxisFit, IsoCostResult, frontier_band
-from .plots import SHORT_KEY, short_label
+from .plots import SHORT_KEY, label_points, short_label
 
 FILES = ("isocost.csv", "isocost_frontier.csv", "isocost.md")
 NO_LADDER = "no iso-cost comparison: the results have no static ladder (static at 3 or more widths)"
@@ -194,9 +194,6 @@ def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
     ax.plot(2 ** xs, mean, "-", color="#555555", lw=1.2)
     f = fit.frontier
     ax.scatter(f["cost_ratio"], f["top1_mean"], color="#333333", zorder=3, s=22, label="static ladder (mean)")
-    for _, r in f.iterrows():
-        ax.annotate(f"w={r['width']:g}", (r["cost_ratio"], r["top1_mean"]), fontsize=7, xytext=(3, -9),
-                    textcoords="offset points", color="#333333")
     t = fit.table[fit.table["cost"].notna()]
     inside = t[t["delta"].notna()]
     err = np.vstack([inside["delta"] - inside["ci_low"], inside["ci_high"] - inside["delta"]])
@@ -207,8 +204,6 @@ def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
         ax.scatter(out["cost_ratio"], out["top1_mean"], facecolors="none", edgecolors="#1f77b4", s=24, zorder=4,
                    label="outside the ladder (not compared)")
     labels = [short_label(v) for v in t["variant"]]
-    for lab, (_, r) in zip(labels, t.iterrows()):
-        ax.annotate(lab, (r["cost_ratio"], r["top1_mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_xlabel(f"{label} as a multiple of the narrowest static (log scale)")
@@ -217,6 +212,9 @@ def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
     ax.set_title(f"{title}: top-1 vs {label} ({unit})" + (f"\n{note}" if note else ""), fontsize=10)
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
+    rungs = [f"w={w:g}" for w in f["width"]]
+    label_points(ax, [*f["cost_ratio"], *t["cost_ratio"]], [*f["top1_mean"], *t["top1_mean"]], rungs + labels,
+                 colors=["#333333"] * len(rungs) + ["black"] * len(labels))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -15,24 +15,30 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 _ODCONV = re.compile(r"^odconv(\d+)x(?:-((?:channel|filter|spatial|kernel)(?:\+(?:channel|filter|spatial|kernel))*))?$")
+_WIDTH = re.compile(r'model_options=\{"width":\s*([0-9.eE+-]+)\}')   # a static ladder's rung
 SHORT_KEY = "nx = n kernels; c, f, s, k = channel, filter, spatial, kernel attention"
 
 
 def short_label(variant: str) -> str:
     """A scatter label that fits beside its point: an ODConv spec as kernels and attention
-    initials (``odconv4x-channel+kernel`` -> ``4x ck``, ``odconv1x`` -> ``1x cfs``); any other
-    variant unchanged."""
-    m = _ODCONV.match(str(variant))
-    if not m:
-        return str(variant)
-    n, atts = m.group(1), m.group(2)
-    if atts is None:  # the full spec: every attention, kernel attention only with several kernels
-        atts = "channel+filter+spatial" + ("+kernel" if n != "1" else "")
-    return f"{n}x {''.join(a[0] for a in ('channel', 'filter', 'spatial', 'kernel') if a in atts.split('+'))}"
+    initials (``odconv4x-channel+kernel`` -> ``4x ck``, ``odconv1x`` -> ``1x cfs``) and a grid's
+    width option as ``w=`` (``static model_options={"width":0.25}`` -> ``static w=0.25``); any
+    other variant unchanged."""
+    spec, _, rest = str(variant).partition(" ")
+    rest = _WIDTH.sub(r"w=\1", rest)
+    m = _ODCONV.match(spec)
+    if m:
+        n, atts = m.group(1), m.group(2)
+        if atts is None:  # the full spec: every attention, kernel attention only with several kernels
+            atts = "channel+filter+spatial" + ("+kernel" if n != "1" else "")
+        spec = f"{n}x {''.join(a[0] for a in ('channel', 'filter', 'spatial', 'kernel') if a in atts.split('+'))}"
+    return f"{spec} {rest}" if rest else spec
 
 
 def _plt():
@@ -40,6 +46,69 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def label_points(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], fontsize: float = 7,
+                 gap: float = 1.0, colors: Sequence[str] | None = None) -> list[Any]:
+    """Write each label beside its point (data coordinates) so that no two labels overlap: a
+    lone label goes up and right of its point (left of it at the axes' right edge); labels
+    that would collide are stacked in a column beside their points, in the order of the points'
+    heights, each joined to its point by a thin line. Call it once the axes' limits, scales and
+    layout are final (after ``fig.tight_layout()``): the offsets are computed from where the
+    points are drawn. ``colors``: one text colour per label (default: matplotlib's). Returns
+    the annotations."""
+    fig = ax.figure
+    n = len(labels)
+    if n == 0:
+        return []
+    pts = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)])) * 72 / fig.dpi
+    height = fontsize * 1.4 + gap                        # points: a label's box (descenders included) plus the gap
+    widths = np.array([fontsize * 0.62 * len(str(lab)) + 2 for lab in labels])
+    box = ax.get_window_extent()
+    right, bottom, top = box.x1 * 72 / fig.dpi, box.y0 * 72 / fig.dpi, box.y1 * 72 / fig.dpi
+    x0 = np.where(pts[:, 0] + 4 + widths > right, pts[:, 0] - 4 - widths, pts[:, 0] + 4)
+    y0 = pts[:, 1] + 3
+    stacked = np.zeros(n, bool)
+    parent = list(range(n))                              # union-find: groups of colliding labels
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for _ in range(n):                                   # merge colliding groups, restack, until none collide
+        merged = False
+        for i in range(n):
+            for j in range(i + 1, n):
+                if root(i) != root(j) and abs(y0[i] - y0[j]) < height and \
+                        x0[i] < x0[j] + widths[j] and x0[j] < x0[i] + widths[i]:
+                    parent[root(j)] = root(i)
+                    merged = True
+        if not merged:
+            break
+        groups: dict[int, list[int]] = {}
+        for i in range(n):
+            groups.setdefault(root(i), []).append(i)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            m = np.array(members)[np.argsort(pts[members, 1], kind="stable")]
+            col = pts[m, 0].max() + 8
+            if col + widths[m].max() > right:            # no room on the right: the column goes left
+                col = pts[m, 0].min() - 8 - widths[m].max()
+            want = pts[m, 1] - height / 2 + gap / 2
+            stack = want.copy()
+            for k in range(1, len(m)):
+                stack[k] = max(want[k], stack[k - 1] + height)
+            stack += (want - stack).mean()
+            stack += max(0.0, bottom - stack[0]) - max(0.0, stack[-1] + height - top)   # inside the axes
+            x0[m], y0[m], stacked[m] = col, stack, True
+    return [ax.annotate(str(lab), (x, y), xytext=(x0[i] - pts[i, 0], y0[i] - pts[i, 1]), textcoords="offset points",
+                        fontsize=fontsize, va="bottom", ha="left", color=None if colors is None else colors[i],
+                        arrowprops=dict(arrowstyle="-", color="#999999", lw=0.5, shrinkA=0, shrinkB=2)
+                        if stacked[i] else None)
+            for i, (lab, x, y) in enumerate(zip(labels, xs, ys))]
 
 
 def _bars(summary: pd.DataFrame, path: Path, title: str, metric: str) -> None:
@@ -72,8 +141,6 @@ def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: P
     fig, ax = plt.subplots(figsize=(6.6, 4.8))
     ax.errorbar(t[col] / scale, t["top1_mean"], yerr=t["top1_std"].fillna(0), fmt="o", capsize=3, zorder=2)
     labels = [short_label(v) for v in t["variant"]]
-    for label, (_, r) in zip(labels, t.iterrows()):
-        ax.annotate(label, (r[col] / scale, r["top1_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if any(label != str(v) for label, v in zip(labels, t["variant"])):
         note = "\n".join(x for x in (note, SHORT_KEY) if x)
     if pareto_col and pareto_col in t.columns:
@@ -89,6 +156,7 @@ def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: P
     if not len(t):
         ax.text(0.5, 0.5, f"no {xlabel} recorded", transform=ax.transAxes, ha="center")
     fig.tight_layout()
+    label_points(ax, t[col] / scale, t["top1_mean"], labels)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -19,7 +19,7 @@ from sweeps.aggregate import aggregate
 from sweeps.analysis import factorial_groups, train_time_column
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
-from sweeps.plots import short_label
+from sweeps.plots import label_points, short_label
 from sweeps.precision import seeds_for_main_effect, seeds_for_row
 from sweeps.record import TrialRecord, read_records, write_record
 from tests.conftest import lstsq_vs_reference
@@ -562,9 +562,41 @@ def test_learning_curves_average_seeds_and_pair_them_with_static(tmp_path):
 @pytest.mark.parametrize("variant,label", [
     ("odconv4x-channel+kernel", "4x ck"), ("odconv1x", "1x cfs"), ("odconv4x", "4x cfsk"),
     ("odconv1x-spatial", "1x s"), ("odconv8x-kernel", "8x k"), ("static", "static"), ("condconv8x", "condconv8x"),
-    ("odconv4x-channel+bogus", "odconv4x-channel+bogus"), ("conv=odconv1x,width=0.5", "conv=odconv1x,width=0.5")])
-def test_scatter_labels_shorten_odconv_specs_only(variant, label):
+    ("odconv4x-channel+bogus", "odconv4x-channel+bogus"), ("conv=odconv1x,width=0.5", "conv=odconv1x,width=0.5"),
+    ('static model_options={"width":0.1875}', "static w=0.1875"),
+    ('odconv1x model_options={"width": 0.5}', "1x cfs w=0.5")])
+def test_scatter_labels_shorten_odconv_specs_and_ladder_widths(variant, label):
     assert short_label(variant) == label
+
+
+def test_scatter_labels_of_a_dense_cluster_do_not_overlap():
+    """The study's parameter axis in miniature: seven points stacked at one x, ten at another,
+    a lone point and one at the right edge; every label drawn, none overlapping another,
+    every stacked label tied to its own point, and all inside the figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+    rng = np.random.default_rng(0)
+    xs = np.r_[1.05 + 0.02 * rng.random(7), 4.0 + 0.05 * rng.random(10), 2.2, 8.9]
+    ys = np.r_[83.0 + 0.1 * np.arange(7), 82.5 + 0.12 * np.arange(10), 84.5, 86.7]
+    labels = [f"1x v{i}" for i in range(7)] + [f"4x variant{i}" for i in range(10)] + ["w=0.1875", "w=0.375"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(xs, ys)
+    ax.set_xscale("log", base=2)
+    fig.tight_layout()
+    notes = label_points(ax, xs, ys, labels)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in notes]   # the text alone, not its leader line
+    assert [t.get_text() for t in notes] == labels
+    for (i, a), (j, b) in itertools.combinations(enumerate(boxes), 2):
+        assert not a.overlaps(b), (labels[i], labels[j])
+    assert all(fig.bbox.contains(b.x0, b.y0) and fig.bbox.contains(b.x1, b.y1) for b in boxes)
+    for t, x, y in zip(notes, xs, ys):
+        assert t.xy == (x, y)                            # the label (and its leader line) points at its own point
+    assert sum(t.arrow_patch is not None for t in notes) >= 17   # the two clusters are stacked with lines
+    plt.close(fig)
 
 
 def test_one_seed_no_factorial_failed_and_missing_trials(tmp_path):
