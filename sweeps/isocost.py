@@ -71,7 +71,8 @@ class AxisFit:
     coef_cov: np.ndarray  # their covariance (from the joint fit)
     lack_of_fit_p: float  # F test of the frontier against one mean per width (ladder only), NaN without df
     next_order_p: float  # t test of the next power of x in the ladder-only fit
-    line_lack_of_fit_p: float  # the line's lack-of-fit p (what chose the order)
+    line_lack_of_fit_p: float  # the line's two tests, which chose the order: its lack-of-fit p
+    line_next_order_p: float  # and its quadratic term's p
     resid_sd: float
     df_resid: float
     x_range: tuple[float, float]  # the ladder's log2 cost ratios, narrowest and widest
@@ -164,8 +165,10 @@ def fit_axis(axis: str, results: pd.DataFrame, costs: pd.Series, ladder: list[st
     block = block_seed and lad["seed"].nunique() > 1 and set(d["seed"]) <= set(lad["seed"])
 
     order = 1
-    lof, nxt = line_lof, _ = _ladder_only_tests(lad, 1, block)
-    if np.isfinite(lof) and lof < LACK_OF_FIT_ALPHA and lad["width"].nunique() >= 4:
+    lof, nxt = line_lof, line_nxt = _ladder_only_tests(lad, 1, block)
+    # the data ask for a curve when either test rejects the line (NaN, no df: compares False);
+    # a quadratic still needs 4 widths to leave its own lack-of-fit test a degree of freedom
+    if (lof < LACK_OF_FIT_ALPHA or nxt < LACK_OF_FIT_ALPHA) and lad["width"].nunique() >= 4:
         order = 2
         lof, nxt = _ladder_only_tests(lad, 2, block)
 
@@ -207,8 +210,8 @@ def fit_axis(axis: str, results: pd.DataFrame, costs: pd.Series, ladder: list[st
                       "fitted": fitted})
     frontier = pd.DataFrame(front)
     frontier["residual"] = frontier["top1_mean"] - frontier["fitted"]
-    return AxisFit(axis, table, frontier, order, coef, coef_cov, lof, nxt, line_lof, float(np.sqrt(fit.scale)),
-                   float(fit.df_resid), (lo, hi), skipped)
+    return AxisFit(axis, table, frontier, order, coef, coef_cov, lof, nxt, line_lof, line_nxt,
+                   float(np.sqrt(fit.scale)), float(fit.df_resid), (lo, hi), skipped)
 
 
 def frontier_band(fit: AxisFit, x: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

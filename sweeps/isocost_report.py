@@ -32,6 +32,12 @@ def _pval(p: float) -> str:
     return "n/a" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _p_is(p: float) -> str:
+    """``p = 0.053``, ``p < 0.001``: a p-value for a sentence."""
+    text = _pval(p)
+    return f"p < {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
 def rung_label(width: Any) -> str:
     return f"static w={width:g}" if isinstance(width, (int, float)) and not math.isnan(width) else "static"
 
@@ -40,9 +46,13 @@ def _frontier_line(fit: AxisFit) -> str:
     t = stats.t_ppf(0.975, fit.df_resid)
     se_b = math.sqrt(fit.coef_cov[1, 1])
     shape = "a line" if fit.order == 1 else "a quadratic"
+    line_tests = [(f"{name} test", p) for name, p in (("quadratic term's", fit.line_next_order_p),
+                                                        ("lack-of-fit", fit.line_lack_of_fit_p))]
+    rejected = [f"{name}, {_p_is(p)}" for name, p in line_tests if p < LACK_OF_FIT_ALPHA]
+    passed = [f"{name}: {_p_is(p)}" for name, p in line_tests if not p < LACK_OF_FIT_ALPHA]
     why = ("" if fit.order == 1 else
-           f" (the line's lack of fit had p = {_pval(fit.line_lack_of_fit_p)} < {LACK_OF_FIT_ALPHA}, so the next "
-           "order was fitted)")
+           f" (the line was rejected at the {LACK_OF_FIT_ALPHA:g} level by its {' and its '.join(rejected)}"
+           + (f" ({passed[0]})" if passed else "") + ", so a quadratic was fitted)")
     b_lo, b_hi = fit.coef[1] - t * se_b, fit.coef[1] + t * se_b
     slope = (f"{fit.coef[1]:+.2f} pp per doubling of cost [{b_lo:+.2f}, {b_hi:+.2f}]"
              if fit.order == 1 else f"{fit.coef[1]:+.2f} pp per doubling at the narrowest, curvature "
@@ -52,8 +62,8 @@ def _frontier_line(fit: AxisFit) -> str:
               " the Δs on this axis carry an error the intervals do not include; the residuals below show"
               " where.**")
     return (f"Frontier: {shape} in log2(cost ratio){why}: {slope}. Its fit to the ladder alone: lack of fit "
-            f"(against one mean per width) p = {_pval(fit.lack_of_fit_p)}, next-order term p = "
-            f"{_pval(fit.next_order_p)}; residual SD {fit.resid_sd:.2f} pp on {fit.df_resid:.0f} df (the joint fit)."
+            f"(against one mean per width) {_p_is(fit.lack_of_fit_p)}, next-order term "
+            f"{_p_is(fit.next_order_p)}; residual SD {fit.resid_sd:.2f} pp on {fit.df_resid:.0f} df (the joint fit)."
             + misfit)
 
 

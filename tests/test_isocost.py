@@ -104,14 +104,34 @@ def test_delta_and_interval_match_numpy_least_squares():
 
 def test_a_curved_ladder_is_fitted_with_a_quadratic_and_a_straight_one_is_not():
     straight = fit_axis("params", _results({}, sd=0.2, rng_seed=1), _costs({}), list(RATIOS), WIDTHS)
-    assert straight.order == 1 and straight.lack_of_fit_p > 0.05
+    assert straight.order == 1 and straight.lack_of_fit_p > 0.05 and straight.next_order_p > 0.05
     assert abs(straight.frontier["residual"]).max() < 0.5
     curved = fit_axis("params", _results({}, sd=0.2, curve=-0.6, rng_seed=1), _costs({}), list(RATIOS), WIDTHS)
     assert curved.order == 2 and curved.coef[2] == pytest.approx(-0.6, abs=0.2)
-    # the line's lack of fit was what moved it (the quadratic's own next-order test has 1 df left)
+    assert curved.line_lack_of_fit_p < 0.05 and curved.line_next_order_p < 0.05  # both tests reject the line
     lof_line = fit_axis("params", _results({}, sd=0.2, curve=-0.6, rng_seed=1), _costs({}), list(RATIOS)[:3],
                         WIDTHS)
     assert lof_line.order == 1  # three widths: no df for a quadratic and a lack-of-fit test
+
+
+def test_a_curve_that_only_the_quadratic_term_detects_gets_a_quadratic(tmp_path):
+    """The line's two tests disagree: its lack of fit (3 df) passes, its quadratic term (1 df,
+    the sharper test against a bend) rejects. The data ask for the curve, so the quadratic is
+    fitted, and isocost.md says which test moved it."""
+    from sweeps.isocost_report import write_isocost
+
+    summary = _ladder_and_one_variant()
+    # rng_seed 3, curve -0.15: a ladder on which the two tests disagree (checked first)
+    out = isocost(_results({"v": (3.0, 0.0)}, sd=0.2, curve=-0.15, rng_seed=3), summary, cost_frame(summary, None))
+    fit = out.axes["params"]
+    assert fit.line_lack_of_fit_p >= 0.05 and fit.line_next_order_p < 0.05
+    assert fit.order == 2 and fit.coef[2] == pytest.approx(-0.15, abs=0.1)
+    assert fit.lack_of_fit_p > 0.05  # the quadratic fits the ladder
+    write_isocost(tmp_path, out, "t", "test/acc_top1", "cpu X", "bench/models.csv")
+    md = (tmp_path / "isocost.md").read_text()
+    section = md[md.index("## parameters"):md.index("## MACs")]
+    assert (f"rejected at the 0.05 level by its quadratic term's test, p = {fit.line_next_order_p:.3f} "
+            f"(lack-of-fit test: p = {fit.line_lack_of_fit_p:.3f}), so a quadratic was fitted") in section
 
 
 def test_find_ladder_needs_three_static_widths_of_one_model():
