@@ -41,23 +41,28 @@ def _sync(device: torch.device) -> None:
 
 def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *, rounds: int = 3,
                 warmup: int = 0, keep_within: float = float("inf"), keep: Sequence[str] = (),
-                clock: Clock = time.perf_counter) -> dict[str, list[float]]:
+                among: Sequence[str] | None = None, clock: Clock = time.perf_counter) -> dict[str, list[float]]:
     """Seconds of every call of every callable in ``fns``, timed in interleaved rounds.
 
     Each round calls every entry once; the order alternates (forward, then reversed) from
     round to round, so a load change or a cache effect of the previous entry hits all alike.
     Round 0 times every entry; from round 1 on only the *contenders* are timed: the entries
     named in ``keep`` and those whose round-0 time is within ``keep_within`` times the
-    fastest round-0 time. So a contender has ``rounds`` samples, index ``r`` taken in round
-    ``r`` (samples of two contenders with the same index are paired); any other entry has one.
+    fastest round-0 time among the entries named in ``among`` (default: all; a baseline far
+    faster than the candidates, such as a static conv beside dynamic ones, is left out of
+    ``among`` so that it does not drop every candidate). So a contender has ``rounds``
+    samples, index ``r`` taken in round ``r`` (samples of two contenders with the same index
+    are paired); any other entry has one.
     ``warmup`` untimed calls of every entry come first. ``clock``: seconds, read before and
     after each call (CUDA work is synchronized before the second read).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    unknown = sorted(set(keep) - set(fns))
-    if unknown:
-        raise ValueError(f"keep names {unknown} that are not among the timed entries {sorted(fns)}")
+    for arg, names in (("keep", keep), ("among", among or ())):
+        unknown = sorted(set(names) - set(fns))
+        if unknown:
+            raise ValueError(f"{arg} names {unknown} that are not among the timed entries {sorted(fns)}")
+    pool = list(fns) if not among else list(among)
     device = torch.device(device)
     for fn in fns.values():
         for _ in range(warmup):
@@ -67,7 +72,7 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device | str
     order = list(fns)
     for r in range(rounds):
         if r == 1:
-            fastest = min(s[0] for s in samples.values())
+            fastest = min(samples[n][0] for n in pool)
             order = [n for n in order if n in keep or samples[n][0] <= keep_within * fastest]
         for name in (order if r % 2 == 0 else order[::-1]):
             start = clock()

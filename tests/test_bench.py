@@ -308,6 +308,22 @@ def test_time_rounds_interleaves_and_drops_slow_entries_after_round_0():
         time_rounds(fns, keep=("nope",))
 
 
+def test_time_rounds_measures_the_contenders_against_the_fastest_of_among():
+    """A static conv 3x faster than every strategy must not drop them all: the strategies
+    within 2x of the fastest *strategy* stay contenders (each timed every round)."""
+    clock = FakeClock()
+    fns = {n: (lambda s=s: clock.advance(s)) for n, s in
+           {"static": 0.010, "fused": 0.030, "mix": 0.050, "folded": 0.100}.items()}
+    samples = time_rounds(fns, rounds=3, keep_within=2.0, among=["fused", "mix", "folded"], clock=clock)
+    # (the static conv, faster than the fastest strategy, is timed every round too)
+    assert {n: len(v) for n, v in samples.items()} == {"static": 3, "fused": 3, "mix": 3, "folded": 1}
+    # without among the static conv is the fastest, and only it stays within 2x of itself
+    samples = time_rounds(fns, rounds=3, keep_within=2.0, clock=clock)
+    assert {n: len(v) for n, v in samples.items()} == {"static": 3, "fused": 1, "mix": 1, "folded": 1}
+    with pytest.raises(ValueError, match="among names"):
+        time_rounds(fns, among=["nope"])
+
+
 def test_time_rounds_warms_up_untimed():
     clock = FakeClock()
     calls = []

@@ -153,8 +153,9 @@ def layer_rows(base: Mapping[str, object], samples: Mapping[str, Sequence[float]
 def bench_layers(shapes: Sequence[LayerShape], batches: Sequence[int], strategies: Sequence[str], device: torch.device,
                  rounds: int, keep_within: float, log: Callable[[str], None] = print) -> list[dict]:
     """First pass over every (shape, batch, mode): :func:`layer_rows` of the static conv, each
-    strategy and ``auto``. Entries slower than ``keep_within`` x the fastest after the first
-    round are timed once (see :func:`odconv.timing.time_rounds`); ``samples`` says how often."""
+    strategy and ``auto``. Strategies slower than ``keep_within`` x the fastest strategy (not
+    the static conv) in the first round are timed once (see :func:`odconv.timing.time_rounds`);
+    ``samples`` says how often."""
     rows: list[dict] = []
     for s in shapes:
         for batch in batches:
@@ -164,7 +165,7 @@ def bench_layers(shapes: Sequence[LayerShape], batches: Sequence[int], strategie
                     fns[chosen] = layer_callables(s, batch, device, grad, (chosen,))[0][chosen]
                 mems = warm_then_measure_memory(fns, device)
                 samples = time_rounds(fns, device, rounds=rounds, keep_within=keep_within,
-                                      keep=("static", REFERENCE, chosen))
+                                      keep=("static", REFERENCE, chosen), among=[n for n in fns if n != "static"])
                 base = dict(model=s.model, layer=s.name, shape=s.label(), in_ch=s.in_ch, out_ch=s.out_ch, k=s.k,
                             stride=s.stride, groups=s.groups, hw=s.hw, n=s.n, attentions=s.attentions, batch=batch,
                             mode=mode)
