@@ -14,11 +14,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
-import tempfile
-import time
 import warnings
 from typing import Any
 
@@ -30,6 +27,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from odconv.layers import TemperatureBuffer
+
+from .contract import Progress, write_progress
 
 
 def temperature_modules(model: nn.Module) -> list[TemperatureBuffer]:
@@ -205,56 +204,23 @@ class KeepEarlierMetrics(Callback):
         self._put_back()
 
 
-#: The file :class:`EpochProgress` writes in the Trainer's ``default_root_dir``.
-PROGRESS_FILE = "progress.json"
-
-
-def write_progress(path: str, progress: dict[str, Any]) -> None:
-    """Write ``progress`` as JSON to ``path`` atomically (a reader never sees half a file)."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(progress, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The progress an :class:`EpochProgress` wrote at ``path`` (``epoch``: epochs finished,
-    ``max_epochs``: planned, None when the fit is bounded otherwise; ``start_epoch``: where
-    this fit started, >0 when it resumed; ``time``: unix time of the write); None when there
-    is no readable file."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("epoch"), int) else None
-
-
 class EpochProgress(Callback):
-    """Write how far the fit is to ``<default_root_dir>/progress.json`` (:func:`read_progress`):
+    """Write how far the fit is to ``<default_root_dir>/progress.json``
+    (:func:`lightning_modules.contract.write_progress`):
     when training starts (after a resumed checkpoint is restored) and at the end of every
     training epoch. Global rank 0 only; one small file, rewritten atomically. The CLI adds it
     to every run; a sweep worker reads it into its trial's heartbeat (``odconv-sweep status``
     shows the epoch)."""
 
-    def __init__(self, filename: str = PROGRESS_FILE) -> None:
-        self.filename = filename
+    def __init__(self) -> None:
         self.start_epoch = 0
 
     def _write(self, trainer: L.Trainer, epoch: int) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
-        write_progress(os.path.join(trainer.default_root_dir, self.filename),
-                       {"epoch": int(epoch), "max_epochs": max_epochs, "start_epoch": self.start_epoch,
-                        "time": time.time()})
+        write_progress(trainer.default_root_dir,
+                       Progress(epoch=int(epoch), max_epochs=max_epochs, start_epoch=self.start_epoch))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start_epoch = int(trainer.current_epoch)
@@ -265,5 +231,4 @@ class EpochProgress(Callback):
 
 
 __all__ = ["TemperatureScheduler", "linear_temperature", "temperature_modules", "ResumableCSVLogger",
-           "KeepEarlierMetrics", "set_aside_metrics", "read_metrics_rows", "METRICS_FILE", "EpochProgress",
-           "read_progress", "write_progress", "PROGRESS_FILE"]
+           "KeepEarlierMetrics", "set_aside_metrics", "read_metrics_rows", "METRICS_FILE", "EpochProgress"]

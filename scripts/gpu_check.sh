@@ -70,7 +70,7 @@ fi
 sweeps_ok=1
 if ! "$PY" - <<'EOF'
 import torch, lightning, torchmetrics, optuna, jsonargparse
-import odconv, sweeps.estimate, lightning_modules.cli  # noqa: F401  (what the steps import)
+import odconv, sweeps.running.estimate, lightning_modules.cli  # noqa: F401  (what the steps import)
 line = (f"torch {torch.__version__}, lightning {lightning.__version__}, torchmetrics {torchmetrics.__version__}, "
         f"optuna {optuna.__version__}, jsonargparse {jsonargparse.__version__}")
 if torch.cuda.is_available():

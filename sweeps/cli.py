@@ -30,7 +30,7 @@ from typing import NoReturn
 from .definition import SweepConfigError, find_sweep_file, load_sweep
 
 EXIT_BAD_INPUT = 2
-EXIT_STORAGE = 3   # = sweeps.storage.EXIT_STORAGE (not imported here: it pulls in optuna)
+EXIT_STORAGE = 3   # = sweeps.running.storage.EXIT_STORAGE (not imported here: it pulls in optuna)
 READ_OUTAGE_LIMIT_S = 15.0  # status/results wait this long for an unreachable storage, not the run's limit
 
 
@@ -175,8 +175,8 @@ def _results_sweep(arg: str, results_root: str):
 def _open_study(storage_url: str | None, sweep_name: str, results_root: str, study_name: str):
     """The sweep's study for reading (status, results); ``UsageError`` naming the studies that
     exist when there is no such study."""
-    from . import study as S
-    from .storage import OutageGuard, outage_limit_s
+    from .running import study as S
+    from .running.storage import OutageGuard, outage_limit_s
     label = S.storage_label(storage_url, sweep_name, results_root)
     if not S.is_rdb_url(storage_url) and not S.journal_path(sweep_name, results_root, storage_url).exists():
         raise UsageError(f"sweep {sweep_name!r} has no storage at {label} (has it been run? pass --storage for "
@@ -193,16 +193,16 @@ def _open_study(storage_url: str | None, sweep_name: str, results_root: str, stu
 def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "_worker":
-        from .worker import main as worker_main
+        from .running.worker import main as worker_main
         return worker_main(argv[1:])
     if argv and argv[0] == "_prepare":
         import json
 
-        from .trial import prepare
+        from .running.trial import prepare
         spec = json.loads(open(argv[1]).read())
         return prepare(spec["base_config"], spec["overrides"])
     if argv and argv[0] == "_trial":
-        from .trial import main as trial_main
+        from .running.trial import main as trial_main
         return trial_main(argv[1])
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[sweep] %(message)s")
@@ -212,7 +212,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"odconv-sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 (classified: storage trouble and bad storage URLs are not bugs)
-        from .storage import StorageDriverMissing, StorageUnavailable
+        from .running.storage import StorageDriverMissing, StorageUnavailable
         if isinstance(e, StorageUnavailable):
             print(f"odconv-sweep: error: {e}", file=sys.stderr)
             return EXIT_STORAGE
@@ -234,8 +234,8 @@ def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int) -
     section, then ODCONV_SLURM_* variables, then ``--slurm KEY=VALUE`` flags)."""
     import yaml
 
-    from .runner import submit_sweep
-    from .slurm import SlurmOptions
+    from .running.runner import submit_sweep
+    from .running.slurm import SlurmOptions
     if workers is not None or a.gpus:
         raise UsageError("--workers/WORKERS and --gpus/GPUS are for --launcher local; with --launcher slurm "
                          "use --slurm-jobs/SLURM_JOBS and the slurm: section (gpus_per_job)")
@@ -259,8 +259,8 @@ def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int) -
 
 def _print_jobs(sweep_name: str, results_root: str) -> None:
     """The sweep's SLURM jobs (``results/<sweep>/slurm/jobs.txt``) and their states, if it has any."""
-    from .runner import slurm_folder
-    from .slurm import job_ids_in, list_jobs
+    from .running.runner import slurm_folder
+    from .running.slurm import job_ids_in, list_jobs
     ids = job_ids_in(slurm_folder(sweep_name, results_root))
     if not ids:
         return
@@ -289,13 +289,13 @@ def _command(a: argparse.Namespace) -> int:
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if a.cmd == "run":
-        from .runner import run_sweep
+        from .running.runner import run_sweep
         workers = a.workers if a.workers is not None else _env_int("WORKERS")
         per_trial = a.devices_per_trial if a.devices_per_trial is not None else (_env_int("DEVICES_PER_TRIAL") or 1)
         if a.outage_limit is not None:
             os.environ["SWEEP_OUTAGE_LIMIT_S"] = str(a.outage_limit)  # workers and trials inherit it
         try:
-            from .storage import outage_limit_s
+            from .running.storage import outage_limit_s
             outage_limit_s()
         except ValueError as e:
             raise UsageError(str(e)) from None
@@ -312,7 +312,7 @@ def _command(a: argparse.Namespace) -> int:
         except ValueError as e:  # impossible worker/GPU requests (plan_slots)
             raise UsageError(str(e)) from None
     if a.cmd == "results":
-        from .aggregate import aggregate
+        from .reporting.aggregate import aggregate
         sw = _results_sweep(a.sweep, a.results_root)
         name = sw.name
         st = None
@@ -325,7 +325,7 @@ def _command(a: argparse.Namespace) -> int:
         print(out["isocost_line"], file=sys.stderr)
         return 0
     if a.cmd == "status":
-        from . import study as S
+        from .running import study as S
         sweep = _results_sweep(a.sweep, a.results_root)
         st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
         points = sweep.points()
@@ -349,7 +349,7 @@ def _command(a: argparse.Namespace) -> int:
         _print_jobs(sweep.name, a.results_root)
         return 0
     if a.cmd == "drain":
-        from . import study as S
+        from .running import study as S
         sweep = _results_sweep(a.sweep, a.results_root)
         st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
         S.request_drain(st)
@@ -366,7 +366,7 @@ def _command(a: argparse.Namespace) -> int:
             print("  " + p.key)
         return 0
     if a.cmd == "estimate":
-        from .estimate import main as estimate_main
+        from .running.estimate import main as estimate_main
         device = a.device or ("cuda" if _cuda() else "cpu")
         if device.startswith("cuda") and not _cuda():
             raise UsageError(f"--device {device}: no CUDA device is available here; valid: cpu")
@@ -375,7 +375,7 @@ def _command(a: argparse.Namespace) -> int:
             raise UsageError(f"--workers must be >= 1, got {workers}")
         return estimate_main(load_sweep(a.sweep), device, workers, a.overhead, a.repeats)
     if a.cmd == "bench":
-        from .cost import bench_sweep
+        from .running.bench import bench_sweep
         if a.device.startswith("cuda") and not _cuda():
             raise UsageError(f"--device {a.device}: no CUDA device is available here; valid: cpu")
         path = bench_sweep(load_sweep(a.sweep), a.results_root, a.device, a.train_repeats, 10,
@@ -383,7 +383,7 @@ def _command(a: argparse.Namespace) -> int:
         print(f"wrote {path} and {path.with_suffix('.md')}")
         return 0
     if a.cmd == "dashboard":
-        from . import study as S
+        from .running import study as S
         name = _results_sweep(a.sweep, a.results_root).name
         print(f"optuna-dashboard {S.storage_label(a.storage, name, a.results_root)}")
         return 0

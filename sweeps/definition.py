@@ -59,7 +59,7 @@ from pydantic import ValidationError
 
 from odconv import list_models, parse_conv_spec
 
-from .slurm import SlurmOptions, SlurmOptionsError
+from .running.slurm import SlurmOptions, SlurmOptionsError
 from .sweep_schema import MeasureSection, PrecisionGoalsSection, RerunsSection, SweepFile, describe_error
 
 ALIASES = {"conv": "model.conv", "seed": "seed_everything", "lr": "model.lr",
@@ -216,7 +216,7 @@ def slugify(text: str) -> str:
 
 
 def _slurm_section(src: str, raw: Any) -> dict[str, Any]:
-    """The `slurm:` section, checked against :class:`sweeps.slurm.SlurmOptions` (environment
+    """The `slurm:` section, checked against :class:`sweeps.running.slurm.SlurmOptions` (environment
     overrides are applied at submission, not here)."""
     if raw is None:
         return {}

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from lightning_modules.contract import write_json_atomic
+from odconv.models import model_options
 
 RECORD_VERSION = 1
 STATUSES = ("complete", "failed", "pruned")
@@ -89,26 +92,12 @@ class TrialRecord:
         return {f"r.{k}": v for k, v in d.items()}
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False, default=str, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+#: How records and other study files are written (one document, one key a line).
+JSON_STYLE: dict[str, Any] = {"indent": 1, "default": str}
 
 
 def write_record(path: str | os.PathLike, record: TrialRecord) -> None:
-    write_json_atomic(path, record.to_dict())
+    write_json_atomic(path, record.to_dict(), **JSON_STYLE)
 
 
 def read_record(path: str | os.PathLike) -> TrialRecord:
@@ -121,7 +110,6 @@ def read_records(trials_dir: str | os.PathLike) -> list[TrialRecord]:
         try:
             out.append(read_record(p))
         except (ValueError, json.JSONDecodeError, TypeError) as e:
-            import warnings
             warnings.warn(f"skipping unreadable trial record {p}: {e}", stacklevel=2)
     return out
 
@@ -139,8 +127,7 @@ def model_of(config: dict[str, Any]) -> tuple[str | None, float | None, str]:
     width = opts.get("width") if isinstance(opts, dict) else None
     if width is None:
         try:
-            from odconv.models import model_options
             width = model_options(name).get("width")
-        except (ImportError, ValueError):
+        except ValueError:
             width = None
     return name, (float(width) if width is not None else None), precision

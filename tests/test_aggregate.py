@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from scipy import stats as ss
 
-from sweeps.aggregate import aggregate
-from sweeps.analysis import factorial_groups, train_time_column
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
-from sweeps.plots import label_points, short_label
-from sweeps.precision import seeds_for_main_effect, seeds_for_row
 from sweeps.record import TrialRecord, read_records, write_record
+from sweeps.reporting.aggregate import aggregate
+from sweeps.reporting.analysis import factorial_groups, train_time_column
+from sweeps.reporting.plots import label_points, short_label
+from sweeps.reporting.precision import seeds_for_main_effect, seeds_for_row
 from tests.conftest import lstsq_vs_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_summary_says_how_many_seeds_would_meet_each_goal(tmp_path):
 
 
 def test_a_met_goal_needs_no_more_seeds_whatever_the_pooled_sd_says(tmp_path, monkeypatch):
-    import sweeps.precision as P
+    import sweeps.reporting.precision as P
     recs, _ = _factorial_records("met")
     _write(tmp_path, "met", FACTORIAL_GRID, recs, precision_goals={"rows": {"odconv4x": 5.0, "condconv8x": 0.2}})
     # the pooled SDs (over every row) can ask for more seeds than the row's own interval needed

@@ -1,6 +1,6 @@
 """Values the ``lightning`` CLI's parser lets through but the Trainer, the model, the
 DataModule or a callback reject when they are built: one ``error:`` line naming the value,
-exit code 2, no traceback (``lightning_modules.cli.BenchCLI.reject``). Also the epoch
+exit code 2, no traceback (``lightning_modules.cli.TrainingCLI.reject``). Also the epoch
 progress file every CLI fit writes (``EpochProgress``)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from lightning_modules.callbacks import PROGRESS_FILE, read_progress
 from lightning_modules.cli import main, rejected_value_message
+from lightning_modules.contract import read_progress
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,6 +77,6 @@ def test_fit_writes_its_epoch_progress(tmp_path):
     cli = main(["--config", SMOKE, *SMALL, "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0",
                 f"--trainer.default_root_dir={tmp_path}"], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    progress = read_progress(tmp_path / PROGRESS_FILE)
+    progress = read_progress(tmp_path)
     assert progress is not None
-    assert (progress["epoch"], progress["max_epochs"], progress["start_epoch"]) == (2, 2, 0)
+    assert (progress.epoch, progress.max_epochs, progress.start_epoch) == (2, 2, 0)

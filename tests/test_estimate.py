@@ -10,7 +10,7 @@ import torch
 from lightning_modules.data import CIFAR10DataModule, CIFAR100DataModule, SyntheticDataModule, TinyImageNetDataModule
 from sweeps.cli import main as cli_main
 from sweeps.definition import load_sweep
-from sweeps.estimate import VariantEstimate, estimate_sweep, format_estimate, limited_images
+from sweeps.running.estimate import VariantEstimate, estimate_sweep, format_estimate, limited_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_estimate_smoke_sweep(capsys):
 
 
 def test_cpu_estimate_measures_with_each_workers_threads(monkeypatch, capsys):
-    import sweeps.estimate as E
+    import sweeps.running.estimate as E
 
     seen = []
 

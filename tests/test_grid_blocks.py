@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from sweeps import study as S
 from sweeps.definition import CONV_KEY, SEED_KEY, common_axes, load_sweep, parse_sweep
-from sweeps.worker import GridSource
+from sweeps.running import study as S
+from sweeps.running.worker import GridSource
 from tests.conftest import sweep_file_error
 
 ROOT = Path(__file__).resolve().parents[1]

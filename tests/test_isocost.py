@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from sweeps.isocost import AXES, cost_frame, find_ladder, fit_axis, frontier_band, isocost
+from sweeps.reporting.isocost import AXES, cost_frame, find_ladder, fit_axis, frontier_band, isocost
 
 RATIOS = {"static": 1.0, "static w=0.15": 1.5, "static w=0.1875": 2.25, "static w=0.25": 4.0, "static w=0.375": 9.0}
 WIDTHS = {"static": 0.125, "static w=0.15": 0.15, "static w=0.1875": 0.1875, "static w=0.25": 0.25,
@@ -118,7 +118,7 @@ def test_a_curve_that_only_the_quadratic_term_detects_gets_a_quadratic(tmp_path)
     """The line's two tests disagree: its lack of fit (3 df) passes, its quadratic term (1 df,
     the sharper test against a bend) rejects. The data ask for the curve, so the quadratic is
     fitted, and isocost.md says which test moved it."""
-    from sweeps.isocost_report import write_isocost
+    from sweeps.reporting.isocost_report import write_isocost
 
     summary = _ladder_and_one_variant()
     # rng_seed 3, curve -0.15: a ladder on which the two tests disagree (checked first)
@@ -182,7 +182,7 @@ def test_the_interval_covers_the_true_offset_about_95_times_in_100():
 
 
 def test_files_per_axis_and_no_files_without_a_ladder(tmp_path):
-    from sweeps.isocost_report import NO_LADDER, write_isocost
+    from sweeps.reporting.isocost_report import NO_LADDER, write_isocost
 
     summary = pd.DataFrame({"variant": list(RATIOS) + ["odconv4x", "far"], "conv": ["static"] * 5 + ["odconv4x"] * 2,
                             "model_name": ["m"] * 7, "model_width": list(WIDTHS.values()) + [0.125, 0.125],
@@ -231,9 +231,9 @@ def test_make_results_of_a_sweep_with_a_ladder_writes_the_iso_cost_files(tmp_pat
     import json
     from pathlib import Path
 
-    from sweeps.aggregate import aggregate
     from sweeps.definition import GridPoint, parse_sweep
     from sweeps.record import TrialRecord, write_record
+    from sweeps.reporting.aggregate import aggregate
 
     root = Path(__file__).resolve().parents[1]
     opts = "model.model_options"
@@ -303,7 +303,7 @@ def _ladder_and_one_variant() -> pd.DataFrame:
 def test_the_glance_table_names_a_quadratic_frontier_with_its_two_coefficients(tmp_path):
     """A curved ladder: the glance row says the frontier is a quadratic and gives the slope at the
     narrowest width and the curvature the fit found (not one slope, which a quadratic does not have)."""
-    from sweeps.isocost_report import write_isocost
+    from sweeps.reporting.isocost_report import write_isocost
 
     summary = _ladder_and_one_variant()
     out = isocost(_results({"v": (3.0, 0.0)}, sd=0.2, curve=-0.6, rng_seed=1), summary, cost_frame(summary, None))
@@ -322,7 +322,7 @@ def test_the_glance_table_names_a_quadratic_frontier_with_its_two_coefficients(t
 def test_a_frontier_that_misses_the_ladder_is_flagged_in_the_glance_row_and_its_section(tmp_path):
     """A ladder with a step at one width (as a time axis can have): neither the line nor the
     quadratic fits it, and isocost.md says so where the frontier is given and in the glance row."""
-    from sweeps.isocost_report import write_isocost
+    from sweeps.reporting.isocost_report import write_isocost
 
     summary = _ladder_and_one_variant()
     res = _results({"v": (3.0, 0.0)}, sd=0.2, rng_seed=1)

@@ -1,6 +1,6 @@
 """Progress of long work: a running trial's epoch (``k/N``, from the fit's ``progress.json``
 through its worker's heartbeat into the ``progress`` user attribute), the sweep's expected
-time left from the per-variant pace of finished (else running) trials (``sweeps.study.time_left``), and the
+time left from the per-variant pace of finished (else running) trials (``sweeps.running.study.time_left``), and the
 warning before a GPU-sized sweep starts on a machine without a GPU. No training, no timing:
 finished trials get their start and end times explicitly."""
 
@@ -16,12 +16,12 @@ import optuna
 import pytest
 import yaml
 
-from sweeps import study as S
 from sweeps.cli import main as sweep_main
 from sweeps.definition import GridPoint, grid_key, parse_sweep
-from sweeps.process import Slot
-from sweeps.runner import cpu_scale_warning, run_sweep
-from sweeps.worker import beat_progress
+from sweeps.running import study as S
+from sweeps.running.process import Slot
+from sweeps.running.runner import cpu_scale_warning, run_sweep
+from sweeps.running.worker import beat_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -132,17 +132,16 @@ def test_time_left_is_unknown_before_any_trial_finished_and_skips_resumed_trials
 
 
 def test_heartbeat_copies_the_fits_epoch_into_the_trial(tmp_path):
-    from lightning_modules.callbacks import PROGRESS_FILE, write_progress
-    assert S.PROGRESS_FILE == PROGRESS_FILE  # the worker and the callback agree on the file
+    from lightning_modules.contract import Progress, write_progress
     _, sw = make_sweep(tmp_path)
     st = S.create_study(S.make_storage(None, sw.name, tmp_path), sw.name)
     S.enqueue_grid(st, sw)
     t = S.pop_waiting(st)
     tid = st.trial_id(t.number)
-    path = tmp_path / "run" / PROGRESS_FILE
-    assert beat_progress(st, tid, path, None) is None  # no file yet: nothing written
-    write_progress(str(path), {"epoch": 3, "max_epochs": 15, "start_epoch": 0, "time": 1.0})
-    reported = beat_progress(st, tid, path, None)
+    run_dir = tmp_path / "run"
+    assert beat_progress(st, tid, run_dir, None) is None  # no file yet: nothing written
+    write_progress(run_dir, Progress(epoch=3, max_epochs=15, start_epoch=0, time=1.0))
+    reported = beat_progress(st, tid, run_dir, None)
     assert reported == {"epoch": 3, "max_epochs": 15, "start_epoch": 0}
     assert st.trials[t.number].user_attrs[S.PROGRESS_ATTR] == reported
     assert S.format_epoch(st.trials[t.number]) == "3/15"
@@ -162,7 +161,7 @@ def test_gpu_sweep_on_a_machine_without_gpu_says_its_scale_first(tmp_path, capsy
     _, gpu_only = make_sweep(tmp_path, base=GPU_BASE, overrides={"trainer.accelerator": "gpu"})
     assert "its trials will fail" in cpu_scale_warning(gpu_only, cpu)
     # run prints it before anything else (here the data preparation, stubbed to fail, stops it)
-    import sweeps.runner as runner
+    import sweeps.running.runner as runner
     monkeypatch.setattr(runner, "_prepare_data", lambda sweep, res: False)
     assert run_sweep(sw, None, workers=1, gpus="cpu", results_root=str(tmp_path), aggregate_at_end=False) == 2
     err = capsys.readouterr().err

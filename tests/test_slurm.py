@@ -1,4 +1,4 @@
-"""sweeps.slurm: the options, and jobs on a real one-node SLURM cluster started for this file.
+"""sweeps.running.slurm: the options, and jobs on a real one-node SLURM cluster started for this file.
 
 The cluster (tests/slurm_cluster.py) runs munged, slurmctld and slurmd as root in a temporary
 directory; without the Debian packages slurm-wlm and munge, or not as root, the cluster tests
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from sweeps import slurm as S
+from sweeps.running import slurm as S
 from tests import slurm_cluster as slurm_cluster_module
 from tests.slurm_cluster import (  # noqa: F401  (the slurm_cluster and cluster fixtures)
     ClusterUnavailable,

@@ -24,10 +24,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps import slurm as SL
-from sweeps import study as S
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
+from sweeps.running import slurm as SL
+from sweeps.running import study as S
 from tests.conftest import wait_for
 from tests.fit_gate import hold_at_epoch
 from tests.slurm_cluster import (  # noqa: F401 (the slurm_cluster and cluster fixtures)
@@ -154,7 +154,7 @@ def storage(request) -> Iterator[tuple[str | None, str | None]]:
 def test_default_job_count_is_one_per_waiting_point_capped(tmp_path, monkeypatch):
     """Without --slurm-jobs: one job per grid point left, at most MAX_DEFAULT_JOBS (no cluster
     needed: the submission itself is replaced by a recorder)."""
-    from sweeps import runner as R
+    from sweeps.running import runner as R
     submitted: list[int] = []
     monkeypatch.setattr(R, "submit_jobs", lambda argv, n, *a, **kw: submitted.append(n) or [str(i) for i in range(n)])
     opts = SL.SlurmOptions()

@@ -1,4 +1,4 @@
-"""sweeps.stats against independent computations: textbook formulas in numpy, hand-worked
+"""sweeps.reporting.stats against independent computations: textbook formulas in numpy, hand-worked
 examples, published power tables, and a 2^4 design whose effects are known by construction."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as ss
 
-from sweeps import stats as S
+from sweeps.reporting import stats as S
 from tests.conftest import lstsq_vs_reference
 
 FACTORS = ("channel", "filter", "spatial", "kernel")

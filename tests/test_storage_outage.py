@@ -22,10 +22,10 @@ import yaml
 from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 
-from sweeps import study as S
 from sweeps.definition import load_sweep, parse_sweep
 from sweeps.record import TrialRecord, read_record, write_record
-from sweeps.storage import OutageGuard, StorageUnavailable, is_transient, make_storage
+from sweeps.running import study as S
+from sweeps.running.storage import OutageGuard, StorageUnavailable, is_transient, make_storage
 from tests.conftest import wait_for
 from tests.fit_gate import held_pids, hold_at_epoch
 

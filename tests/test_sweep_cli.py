@@ -37,8 +37,8 @@ def ran_sweep(tmp_path_factory) -> tuple[Path, Path]:
     sweep_yaml = root / "tiny.yaml"
     sweep_yaml.write_text(yaml.safe_dump({"name": "tiny", "base_config": BASE,
                                           "grid": {"conv": ["static"], "seed": [0]}}))
-    from sweeps import study as S
     from sweeps.definition import load_sweep
+    from sweeps.running import study as S
     sweep = load_sweep(sweep_yaml)
     st = S.create_study(S.make_storage(None, "tiny", root), "tiny")
     S.enqueue_grid(st, sweep)

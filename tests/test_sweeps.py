@@ -14,12 +14,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps import study as S
-from sweeps.aggregate import aggregate
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, parse_sweep
-from sweeps.process import plan_slots
 from sweeps.record import RECORD_VERSION, TrialRecord, read_record, write_record
+from sweeps.reporting.aggregate import aggregate
+from sweeps.running import study as S
+from sweeps.running.process import plan_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -81,8 +81,8 @@ def test_enqueue_once_and_pop_runs_nothing_when_empty(tmp_path):
 def test_a_drained_study_gives_workers_no_trial_until_run_again(tmp_path):
     from types import SimpleNamespace
 
-    from sweeps.tune import TuneSource, open_tune_studies
-    from sweeps.worker import GridSource
+    from sweeps.running.tune import TuneSource, open_tune_studies
+    from sweeps.running.worker import GridSource
     raw = _raw(tune={"params": {"model.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}},
                      "n_trials": 2})
     sw, st = _study(tmp_path, raw)
@@ -100,7 +100,7 @@ def test_a_drained_study_gives_workers_no_trial_until_run_again(tmp_path):
 
 
 def test_git_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
-    from sweeps.trial import git_commit
+    from sweeps.running.trial import git_commit
 
     def git(*args):
         subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
@@ -283,7 +283,7 @@ def test_stop_on_signal_saves_a_checkpoint_and_the_resumed_fit_validates_every_e
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from sweeps.trial import StopFlag, TrialStopped, _stop_on_signal_callback
+    from sweeps.running.trial import StopFlag, TrialStopped, _stop_on_signal_callback
 
     class Tiny(L.LightningModule):
         def __init__(self, validated: list[int]):

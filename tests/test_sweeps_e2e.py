@@ -27,9 +27,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from sweeps import study as S
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
+from sweeps.running import study as S
 from tests.conftest import wait_for
 from tests.fit_gate import held_pids, hold_at_epoch
 
@@ -316,7 +316,7 @@ def test_tuning_stage_then_grid_with_best_values(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     tuned = json.loads((tmp_path / "tuned" / "tuned.json").read_text())
     assert set(tuned) == {"static"} and 0.01 <= tuned["static"]["model.lr"] <= 0.2
-    from sweeps.tune import tune_study_name
+    from sweeps.running.tune import tune_study_name
     tst = study_of("tuned", tmp_path, study=tune_study_name("tuned", "static"))
     assert len([t for t in tst.get_trials() if t.state.is_finished()]) == 2
     st = study_of("tuned", tmp_path)

@@ -1,6 +1,6 @@
 """Reporting for ``odconv-sweep results``: the markdown text, CSV tables and plots written from
-the frames :mod:`sweeps.analysis` and :mod:`sweeps.precision` computed (nothing is computed
-here but the layout; the plots' drawing is :mod:`sweeps.plots`'s).
+the frames :mod:`sweeps.reporting.analysis` and :mod:`sweeps.reporting.precision` computed (nothing is computed
+here but the layout; the plots' drawing is :mod:`sweeps.reporting.plots`'s).
 
 Each ``write_*`` function writes one group of files under a sweep's results folder and returns
 the paths it wrote; a file that no longer describes the results (e.g. ``outliers.csv`` once no
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..definition import SweepDef
 from .analysis import (
     ALPHA,
     ATTS,
@@ -25,7 +26,6 @@ from .analysis import (
     EffectsResult,
     rerun_spread,
 )
-from .definition import SweepDef
 from .loading import SweepData, bench_machine
 from .plots import curves_plot, effects_plot, make_plots
 
@@ -140,7 +140,7 @@ def _precision_lines(pw: dict[str, Any], effects: EffectsResult) -> list[str]:
 
 
 def _attention_lines(att: pd.DataFrame) -> list[str]:
-    """The table of :func:`sweeps.analysis.attention_table` and how to read it (``summary.md``'s
+    """The table of :func:`sweeps.reporting.analysis.attention_table` and how to read it (``summary.md``'s
     section and ``attention.md``)."""
     arows = [{"attention": r["attention"], "pairs": f"{r['n_pairs_with_results']}/{r['n_pairs']}",
               "top-1 effect (pp) [95% CI over pairs]": _ci(r["effect_mean"], r["effect_ci_low"], r["effect_ci_high"]),
@@ -369,7 +369,7 @@ def effects_markdown(sweep: SweepDef, effects: EffectsResult, power: dict[str, A
                      conditional: pd.DataFrame | None = None) -> str:
     """``effects.md``: definition, precision and one table per factorial group (or why n/a), then
     the conditional effects of the interactions that pass the screen (``conditional``:
-    :func:`sweeps.analysis.conditional_effects_table`)."""
+    :func:`sweeps.reporting.analysis.conditional_effects_table`)."""
     parts = [f"# Sweep `{sweep.name}`: factorial effects of the ODConv attentions", ""]
     parts += _effects_body(effects)
     if effects.groups:
@@ -447,7 +447,7 @@ def _time_note(summary: pd.DataFrame, time_col: str, bench_csv: Path) -> str:
 def write_accuracy_plots(out_dir: Path, sweep: SweepDef, data: SweepData, summary: pd.DataFrame,
                          time_col: str) -> list[Path]:
     """``accuracy_bars.png`` and the accuracy-vs-cost plots (training time per image from
-    ``time_col``: :func:`sweeps.analysis.train_time_column`); none without a grid variant."""
+    ``time_col``: :func:`sweeps.reporting.analysis.train_time_column`); none without a grid variant."""
     if not len(summary):
         return []
     return make_plots(summary, out_dir, sweep.name, data.metric,

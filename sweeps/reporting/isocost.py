@@ -1,6 +1,6 @@
 """The iso-cost comparison: each variant against a *static ladder* (the static model at several
 widths) at the variant's own cost. Frames in, frames out; the tables and plots are
-:mod:`sweeps.isocost_report`'s.
+:mod:`sweeps.reporting.isocost_report`'s.
 
 On each cost axis (parameters, MACs, training time per image, batch-1 latency, training peak
 memory) the ladder's top-1 is a function of ``x = log2(cost / cost of the narrowest static)``:
@@ -252,7 +252,7 @@ def results_frame(records: pd.DataFrame) -> pd.DataFrame:
 
 def bench_costs(summary: pd.DataFrame, bench: pd.DataFrame | None) -> pd.DataFrame | None:
     """variant -> ``train_ms_per_image``, ``latency_b1_ms``, ``train_peak_mb`` from one benchmark
-    table (:func:`sweeps.loading.load_bench`), for the variants it has (model, width, conv,
+    table (:func:`sweeps.reporting.loading.load_bench`), for the variants it has (model, width, conv,
     precision and device kind as in the summary); None without a table."""
     from .loading import bench_row
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .cost import bench_path
-from .definition import SweepDef, find_sweep_file, load_sweep
-from .record import TrialRecord, model_of, read_records
+from ..definition import SweepDef, find_sweep_file, load_sweep
+from ..record import TrialRecord, model_of, read_records
+from ..running.bench import bench_path
 
 # the columns of a records frame without any record, so that the tables still build
 EMPTY_RECORDS_COLUMNS = ["variant", "status", "seed", "value", "grid_key", "host", "reason"]

@@ -8,7 +8,7 @@ measurements and the trial record. Its own process because: the worker pins GPUs
 a DDP trial's extra ranks (Lightning re-runs ``sys.argv`` for them) re-run this trial, not the
 sweep driver or the worker loop. Only global rank 0 writes the record.
 
-Under a SLURM worker job (:mod:`sweeps.slurm`) the job's warning signal (``--signal``, also
+Under a SLURM worker job (:mod:`sweeps.running.slurm`) the job's warning signal (``--signal``, also
 ``scancel --signal=USR1``) reaches this process directly: the fit stops after the running
 training step, saves ``<run_dir>/checkpoints/last.ckpt`` at that step and exits with
 :data:`EXIT_STOPPED` (no record); the next attempt resumes from it. The trial's own handler
@@ -35,8 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .definition import SweepDef
-from .record import TrialRecord, write_record
+from ..definition import SweepDef
+from ..record import TrialRecord, write_record
 from .slurm import current_job, stop_signal
 
 EXIT_STOPPED = 130

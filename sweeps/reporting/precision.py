@@ -16,9 +16,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from ..definition import SweepDef
 from . import stats
 from .analysis import ALPHA, ATTS, EffectsResult, blocked_groups
-from .definition import SweepDef
 from .loading import seed_values
 
 POWER = 0.8  # the power at which the smallest detectable differences are given

@@ -3,12 +3,13 @@ them and write the tables, text and plots under ``results/<sweep>/``.
 
 :func:`aggregate` is the one place the three concerns meet:
 
-- loading (:mod:`sweeps.loading`): records and benchmark tables -> pandas frames;
-- analysis, frames in and frames out: :mod:`sweeps.analysis` (summary, attention pairs,
-  attention factorial and its conditional effects, reruns), :mod:`sweeps.precision` (detectable
-  differences, precision goals), :mod:`sweeps.curves` (learning curves), :mod:`sweeps.isocost`
+- loading (:mod:`sweeps.reporting.loading`): records and benchmark tables -> pandas frames;
+- analysis, frames in and frames out: :mod:`sweeps.reporting.analysis` (summary, attention pairs,
+  attention factorial and its conditional effects, reruns), :mod:`sweeps.reporting.precision` (detectable
+  differences, precision goals), :mod:`sweeps.reporting.curves` (learning curves), :mod:`sweeps.reporting.isocost`
   (each variant against a static width ladder at equal cost);
-- reporting (:mod:`sweeps.reporting`, drawing in :mod:`sweeps.plots`; :mod:`sweeps.isocost_report`):
+- reporting (:mod:`sweeps.reporting.tables`, drawing in :mod:`sweeps.reporting.plots`;
+  :mod:`sweeps.reporting.isocost_report`):
   markdown, CSV and plots from those frames.
 
 What each file says and how to read it: ``docs/results.md``. Partial sweeps aggregate too:
@@ -21,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..definition import SweepDef
 from .analysis import (
     add_pareto_fronts,
     attention_table,
@@ -31,12 +33,11 @@ from .analysis import (
     train_time_column,
 )
 from .curves import curves_table
-from .definition import SweepDef
 from .isocost import bench_costs, cost_frame, isocost, results_frame
 from .isocost_report import write_isocost
 from .loading import bench_machine, load_sweep_data, load_sweep_for_results
 from .precision import power_summary
-from .reporting import write_accuracy_plots, write_attention, write_curves, write_effects, write_summary
+from .tables import write_accuracy_plots, write_attention, write_curves, write_effects, write_summary
 
 
 def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", sweep: SweepDef | None = None,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .definition import SweepDef
-from .record import model_of
+from ..definition import SweepDef
+from ..record import model_of
 
 
 @dataclass(frozen=True)

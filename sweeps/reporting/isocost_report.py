@@ -1,4 +1,4 @@
-"""The iso-cost files of ``make results`` from :mod:`sweeps.isocost`'s frames: ``isocost.csv``
+"""The iso-cost files of ``make results`` from :mod:`sweeps.reporting.isocost`'s frames: ``isocost.csv``
 (one row per axis and variant), ``isocost_frontier.csv`` (the ladder's widths: mean, fitted,
 residual), ``isocost.md`` (a table per axis and what it means) and ``isocost_<axis>.png``
 (top-1 against cost, the frontier with its band, each variant with its interval)."""

@@ -30,8 +30,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from .definition import GridPoint, SweepDef, canonical_value
-from .record import TrialRecord, read_record
+from ..definition import GridPoint, SweepDef, canonical_value
+from ..record import TrialRecord, read_record
 from .storage import ResilientStorage, is_rdb_url, journal_path, make_storage, rdb_url, results_dir, storage_label  # noqa: F401 (re-exported)
 
 log = logging.getLogger("sweeps")
@@ -63,7 +63,7 @@ class SweepStudy(optuna.Study):
 
 @dataclass
 class Claim:
-    """A trial this worker owns: ``spec`` is what the trial process runs (see :mod:`sweeps.trial`);
+    """A trial this worker owns: ``spec`` is what the trial process runs (see :mod:`sweeps.running.trial`);
     ``requeue``: a failed attempt is re-enqueued (grid points), or failed for good (tuning
     trials, which the sampler replaces)."""
 
@@ -344,18 +344,6 @@ def clear_drain(study: optuna.Study) -> None:
 #: resumed). Its worker copies it from the trial's ``<run_dir>/progress.json``
 #: (:class:`lightning_modules.callbacks.EpochProgress`) with every heartbeat.
 PROGRESS_ATTR = "progress"
-#: = ``lightning_modules.callbacks.PROGRESS_FILE`` (not imported: it pulls in lightning).
-PROGRESS_FILE = "progress.json"
-
-
-def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The epoch progress a fit's ``EpochProgress`` callback wrote at ``path`` (format:
-    ``lightning_modules.callbacks.read_progress``), None when there is no readable one."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("epoch"), int) else None
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ..definition import SEED_KEY, SweepDef, slugify
 from . import study as S
-from .definition import SEED_KEY, SweepDef, slugify
 from .process import Slot, StopRequest, run_workers, worker_command
 from .storage import EXIT_STORAGE, ResilientStorage, StorageUnavailable
 from .trial import build_cli_args, git_commit, trial_overrides
@@ -106,7 +106,7 @@ class TuneSource:
         self.points = variant_points(sweep)
 
     def claim(self, worker: Any) -> S.Claim | None:
-        """``worker``: the :class:`sweeps.worker.Worker` claiming (its stop flag, identity, results dir)."""
+        """``worker``: the :class:`sweeps.running.worker.Worker` claiming (its stop flag, identity, results dir)."""
         sweep = self.sweep
         quiet = worker.storage.guard.seconds_since_outage()
         while not worker.stop and not S.drain_requested(worker.study):

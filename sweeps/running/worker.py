@@ -2,7 +2,7 @@
 already pinned (``CUDA_VISIBLE_DEVICES`` in its environment before Python starts).
 
 One loop for both stages: claim a trial from its source -- the grid queue
-(:class:`GridSource`) or the tuning studies (:class:`sweeps.tune.TuneSource`) -- run it in a
+(:class:`GridSource`) or the tuning studies (:class:`sweeps.running.tune.TuneSource`) -- run it in a
 child process (``python -m sweeps _trial``) while beating its heartbeat (each beat also
 copies the fit's epoch from ``<run_dir>/progress.json`` into the trial's ``progress`` user
 attribute, for ``odconv-sweep status``), then tell Optuna the outcome its record says. Stops
@@ -12,11 +12,11 @@ trial is failed as "interrupted"; a grid point is re-queued without using up a r
 resumes from its checkpoint).
 
 In a SLURM worker job (``odconv-sweep run --launcher slurm``) the job's warning signal
-(:func:`sweeps.slurm.stop_signal`) does the same, except that the trial process got that
+(:func:`sweeps.running.slurm.stop_signal`) does the same, except that the trial process got that
 signal from SLURM itself and stops after its running step with a checkpoint at that step;
 the job is then requeued and its next run resumes the trial.
 
-The storage may be away for a while (:mod:`sweeps.storage`): a trial trains on regardless, its
+The storage may be away for a while (:mod:`sweeps.running.storage`): a trial trains on regardless, its
 record is written to disk before the worker reports it, and the report waits for the storage to
 come back. Only an outage longer than the limit stops the worker (exit code 3), leaving the
 trial RUNNING; the next run reports it from its record on disk.
@@ -39,10 +39,12 @@ from typing import Any, Protocol
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
+from lightning_modules.contract import read_progress
+
+from ..definition import GridPoint, SweepDef, common_axes
+from ..record import TrialRecord, read_record, write_record
 from . import study as S
-from .definition import GridPoint, SweepDef, common_axes
 from .process import popen_child
-from .record import TrialRecord, read_record, write_record
 from .slurm import current_job, stop_signal
 from .storage import EXIT_STORAGE, OutageGuard, StorageUnavailable, make_storage
 from .trial import build_cli_args, git_commit, trial_overrides
@@ -52,15 +54,15 @@ log = logging.getLogger("sweeps")
 WARNING_RESEND_S = 3.0
 
 
-def beat_progress(study: S.SweepStudy, trial_id: int, progress_path: Path | None,
+def beat_progress(study: S.SweepStudy, trial_id: int, run_dir: Path | None,
                   reported: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Copy the epoch progress at ``progress_path`` into the trial's
-    :data:`sweeps.study.PROGRESS_ATTR` attribute (Optuna's public storage API) when it differs
-    from ``reported``, the progress written last; returns the progress now written."""
-    prog = S.read_progress(progress_path) if progress_path is not None else None
+    """Copy the epoch progress of the fit in ``run_dir`` (:func:`lightning_modules.contract.read_progress`)
+    into the trial's :data:`sweeps.running.study.PROGRESS_ATTR` attribute (Optuna's public storage
+    API) when it differs from ``reported``, the progress written last; returns the progress now written."""
+    prog = read_progress(run_dir) if run_dir is not None else None
     if prog is None:
         return reported
-    value = {k: prog.get(k) for k in ("epoch", "max_epochs", "start_epoch")}
+    value = {"epoch": prog.epoch, "max_epochs": prog.max_epochs, "start_epoch": prog.start_epoch}
     if value != reported and study.storage.try_set_trial_user_attr(trial_id, S.PROGRESS_ATTR, value):
         return value
     return reported
@@ -206,7 +208,7 @@ class Worker:
                         progress_path: Path | None = None) -> None:
         """Beat the trial's ``heartbeat`` attribute; with each beat, copy the trial's epoch
         progress (``progress_path``, written by the fit's ``EpochProgress``) into its
-        :data:`sweeps.study.PROGRESS_ATTR` attribute when it changed."""
+        :data:`sweeps.running.study.PROGRESS_ATTR` attribute when it changed."""
         interval = 2 if os.environ.get("SWEEP_FAST_HEARTBEAT") else S.HEARTBEAT_INTERVAL_S
         reported: dict[str, Any] | None = None
         while not done.wait(interval):
@@ -236,7 +238,7 @@ class Worker:
         env["PYTHONUNBUFFERED"] = "1"
         done = threading.Event()
         hb = threading.Thread(target=self._heartbeat_loop, daemon=True,
-                              args=(claim.study, claim.study.trial_id(trial.number), done, run_dir / S.PROGRESS_FILE))
+                              args=(claim.study, claim.study.trial_id(trial.number), done, run_dir))
         try:
             self.child = popen_child([sys.executable, "-m", "sweeps", "_trial", str(spec_path)], env,
                                      run_dir / "train.log",

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .definition import SweepDef
+from ..definition import SweepDef
 
 DEFAULT_OVERHEAD_S = 25.0
 
@@ -95,7 +95,7 @@ def measure_point(base_config: str, overrides: dict[str, Any], device: torch.dev
 
 def worker_threads(workers: int, cpus: Optional[int] = None) -> int:
     """Threads each of ``workers`` CPU workers gets from ``make ablation`` on this machine (the
-    runner's split, :func:`sweeps.process.plan_slots`)."""
+    runner's split, :func:`sweeps.running.process.plan_slots`)."""
     from .process import plan_slots
 
     return plan_slots(gpus="cpu", workers=workers, cpus=cpus)[0].threads or 1

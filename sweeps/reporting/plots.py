@@ -1,5 +1,5 @@
 """Plots of ``odconv-sweep results`` (matplotlib, Agg backend), drawn from the tables that
-:mod:`sweeps.analysis` computed (called from :mod:`sweeps.reporting`); nothing is computed here
+:mod:`sweeps.reporting.analysis` computed (called from :mod:`sweeps.reporting.tables`); nothing is computed here
 but the layout.
 
 - ``accuracy_bars.png``: top-1 mean ± std over seeds per variant (``*``: seeds missing).
@@ -163,7 +163,7 @@ def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: P
 
 def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, time_note: str = "",
                time_col: str = "train_ms_per_image") -> list[Path]:
-    """Write the accuracy plots of ``summary`` (a :func:`sweeps.analysis.summary_table`) to
+    """Write the accuracy plots of ``summary`` (a :func:`sweeps.reporting.analysis.summary_table`) to
     ``out_dir``; the training-time plot uses column ``time_col`` (ms per image) and prints
     ``time_note`` (where the times were measured) under its title."""
     out_dir = Path(out_dir)
@@ -182,7 +182,7 @@ def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, ti
 
 
 def curves_plot(curves: pd.DataFrame, path: Path, title: str) -> Path:
-    """Learning curves (``curves``: :func:`sweeps.curves.curves_table`): validation top-1 per
+    """Learning curves (``curves``: :func:`sweeps.reporting.curves.curves_table`): validation top-1 per
     epoch, mean over seeds (left), and the mean paired difference to the reference (right),
     one line per variant, the reference in black."""
     plt = _plt()

@@ -12,7 +12,7 @@
 - :func:`rerun_table` / :func:`rerun_spread`: reruns beside the grid points they repeat.
 
 The precision of the design (smallest detectable differences, precision goals) is in
-:mod:`sweeps.precision`; the statistics on plain numbers in :mod:`sweeps.stats`.
+:mod:`sweeps.reporting.precision`; the statistics on plain numbers in :mod:`sweeps.reporting.stats`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..definition import CONV_KEY, SEED_KEY, SweepDef, variant_label
 from . import stats
-from .definition import CONV_KEY, SEED_KEY, SweepDef, variant_label
 from .loading import bench_row, complete_records, seed_values
 
 ATTS = ("channel", "filter", "spatial", "kernel")
@@ -47,8 +47,9 @@ def summary_table(sweep: SweepDef, df: pd.DataFrame, bench: pd.DataFrame | None 
     """One row per grid variant (grid order): accuracy over seeds, paired and Welch differences
     vs its ``static`` reference, Holm-adjusted paired p-values across the rows, cost columns.
 
-    ``df``: :func:`sweeps.loading.records_frame`; ``bench``: :func:`sweeps.loading.load_bench` (cost ratios from one
-    ``make bench`` run where it has the variant's model, width and conv)."""
+    ``df``: :func:`sweeps.reporting.loading.records_frame`; ``bench``:
+    :func:`sweeps.reporting.loading.load_bench` (cost ratios from one ``make bench`` run where it
+    has the variant's model, width and conv)."""
     variants: dict[str, dict[str, Any]] = {}
     for p in sweep.grid_points():
         v = variants.setdefault(p.variant, {"params": {k: x for k, x in p.params.items() if k != SEED_KEY},
@@ -383,7 +384,7 @@ class EffectsResult:
 
 def effects_table(sweep: SweepDef, df: pd.DataFrame) -> EffectsResult:
     """Main effects and two-way interactions of ODConv's four attentions on top-1 (pp), from
-    :func:`sweeps.stats.factorial_effects` on every complete trial of each full factorial."""
+    :func:`sweeps.reporting.stats.factorial_effects` on every complete trial of each full factorial."""
     groups, why = factorial_groups(sweep)
     if not groups:
         return EffectsResult(pd.DataFrame(columns=EFFECT_TABLE_COLUMNS), [f"n/a: {why}"], {}, [])
@@ -438,7 +439,7 @@ def conditional_effects_table(effects: EffectsResult, screen_p: float = INTERACT
     """For every two-factor interaction of a factorial group whose unadjusted p-value is below
     ``screen_p``: each of its two factors' effect with the other off and with it on (pp, on
     minus off like the main effects, averaged over the remaining two attentions), from the same
-    OLS fit as ``effects.table`` (:attr:`sweeps.stats.FactorialFit.conditional`), with the
+    OLS fit as ``effects.table`` (:attr:`sweeps.reporting.stats.FactorialFit.conditional`), with the
     95% interval and p-value of that contrast. Columns :data:`CONDITIONAL_TABLE_COLUMNS`;
     ``main_effect`` is the factor's main effect, the mean of its two conditional effects."""
     frames = []
@@ -465,7 +466,7 @@ RERUN_TABLE_COLUMNS = ["variant", "seed", "changed", "original", "rerun", "diffe
 def rerun_table(sweep: SweepDef, df: pd.DataFrame) -> pd.DataFrame:
     """One row per rerun (``reruns:`` of the sweep file): the grid point's value and the
     rerun's (%, NaN until both are done) and their difference (rerun - original, pp).
-    ``df``: :func:`sweeps.loading.records_frame` with every point's record, reruns included."""
+    ``df``: :func:`sweeps.reporting.loading.records_frame` with every point's record, reruns included."""
     value: dict[str, float] = {}
     for _, r in complete_records(df).iterrows():
         x = pd.to_numeric(r.get("value"), errors="coerce")

@@ -2,7 +2,7 @@
 
 1. validates the sweep, writes ``results/<sweep>/sweep.json`` (the resolved definition);
 2. opens the storage and creates the study once (before any worker starts);
-3. optional tuning stage (``tune:`` in the YAML, see :mod:`sweeps.tune`);
+3. optional tuning stage (``tune:`` in the YAML, see :mod:`sweeps.running.tune`);
 4. enqueues every grid point not yet in the study (a re-run enqueues nothing new);
 5. settles trials left RUNNING by dead workers (a finished record on disk is reported, any
    other trial is re-queued and resumes from its checkpoint);
@@ -17,7 +17,7 @@ step 6 is n SLURM jobs, each running one worker; the command returns once they a
 (``odconv-sweep status`` follows them; ``odconv-sweep results`` does step 7).
 
 Every storage call rides through an outage of up to ``SWEEP_OUTAGE_LIMIT_S`` (see
-:mod:`sweeps.storage`); progress lines are skipped meanwhile.
+:mod:`sweeps.running.storage`); progress lines are skipped meanwhile.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from pathlib import Path
 
 import optuna
 
+from lightning_modules.contract import write_json_atomic
+
+from ..definition import SweepDef
+from ..record import JSON_STYLE
 from . import study as S
-from .definition import SweepDef
 from .process import Slot, StopRequest, plan_slots, run_workers, worker_command  # noqa: F401 (Slot, plan_slots: API)
-from .record import write_json_atomic
 from .slurm import SlurmOptions, submit_jobs
 from .storage import EXIT_STORAGE, OutageGuard, StorageUnavailable
 
@@ -98,7 +100,7 @@ def _prepare_data(sweep: SweepDef, res: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         pass
     spec = res / "runs" / "prepare_spec.json"
-    write_json_atomic(spec, {"base_config": sweep.base_config, "overrides": {**sweep.overrides, **first}})
+    write_json_atomic(spec, {"base_config": sweep.base_config, "overrides": {**sweep.overrides, **first}}, **JSON_STYLE)
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = ""
     r = subprocess.run([sys.executable, "-m", "sweeps", "_prepare", str(spec)], env=env, capture_output=True, text=True)
@@ -199,7 +201,7 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
     res = S.results_dir(sweep.name, results_root)
     res.mkdir(parents=True, exist_ok=True)
     sweep_json = res / "sweep.json"
-    write_json_atomic(sweep_json, sweep.to_dict())
+    write_json_atomic(sweep_json, sweep.to_dict(), **JSON_STYLE)
     name = study_name_for(sweep, study_name)
     storage = S.make_storage(storage_url, sweep.name, results_root, guard)
     study = S.create_study(storage, name)
@@ -226,7 +228,7 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
                 return EXIT_DRAINED
             print(INTERRUPTED, file=sys.stderr)
             return 130
-        write_json_atomic(res / "tuned.json", extra)
+        write_json_atomic(res / "tuned.json", extra, **JSON_STYLE)
 
     added = S.enqueue_grid(study, sweep, extra)
     if retry_failed:
@@ -283,7 +285,7 @@ def _run(sweep: SweepDef, storage_url: str | None, slots: list[Slot], devices_pe
     p = S.progress(study, keys)
     if aggregate_at_end:
         try:
-            from .aggregate import aggregate
+            from ..reporting.aggregate import aggregate
             out = aggregate(sweep.name, results_root, sweep=sweep, study=study)
             print(f"[sweep] results: {out['summary_md']}; {out['isocost_line']}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 (the sweep's trials are done and kept; `results` redoes this)
@@ -329,7 +331,7 @@ def submit_sweep(sweep: SweepDef, options: SlurmOptions, storage_url: str | None
     res = S.results_dir(sweep.name, results_root).resolve()
     res.mkdir(parents=True, exist_ok=True)
     sweep_json = res / "sweep.json"
-    write_json_atomic(sweep_json, sweep.to_dict())
+    write_json_atomic(sweep_json, sweep.to_dict(), **JSON_STYLE)
     name = study_name_for(sweep, study_name)
     label = S.storage_label(storage_url, sweep.name, results_root)
     study = S.create_study(S.make_storage(storage_url, sweep.name, results_root, OutageGuard(label)), name)
