@@ -21,7 +21,7 @@ stock Lightning callbacks and loggers, configured):
   batch size...) end in the parser's one-line ``error:`` and exit code 2. So do values the
   parser lets through but the classes reject when they are built (``--trainer.max_epochs -5``,
   ``--trainer.accelerator bogus``, a model option the model lacks): one mechanism,
-  :meth:`BenchArgumentParser.error`, reached through :meth:`BenchCLI.reject`. With
+  :meth:`TrainingArgumentParser.error`, reached through :meth:`TrainingCLI.reject`. With
   ``JSONARGPARSE_DEBUG=true`` the error is raised with its traceback instead.
 """
 
@@ -198,15 +198,15 @@ def config_section(config: Namespace, subcommand: str | None, key: str, default:
     return config.get(str(subcommand), config).get(key, default)
 
 
-class BenchArgumentParser(LightningArgumentParser):
-    """The CLI's parser: reports a bad value in one ``error:`` line (after the short usage)."""
+class TrainingArgumentParser(LightningArgumentParser):
+    """The training CLI's parser: reports a bad value in one ``error:`` line (after the short usage)."""
 
     def error(self, message: str, ex: Exception | None = None):
         super().error(one_line_error(message), ex)
 
 
-class BenchCLI(LightningCLI):
-    """LightningCLI with the suite's checkpoint, logger and link defaults (see module doc)."""
+class TrainingCLI(LightningCLI):
+    """The training CLI: LightningCLI with the suite's checkpoint, logger and link defaults (see module doc)."""
 
     def reject(self, message: str, err: BaseException | None = None) -> NoReturn:
         """The one way a bad value ends the CLI: the parser's one ``error:`` line, exit code 2."""
@@ -258,7 +258,7 @@ class BenchCLI(LightningCLI):
         return trainer
 
 
-def main(args: list[str] | None = None, run: bool = True) -> BenchCLI:
+def main(args: list[str] | None = None, run: bool = True) -> TrainingCLI:
     """Build (and with ``run`` run) the CLI. ``args`` default to ``sys.argv[1:]``.
 
     With ``run=False`` give the arguments without a subcommand (e.g. ``["--config", "x.yaml"]``):
@@ -275,12 +275,12 @@ def main(args: list[str] | None = None, run: bool = True) -> BenchCLI:
         parser_kwargs["usage"] = USAGE
     if os.path.basename(sys.argv[0]) == "__main__.py":  # python -m lightning_modules
         parser_kwargs["prog"] = "python -m lightning_modules"
-    cli = BenchCLI(
+    cli = TrainingCLI(
         ImageClassifier,
         ImageDataModule,
         subclass_mode_model=False,
         subclass_mode_data=True,
-        parser_class=BenchArgumentParser,
+        parser_class=TrainingArgumentParser,
         args=args,
         run=run,
         parser_kwargs=parser_kwargs,

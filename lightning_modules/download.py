@@ -1,9 +1,9 @@
 """Fetching dataset archives safely: download to a temporary file, check the md5, rename;
 extract into a temporary folder, then rename the finished folder into place.
 
-Nothing half-written is ever left under its final name: an interrupted download leaves a
-``.part`` file (removed on the next failure path, ignored otherwise), a bad md5 or a broken
-archive raises :class:`DatasetError` and removes what this call wrote. ``file://`` URLs
+Nothing half-written is ever left under its final name: a failed or interrupted download
+removes its ``.part`` file (only a killed process leaves one, ignored afterwards), a bad md5
+or a broken archive raises :class:`DatasetError` and removes what this call wrote. ``file://`` URLs
 work (mirrors, tests).
 """
 
@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+
+from odconv.atomic_files import atomic_output
 
 CHUNK = 1 << 20
 
@@ -49,30 +51,23 @@ def md5sum(path: str | os.PathLike) -> str:
 
 
 def download_file(url: str, dest: str, md5: str | None = None, timeout: float = 60.0) -> str:
-    """Download ``url`` to ``dest`` through a temporary file in the same folder; check ``md5``
-    before the final rename. Returns ``dest``."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".part", dir=folder)
-    try:
+    """Download ``url`` to ``dest`` through a temporary ``.part`` file in the same folder
+    (:func:`odconv.atomic_files.atomic_output`); check ``md5`` before the final rename.
+    Returns ``dest``."""
+    with atomic_output(dest, "wb", suffix=".part") as out:
         h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    for chunk in iter(lambda: resp.read(CHUNK), b""):
-                        out.write(chunk)
-                        h.update(chunk)
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                raise DownloadError(f"could not download {url}: {err}") from err
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                for chunk in iter(lambda: resp.read(CHUNK), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise DownloadError(f"could not download {url}: {err}") from err
         got = h.hexdigest()
         if md5 is not None and got != md5:
             raise DatasetError(f"md5 mismatch for {url}: expected {md5}, got {got} (download corrupted or "
                                f"the file changed upstream); nothing was kept")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return dest
 
 
 def _safe_members_zip(zf: zipfile.ZipFile, root: str) -> None:

@@ -13,8 +13,8 @@ from torch import nn
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
 from torchmetrics.classification import MulticlassAccuracy
 
+from odconv.counting import count_macs, count_params
 from odconv.models import build_model, list_models
-from odconv.profile import count_macs, count_params
 
 from .arg_types import ConvSpecName, ModelName, OptimizerName, Placement, ScheduleName
 from .callbacks import TemperatureScheduler, temperature_modules
@@ -154,7 +154,7 @@ class ImageClassifier(L.LightningModule):
 
     # -- cost summary --------------------------------------------------------------------
     def compute_model_stats(self, image_size: int | None = None) -> dict[str, Any]:
-        """Params and MACs per image (``odconv.profile``)."""
+        """Params and MACs per image (``odconv.counting``)."""
         if image_size is None:
             dm = getattr(attached_trainer(self), "datamodule", None)
             image_size = int(getattr(dm, "image_size", 32) or 32)

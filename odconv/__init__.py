@@ -5,9 +5,9 @@ from .autotune import choose_strategy, set_auto_mode, use_strategy
 from .factory import make_conv
 from .functional import STRATEGIES, dynamic_conv2d, per_example_kernels
 from .layers import CondConv2d, DyConv2d, DynamicConvBase, ODConv2d
+from .model_state import dynamic_layers, load_checkpoint, set_strategy, set_temperature, strip_prefix
 from .ops.registry import EXPORTABLE_STRATEGIES, valid_strategies
 from .spec import ATTENTIONS, ConvSpec, parse_conv_spec
-from .utils import dynamic_layers, load_checkpoint, set_strategy, set_temperature, strip_prefix
 
 __all__ = [
     "ATTENTIONS", "ConvSpec", "parse_conv_spec", "make_conv", "dynamic_conv2d", "per_example_kernels",
@@ -16,7 +16,7 @@ __all__ = [
     "set_auto_mode", "EXPORTABLE_STRATEGIES", "valid_strategies",
 ]
 
+from .counting import count_macs, count_params, profile_model  # noqa: E402
 from .models import build_model, list_models, register_model  # noqa: E402
-from .profile import count_macs, count_params, profile_model  # noqa: E402
 
 __all__ += ["build_model", "list_models", "register_model", "count_macs", "count_params", "profile_model"]

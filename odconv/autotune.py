@@ -10,8 +10,8 @@ Precedence (highest first):
    (``results/bench/layers.md``; see ``docs/layers.md``).
 
 ``choose_strategy`` may also be switched to a one-time measured choice per layer shape
-(``set_auto_mode("tune")`` or ``ODCONV_AUTO=tune``), cached in memory and optionally on disk
-(``ODCONV_TUNE_CACHE``).
+(``set_auto_mode("tune")`` or ``ODCONV_AUTO=tune``), kept by a :class:`TuningCache`: in memory
+and, with ``ODCONV_TUNE_CACHE`` set, in that JSON file (:func:`default_tuning_cache`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from . import strategies as _strategies  # noqa: F401  (registers the strategies)
-from .ops.helpers import conv_geometry
+from .atomic_files import write_json_atomic
+from .ops.primitives import conv_geometry
 from .ops.registry import STRATEGIES, check_strategy
 from .timing import time_callable
 
@@ -166,20 +167,79 @@ def set_auto_mode(mode: str) -> None:
     _state.mode = mode
 
 
-_TUNED: dict[str, str] = {}
 TUNE_CANDIDATES = ("grouped", "folded", "bmm", "mix", "fused")
+#: The environment variable naming the default cache's file (unset or empty: memory only).
+TUNE_CACHE_ENV = "ODCONV_TUNE_CACHE"
 
 
-def _cache_path() -> Optional[str]:
-    return os.environ.get("ODCONV_TUNE_CACHE") or None
+class TuningCache:
+    """The tune mode's measured choices: the fastest strategy per call key (shape, batch,
+    dtype, device, grad mode: :func:`_tune_key`), in memory (``table``) and, when ``path`` is
+    set, in a JSON file ``{key: strategy}``.
+
+    The file is merged into the table on first use (:meth:`lookup`) and rewritten atomically
+    after every new entry (:meth:`store`), so another process, or a later run, finds every
+    choice made so far; names that are not registered strategies are ignored on loading.
+    Thread-safe."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path: Optional[str] = os.fspath(path) if path is not None else None
+        self.table: dict[str, str] = {}
+        self._loaded_from: Optional[str] = None
+        self._lock = threading.RLock()
+
+    def load(self) -> int:
+        """Merge the entries of the file at ``path`` into the table (entries already in
+        memory are overwritten); returns how many were merged, 0 without a file."""
+        with self._lock:
+            if not self.path or not os.path.exists(self.path):
+                return 0
+            with open(self.path) as f:
+                entries = {k: v for k, v in json.load(f).items() if v in STRATEGIES}
+            self.table.update(entries)
+            self._loaded_from = self.path
+            return len(entries)
+
+    def save(self) -> None:
+        """Write the whole table to ``path`` (atomically: a reader sees the previous file or
+        this one, never part of it). ValueError without a path."""
+        with self._lock:
+            if not self.path:
+                raise ValueError("this TuningCache has no file (path=None): nothing to save to")
+            write_json_atomic(self.path, self.table, indent=1, sort_keys=True)
+
+    def lookup(self, key: str) -> Optional[str]:
+        """The strategy stored for ``key`` (the file is loaded first, once per path), or None."""
+        with self._lock:
+            if self.path and self._loaded_from != self.path:
+                self.load()
+            return self.table.get(key)
+
+    def store(self, key: str, strategy: str) -> None:
+        """Record ``strategy`` for ``key``; with a path, save the table."""
+        with self._lock:
+            self.table[key] = strategy
+            if self.path:
+                self.save()
+
+    def clear(self) -> None:
+        """Forget every entry in memory (the file is untouched and is read again on next use)."""
+        with self._lock:
+            self.table.clear()
+            self._loaded_from = None
+
+    def __len__(self) -> int:
+        return len(self.table)
 
 
-def _load_disk_cache() -> None:
-    path = _cache_path()
-    if path and os.path.exists(path) and not getattr(_state, "disk_loaded", False):
-        with open(path) as f:
-            _TUNED.update({k: v for k, v in json.load(f).items() if v in STRATEGIES})
-        _state.disk_loaded = True
+_default_cache = TuningCache()
+
+
+def default_tuning_cache() -> TuningCache:
+    """The cache tune mode uses: one per process, its file ``$ODCONV_TUNE_CACHE`` (read at each
+    call, so setting the variable later takes effect; unset or empty: memory only)."""
+    _default_cache.path = os.environ.get(TUNE_CACHE_ENV) or None
+    return _default_cache
 
 
 def _tune_key(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, needs_grad) -> str:
@@ -189,10 +249,11 @@ def _tune_key(x, weight, channel, filter, spatial, kernel, bias, stride, padding
 
 
 def _tuned(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, needs_grad) -> str:
-    _load_disk_cache()
+    cache = default_tuning_cache()
     key = _tune_key(x, weight, channel, filter, spatial, kernel, bias, stride, padding, dilation, groups, needs_grad)
-    if key in _TUNED:
-        return _TUNED[key]
+    known = cache.lookup(key)
+    if known is not None:
+        return known
     args = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
             for t in (x, weight, channel, filter, spatial, kernel, bias)]
 
@@ -206,10 +267,6 @@ def _tuned(x, weight, channel, filter, spatial, kernel, bias, stride, padding, d
 
     times = {name: time_callable(run(name), x.device, warmup=1, repeats=3) for name in TUNE_CANDIDATES}
     best = min(times, key=times.get)
-    _TUNED[key] = best
-    path = _cache_path()
-    if path:
-        with open(path, "w") as f:
-            json.dump(_TUNED, f, indent=1, sort_keys=True)
+    cache.store(key, best)
     return best
 

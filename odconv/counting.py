@@ -1,4 +1,6 @@
-"""Cost counting: parameters and multiply-accumulates (MACs) per image.
+"""Cost counting: parameters and multiply-accumulates (MACs) per image. Counts only: nothing
+here times or profiles a model (times and memory: :mod:`odconv.timing`,
+:func:`odconv.bench.measurement.measure_model_costs`).
 
 Definition (see docs/models.md, "Cost counting"). ``count_macs`` runs one forward pass on a single
 image of ``input_size`` and adds up:
@@ -86,12 +88,12 @@ def _measure(model: nn.Module, input_size: Sequence[int]) -> dict[str, Any]:
     def pre_hook(name: str):
         def hook(module: nn.Module, args, kwargs):
             inp = args[0] if args else next(iter(kwargs.values()))
-            module.__dict__.setdefault("_profile_stack", []).append((counter.get_total_flops(), tuple(inp.shape[-2:])))
+            module.__dict__.setdefault("_counting_stack", []).append((counter.get_total_flops(), tuple(inp.shape[-2:])))
         return hook
 
     def post_hook(name: str):
         def hook(module: nn.Module, args, output):
-            start, in_hw = module.__dict__["_profile_stack"].pop()
+            start, in_hw = module.__dict__["_counting_stack"].pop()
             state["excluded"] += counter.get_total_flops() - start
             parts = module.mac_breakdown(in_hw)
             entry = layers.setdefault(name, {"type": type(module).__name__, "in_hw": in_hw, "calls": 0,
@@ -114,7 +116,7 @@ def _measure(model: nn.Module, input_size: Sequence[int]) -> dict[str, Any]:
         for h in handles:
             h.remove()
         for _, m in _analytic_modules(model):
-            m.__dict__.pop("_profile_stack", None)
+            m.__dict__.pop("_counting_stack", None)
     total_flops = counter.get_total_flops()
     static = (total_flops - state["excluded"]) // 2
     breakdown = {"static": static, **{p: sum(e[p] for e in layers.values()) for p in PARTS}}
@@ -138,7 +140,9 @@ def _classifier(model: nn.Module) -> Optional[nn.Module]:
 
 
 def profile_model(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> dict[str, Any]:
-    """Parameters and MACs of ``model`` for one image of ``input_size``.
+    """The counted costs of ``model`` for one image of ``input_size``: its parameters (split
+    into backbone and classifier) and its MACs (split by part and by dynamic layer). A count,
+    not a timing: the name is historical; nothing is timed or profiled.
 
     Returns a dict:
 

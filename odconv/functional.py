@@ -21,7 +21,7 @@ from typing import Optional
 from torch import Tensor
 
 from .autotune import choose_strategy, forced_strategy
-from .ops.helpers import conv_output_hw, per_example_kernels, shared_kernel_conv
+from .ops.primitives import conv_output_hw, per_example_kernels, shared_kernel_conv
 from .ops.registry import STRATEGIES, check_strategy, register_strategy, valid_strategies
 
 __all__ = ["dynamic_conv2d", "STRATEGIES", "valid_strategies", "check_strategy", "conv_output_hw",

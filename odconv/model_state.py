@@ -1,5 +1,5 @@
-"""Model-level helpers: temperature and execution strategy of every dynamic layer, dynamic-layer
-discovery, checkpoint loading."""
+"""A whole model's dynamic-layer state: finding its dynamic layers, setting their attention
+temperature and execution strategy, loading its weights from a checkpoint."""
 
 from __future__ import annotations
 

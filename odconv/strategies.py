@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops.helpers import (
+from .ops.primitives import (
     ConvGeometry,
     aggregate_kernels,
     conv_geometry,

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 Clock = Callable[[], float]
 
@@ -117,8 +118,6 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
     # a severity above ERROR; 6 silences it. Kineto reads this once, at its first profile;
     # setdefault keeps a level the user chose.
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Each event's *self* memory is what that operator kept allocated (frees show up as

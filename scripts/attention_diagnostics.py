@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore")
+    # Lightning's advice on a short CPU fit (workers, log interval) is noise in a diagnostic
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning\.")
     sweep = load_sweep(args.sweep)
     extra = {}
     for item in args.set:

@@ -78,6 +78,24 @@ def _raw_export(model, strategy, onnx_path=None):
                               dynamic_shapes=({0: batch},))
 
 
+# How each strategy that is not listed as exportable fails when forced through (torch 2.13):
+# "export": torch.export itself, since the ``fused`` strategies loop over batch chunks in Python
+# and the batch becomes a constant; "onnx": torch.export keeps the batch symbolic (the program
+# is right at every batch), but these run one conv with ``groups = groups * batch``, and ONNX's
+# Conv takes ``group`` only as a constant attribute.
+EXPORT_FAILURES = {"fused": "export", "fused_bmm": "export", "grouped": "onnx", "folded": "onnx"}
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def test_every_strategy_is_listed_either_way():
+    assert set(EXPORT_FAILURES) == set(STRATEGIES) - set(EXPORTABLE_STRATEGIES)
+
+
 @pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - set(EXPORTABLE_STRATEGIES)))
 def test_other_strategies_are_rejected_and_do_not_export(strategy, tmp_path):
     with pytest.raises(ValueError, match="dynamic batch"):
@@ -85,25 +103,50 @@ def test_other_strategies_are_rejected_and_do_not_export(strategy, tmp_path):
     with pytest.raises(ValueError, match="dynamic batch"):
         export_onnx(_small("odconv"), torch.randn(2, 3, 12, 12), str(tmp_path / "m.onnx"), strategy=strategy)
     # ... and the rejection is needed: forced through, torch.export or the ONNX exporter fails
-    try:
-        _raw_export(_small("odconv"), strategy)
-    except Exception:  # noqa: BLE001 - any failure of torch.export is what is claimed
+    if EXPORT_FAILURES[strategy] == "export":
+        with pytest.raises(torch._dynamo.exc.UserError, match=r"Constraints violated \(batch\)") as exc:
+            _raw_export(_small("odconv"), strategy)
+        assert "specialized it to be a constant (3)" in str(exc.value)  # the example's batch, baked in
         return
+    _raw_export(_small("odconv"), strategy)  # torch.export succeeds (and matches eager at batches 1, 2, 7)
     if not HAS_ONNX:
         pytest.fail(f"{strategy} exports with torch.export; its ONNX export cannot be checked without onnx")
-    with pytest.raises(Exception):  # noqa: B017 - the exporter raises several types; any failure is the claim
+    with pytest.raises(torch.onnx.OnnxExporterError, match="'group': SymbolicTensor") as exc:
         _raw_export(_small("odconv"), strategy, str(tmp_path / "m.onnx"))
+    root = _root_cause(exc.value)
+    assert isinstance(root, TypeError) and "Unsupported attribute type" in str(root)
+    assert not (tmp_path / "m.onnx").exists()
 
 
-def test_export_rule_picks_exportable_strategies():
-    """Under export, "auto" picks only exportable strategies, whatever the layers say."""
-    from odconv.autotune import rule
+def test_export_rule_picks_exportable_strategies(monkeypatch):
+    """Under export, "auto" picks only exportable strategies, whatever the layers say: ``mix``
+    when n * L < MIX_MAX_NL, else ``bmm``, at any batch; where the eager rule picks another."""
+    from odconv.autotune import MIX_MAX_NL, rule
 
-    for shape, positions in [((4, 8, 8, 3, 3), 16), ((4, 8, 8, 3, 3), 1024), ((4, 8, 8, 1, 1), 64),
-                             ((4, 8, 1, 3, 3), 64)]:
-        for batch in (2, 4096):
-            assert rule(shape, positions, shape[1] // shape[2], True, exporting=True, batch=batch,
-                        input_elements=8 * positions) in EXPORTABLE_STRATEGIES
+    # (weight shape (n, O, Cg, kh, kw), positions L, the choice under export, the eager one at batch 2)
+    cases = [((4, 8, 8, 3, 3), 16, "mix", "mix"),
+             ((4, 8, 8, 3, 3), 1024, "bmm", "folded"),
+             ((4, 8, 8, 1, 1), 64, "bmm", "grouped"),
+             ((4, 8, 1, 3, 3), 64, "bmm", "folded"),  # depthwise
+             ((1, 8, 8, 3, 3), MIX_MAX_NL - 1, "mix", "folded"),
+             ((1, 8, 8, 3, 3), MIX_MAX_NL, "bmm", "folded")]
+    for shape, positions, exported, eager in cases:
+        groups = shape[1] // shape[2]
+        for batch in (1, 2, 4096):
+            assert rule(shape, positions, groups, True, exporting=True, batch=batch,
+                        input_elements=8 * positions) == exported, (shape, positions, batch)
+        assert rule(shape, positions, groups, True, exporting=False, batch=2, input_elements=8 * positions) == eager
+    # an actual export of a model whose layers ask for "fused": only the rule's choices run
+    called: list[str] = []
+    for name, fn in list(STRATEGIES.items()):
+        def spy(*args, _name=name, _fn=fn):
+            called.append(_name)
+            return _fn(*args)
+        monkeypatch.setitem(STRATEGIES, name, spy)
+    model = _small("odconv")  # at 12x12: n*L = 4*144 (bmm), then 1*36, 4*36, 4*36 (mix)
+    set_strategy(model, "fused")
+    export_model(model, torch.randn(3, 3, 12, 12))
+    assert called == ["bmm", "mix", "mix", "mix"]
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="onnx is not installed (pip install .[onnx])")

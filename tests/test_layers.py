@@ -238,30 +238,81 @@ def test_set_temperature_reaches_every_dynamic_layer():
 
 # --- batch size 1 -------------------------------------------------------------------------
 
+def _assert_real_gradients(gs, names):
+    """Every gradient exists, is finite and is not all zero (a backward that ran but reached
+    nothing would pass ``grad is not None``)."""
+    for g, name in zip(gs, names):
+        assert g is not None, f"no gradient for {name}"
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, f"gradient of {name}: {g}"
+
+
 def test_batch_size_one_training_uses_running_statistics():
     torch.manual_seed(0)
     layer = ODConv2d(8, 16, 3, 1, 1, kernel_num=4, min_channel=4)
     layer.attention.bn.running_mean.normal_()
+    layer.attention.bn.running_var.uniform_(0.5, 2.0)
     before = layer.attention.bn.running_mean.clone()
     x = torch.randn(1, 8, 7, 7, requires_grad=True)
     layer.train()
     y = layer(x)
-    y.sum().backward()  # the reference raises here ("Expected more than 1 value per channel")
-    assert x.grad is not None and layer.weight.grad is not None
+    g_train = grads(layer, x, y)  # the reference raises here ("Expected more than 1 value per channel")
     torch.testing.assert_close(layer.attention.bn.running_mean, before)  # left unchanged
     layer.eval()
     torch.testing.assert_close(layer(x), y)  # same as eval mode for that example
+    # ... and so are its gradients: those of the explicit per-example formula with eval-mode attention
+    g_ref = grads(layer, x, explicit_odconv(layer, x))
+    assert_close_grads(g_train, g_ref)
+    _assert_real_gradients(g_train, ["x", *(n for n, _ in layer.named_parameters())])
     with pytest.raises(ValueError):
         RefODConv2d(8, 16, 3, 1, 1).train()(torch.randn(1, 8, 7, 7))
 
 
-@pytest.mark.parametrize("make", [lambda: CondConv2d(8, 8, 3, 1, 1, num_experts=4),
-                                  lambda: DyConv2d(8, 8, 3, 1, 1, kernel_num=4)], ids=["condconv", "dyconv"])
-def test_baselines_train_with_batch_size_one(make):
-    layer = make().train()
+def condconv_formula(layer: CondConv2d, x: torch.Tensor) -> torch.Tensor:
+    """CondConv's paper formula, per example: ``r = sigmoid(routing(GAP x))``, kernel and bias ``sum_i r_i W_i``."""
+    outs = []
+    for b in range(x.shape[0]):
+        r = torch.sigmoid(x[b].mean(dim=(1, 2)) @ layer.routing.weight.T + layer.routing.bias)
+        kernel = sum(r[i] * layer.weight[i] for i in range(layer.num_experts))
+        bias = sum(r[i] * layer.bias[i] for i in range(layer.num_experts)) if layer.bias is not None else None
+        outs.append(F.conv2d(x[b:b + 1], kernel, bias, layer.stride, layer.padding, layer.dilation, layer.groups))
+    return torch.cat(outs)
+
+
+def dyconv_formula(layer: DyConv2d, x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """DyConv's paper formula, per example: ``pi = softmax(fc2(relu(fc1(GAP x))) / T)``, kernel and
+    bias ``sum_k pi_k W_k``."""
+    a, t = layer.attention, temperature
+    outs = []
+    for b in range(x.shape[0]):
+        hidden = torch.relu(a.fc1.weight.flatten(1) @ x[b].mean(dim=(1, 2)) + a.fc1.bias)
+        pi = torch.softmax((a.fc2.weight.flatten(1) @ hidden + a.fc2.bias) / t, dim=0)
+        kernel = sum(pi[i] * layer.weight[i] for i in range(layer.kernel_num))
+        bias = sum(pi[i] * layer.bias[i] for i in range(layer.kernel_num)) if layer.bias is not None else None
+        outs.append(F.conv2d(x[b:b + 1], kernel, bias, layer.stride, layer.padding, layer.dilation, layer.groups))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("kind", ["condconv", "dyconv"])
+def test_baselines_train_with_batch_size_one(kind):
+    """No BatchNorm in their attention: at batch 1 in training mode the baselines give the
+    gradients of their paper formula, for the input and every parameter."""
+    torch.manual_seed(0)
+    if kind == "condconv":
+        layer, formula = CondConv2d(8, 8, 3, 1, 1, bias=True, num_experts=4), condconv_formula
+    else:
+        layer = DyConv2d(8, 8, 3, 1, 1, bias=True, kernel_num=4)
+        formula = lambda layer, x: dyconv_formula(layer, x, 5.0)  # noqa: E731
+        layer.update_temperature(5.0)
+        nn.init.normal_(layer.attention.fc1.bias, std=0.1)  # zero at init: make the attention biases matter
+        nn.init.normal_(layer.attention.fc2.bias, std=0.1)
+    nn.init.normal_(layer.bias)
+    layer.train()
     x = torch.randn(1, 8, 5, 5, requires_grad=True)
-    layer(x).sum().backward()
-    assert x.grad is not None
+    y = layer(x)
+    torch.testing.assert_close(y, formula(layer, x), atol=1e-5, rtol=1e-4)
+    g = grads(layer, x, y)
+    assert_close_grads(g, grads(layer, x, formula(layer, x)))
+    _assert_real_gradients(g, ["x", *(n for n, _ in layer.named_parameters())])
 
 
 # --- baselines against their papers' formulas ------------------------------------------------
@@ -275,13 +326,7 @@ def test_condconv_is_sigmoid_routed_sum_of_experts(geom, bias):
     if bias:
         nn.init.normal_(layer.bias)
     x = torch.randn(3, cin, 9, 9, requires_grad=True)
-    outs = []
-    for b in range(3):
-        r = torch.sigmoid(x[b].mean(dim=(1, 2)) @ layer.routing.weight.T + layer.routing.bias)
-        kernel = sum(r[i] * layer.weight[i] for i in range(3))
-        bb = sum(r[i] * layer.bias[i] for i in range(3)) if bias else None
-        outs.append(F.conv2d(x[b:b + 1], kernel, bb, s, p, d, g))
-    y_ref, y = torch.cat(outs), layer(x)
+    y_ref, y = condconv_formula(layer, x), layer(x)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
     assert_close_grads(grads(layer, x, y), grads(layer, x, y_ref))
 
@@ -299,14 +344,7 @@ def test_dyconv_is_softmax_attention_over_kernels(geom, bias):
     nn.init.normal_(a.fc1.bias, std=0.1)   # zero at init: make the attention biases matter
     nn.init.normal_(a.fc2.bias, std=0.1)
     x = torch.randn(3, cin, 9, 9, requires_grad=True)
-    outs = []
-    for b in range(3):
-        hidden = torch.relu(a.fc1.weight.flatten(1) @ x[b].mean(dim=(1, 2)) + a.fc1.bias)
-        pi = torch.softmax((a.fc2.weight.flatten(1) @ hidden + a.fc2.bias) / 5.0, dim=0)
-        kernel = sum(pi[i] * layer.weight[i] for i in range(4))
-        bb = sum(pi[i] * layer.bias[i] for i in range(4)) if bias else None
-        outs.append(F.conv2d(x[b:b + 1], kernel, bb, s, p, d, g))
-    y_ref, y = torch.cat(outs), layer(x)
+    y_ref, y = dyconv_formula(layer, x, 5.0), layer(x)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
     assert_close_grads(grads(layer, x, y), grads(layer, x, y_ref))
 

@@ -7,6 +7,8 @@ tiny case; the "auto" choice and its overrides."""
 from __future__ import annotations
 
 import itertools
+import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -334,7 +336,7 @@ def test_tune_mode_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("ODCONV_TUNE_CACHE", str(tmp_path / "tune.json"))
     import odconv.autotune as A
 
-    monkeypatch.setattr(A, "_TUNED", {})
+    monkeypatch.setattr(A, "_default_cache", A.TuningCache())
     set_auto_mode("tune")
     try:
         layer = ODConv2d(4, 8, 3, padding=1)
@@ -342,17 +344,56 @@ def test_tune_mode_caches(tmp_path, monkeypatch):
         ref = dynamic_conv2d(x, layer.weight, kernel=torch.full((2, 4), 0.25), padding=1, strategy="grouped")
         out = dynamic_conv2d(x, layer.weight, kernel=torch.full((2, 4), 0.25), padding=1)
         torch.testing.assert_close(out, ref)
-        assert len(A._TUNED) == 1 and list(A._TUNED.values())[0] in STRATEGIES
+        table = A.default_tuning_cache().table
+        assert len(table) == 1 and list(table.values())[0] in STRATEGIES
         assert (tmp_path / "tune.json").exists()
         # batch 1 is measured too (the rule's fixed choice there is not the fastest everywhere)
         with torch.no_grad():
             name = choose_strategy(x[:1], layer.weight, kernel=torch.full((1, 4), 0.25), padding=1)
-        key = next(k for k in A._TUNED if k.startswith("(1, 4, 6, 6)"))
-        assert A._TUNED[key] == name and key.endswith("|infer") and len(A._TUNED) == 2
+        key = next(k for k in table if k.startswith("(1, 4, 6, 6)"))
+        assert table[key] == name and key.endswith("|infer") and len(table) == 2
+        # the file holds both choices; a fresh process (a new default cache) uses them untimed
+        assert json.loads((tmp_path / "tune.json").read_text()) == table
+        monkeypatch.setattr(A, "_default_cache", A.TuningCache())
+        monkeypatch.setattr(A, "time_callable", lambda *a, **k: pytest.fail("a cached choice was timed again"))
+        with torch.no_grad():
+            assert choose_strategy(x[:1], layer.weight, kernel=torch.full((1, 4), 0.25), padding=1) == name
     finally:
         set_auto_mode("rule")
     with pytest.raises(ValueError):
         set_auto_mode("fastest")
+
+
+def test_tuning_cache_file_is_complete_json_and_reloads(tmp_path, monkeypatch):
+    import odconv.atomic_files as AF
+    from odconv.autotune import TuningCache
+
+    path = tmp_path / "sub" / "tune.json"  # the folder does not exist yet
+    first = TuningCache(path)
+    first.store("(2, 4, 6, 6)|a|train", "fused")
+    first.store("(1, 4, 6, 6)|b|infer", "folded")
+    # the file is one complete JSON document holding the whole table, and nothing else is left
+    assert json.loads(path.read_text()) == {"(2, 4, 6, 6)|a|train": "fused", "(1, 4, 6, 6)|b|infer": "folded"}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tune.json"]
+    # a second cache on the same file finds what the first saved (unknown strategy names dropped)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "(9,)|c|infer": "no-such-strategy"}))
+    second = TuningCache(path)
+    assert second.lookup("(2, 4, 6, 6)|a|train") == "fused"
+    assert second.table == {"(2, 4, 6, 6)|a|train": "fused", "(1, 4, 6, 6)|b|infer": "folded"}
+    # a save that fails midway (here: json.dump raising after a partial write) keeps the old file whole
+    before = path.read_text()
+
+    def broken_dump(data, f, **kwargs):
+        f.write('{"(2, 4, 6, 6)|a|tr')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(AF, "json", SimpleNamespace(dump=broken_dump))
+    with pytest.raises(OSError, match="disk full"):
+        second.store("(3,)|d|infer", "mix")
+    assert path.read_text() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tune.json"]
+    with pytest.raises(ValueError, match="no file"):
+        TuningCache().save()
 
 
 @pytest.mark.slow

@@ -8,6 +8,9 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image
+
+from odconv.atomic_files import atomic_output
 
 from ..download import Archive, DatasetError, fetch
 from .base import ImageDataModule
@@ -20,8 +23,6 @@ TINY_CACHE_NAME = "uint8_cache.pt"
 
 def read_jpeg(path: str, size: int) -> np.ndarray:
     """One JPEG as uint8 (3, size, size) RGB (grayscale images become 3 equal channels)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -129,13 +130,8 @@ class TinyImageNetDataModule(ImageDataModule):
         test_x, test_y = decode(val)
         data = {"fingerprint": fingerprint, "train_x": train_x, "train_y": train_y, "test_x": test_x,
                 "test_y": test_y}
-        tmp = f"{self.cache_path}.tmp-{os.getpid()}"
-        try:
-            torch.save(data, tmp)
-            os.replace(tmp, self.cache_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_output(self.cache_path, "wb") as f:
+            torch.save(data, f)
         return data
 
     def prepare_data(self) -> None:

@@ -39,7 +39,8 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -186,26 +187,83 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = build_parser()
-    args = p.parse_args(argv)
+@dataclass
+class BenchPlan:
+    """What one benchmark run measures: the command line, checked and with its defaults
+    (``--quick`` or full) filled in."""
 
+    argv: list[str]
+    out: str
+    device: torch.device
+    sections: list[str]
+    quick: bool
+    # layers
+    batches: list[int]
+    strategies: list[str]
+    all_shapes: bool
+    keep_within: float
+    tolerance: float
+    rounds: int
+    recheck_rounds: int
+    # models, strategies, floors
+    precisions: list[str]
+    models: tuple[tuple[str, float], ...]
+    convs: tuple[str, ...]
+    model_batch: int
+    train_rounds: int
+    reference_models: bool
+    s_models: tuple[tuple[str, float], ...]
+    s_convs: tuple[str, ...]
+    model_strategies: list[str]
+    f_convs: tuple[str, ...]
+    # workers
+    w_model: tuple[str, float]
+    w_convs: list[str]
+    w_batch: int
+    w_seconds: float
+    w_repeats: int
+
+    @property
+    def latency_rounds(self) -> int:
+        return 2 * self.rounds
+
+
+def _check_device(p: argparse.ArgumentParser, text: str) -> torch.device:
     try:
-        device = torch.device(args.device)
+        device = torch.device(text)
     except RuntimeError:
-        p.error(f"--device: {args.device!r} is not a device; valid: cpu, cuda, cuda:N")
+        p.error(f"--device: {text!r} is not a device; valid: cpu, cuda, cuda:N")
     if device.type not in ("cpu", "cuda"):
-        p.error(f"--device: {args.device!r}; valid: cpu, cuda, cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: CUDA is not available to torch {torch.__version__}: nothing to benchmark on {device}",
-              file=sys.stderr)
-        return 2
+        p.error(f"--device: {text!r}; valid: cpu, cuda, cuda:N")
+    return device
+
+
+def _sizes(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The batch sizes, model lists and round counts: ``--quick``'s small defaults or the full ones."""
+    if args.quick:
+        return dict(
+            batches=_int_list(p, "--batches", args.batches or "2"),
+            model_batch=args.model_batch or 8,
+            models=_parse_models(p, args.models) if args.models else (("cifar_resnet18", 0.125),),
+            s_models=_parse_models(p, args.strategy_models) if args.strategy_models else (("cifar_resnet18", 0.125),),
+            rounds=2, train_rounds=2, recheck_rounds=3,
+            w_batch=args.workers_batch or 8, w_seconds=args.workers_seconds or 1.0,
+            w_repeats=args.workers_repeats or 1)
+    return dict(
+        batches=_int_list(p, "--batches", args.batches or "1,64"),
+        model_batch=args.model_batch or 128,
+        models=_parse_models(p, args.models) if args.models else MODELS,
+        s_models=_parse_models(p, args.strategy_models) if args.strategy_models else STRATEGY_MODELS,
+        rounds=args.repeats, train_rounds=args.train_repeats, recheck_rounds=args.recheck_repeats,
+        w_batch=args.workers_batch or 128, w_seconds=args.workers_seconds or 6.0,
+        w_repeats=args.workers_repeats or 2)
+
+
+def make_plan(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], device: torch.device) -> BenchPlan:
+    """Check every option (a bad one ends in ``p.error``: exit code 2) and fill in the defaults."""
     for option in ("repeats", "recheck_repeats", "train_repeats"):
         if getattr(args, option) < 1:
             p.error(f"--{option.replace('_', '-')}: must be >= 1, got {getattr(args, option)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sections = _parse_list(p, "--sections", args.sections or ",".join(SECTIONS), SECTIONS)
     if device.type != "cpu" and "workers" in sections:
         if args.sections:
@@ -226,102 +284,130 @@ def main(argv: Optional[list[str]] = None) -> int:
     f_convs = _parse_convs(p, "--floor-convs", args.floor_convs or ",".join(FLOOR_CONVS))
     w_default = "static" if args.quick else "static,odconv4x"
     w_convs = list(_parse_convs(p, "--workers-convs", args.workers_convs or w_default, add_static=False))
+    if args.quick:  # the quick run's convs, unless given
+        convs = convs if args.convs else ("static", "odconv4x")
+        s_convs = s_convs if args.strategy_convs else ("static", "odconv4x")
+        f_convs = f_convs if args.floor_convs else ("static", "odconv4x")
+    return BenchPlan(
+        argv=argv, out=args.out, device=device, sections=sections, quick=args.quick, strategies=strategies,
+        all_shapes=args.all_shapes, keep_within=args.keep_within, tolerance=args.tolerance, precisions=precisions,
+        convs=convs, reference_models=args.reference_models, s_convs=s_convs, model_strategies=model_strategies,
+        f_convs=f_convs, w_model=w_model[0], w_convs=w_convs, **_sizes(p, args))
 
-    if args.quick:
-        batches = _int_list(p, "--batches", args.batches or "2")
-        model_batch = args.model_batch or 8
-        models = _parse_models(p, args.models) if args.models else (("cifar_resnet18", 0.125),)
-        if not args.convs:
-            convs = ("static", "odconv4x")
-        s_models = _parse_models(p, args.strategy_models) if args.strategy_models else (("cifar_resnet18", 0.125),)
-        if not args.strategy_convs:
-            s_convs = ("static", "odconv4x")
-        if not args.floor_convs:
-            f_convs = ("static", "odconv4x")
-        rounds, train_rounds, recheck_rounds = 2, 2, 3
-        w_batch, w_seconds, w_repeats = args.workers_batch or 8, args.workers_seconds or 1.0, args.workers_repeats or 1
-    else:
-        batches = _int_list(p, "--batches", args.batches or "1,64")
-        model_batch = args.model_batch or 128
-        models = _parse_models(p, args.models) if args.models else MODELS
-        s_models = _parse_models(p, args.strategy_models) if args.strategy_models else STRATEGY_MODELS
-        rounds, train_rounds, recheck_rounds = args.repeats, args.train_repeats, args.recheck_repeats
-        w_batch, w_seconds = args.workers_batch or 128, args.workers_seconds or 6.0
-        w_repeats = args.workers_repeats or 2
-    latency_rounds = 2 * rounds
 
-    os.makedirs(args.out, exist_ok=True)
+def _write(out: str, name: str, rows: list[dict], markdown: str) -> None:
+    """A section's ``NAME.csv`` (its rows) and ``NAME.md`` (its table) under ``out``."""
+    write_csv(os.path.join(out, f"{name}.csv"), rows)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(markdown)
+
+
+def run_layers(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> list[dict]:
+    """The ``layers`` section: every layer shape timed, suspicious rows rechecked; its rows."""
+    shapes = layer_shapes(all_shapes=plan.all_shapes)
+    if plan.quick:
+        shapes = [shapes[0], next(s for s in shapes if s.groups > 1)]
+        shapes = [LayerShape(s.model, s.name, min(s.in_ch, 16), min(s.out_ch, 16), s.k, s.stride, s.padding,
+                             s.dilation, min(s.groups, 16), 8, s.attentions, s.n) for s in shapes]
+    say(f"layers: {len(shapes)} shapes x batches {plan.batches} x (fwd, fwd+bwd) x {plan.strategies}")
+    rows = bench_layers(shapes, plan.batches, plan.strategies, plan.device, plan.rounds, plan.keep_within, log=say)
+    by_key = {(s.model, s.name): s for s in shapes}
+
+    def make_fns(row, names):
+        s = by_key[(row["model"], row["layer"])]
+        return layer_callables(s, int(row["batch"]), plan.device, row["mode"] == "fwd+bwd", names)[0]
+
+    n = recheck_layers(rows, make_fns, plan.device, plan.recheck_rounds, plan.tolerance, BEST_TOLERANCE, log=say)
+    say(f"layers: {n} row(s) rechecked")
+    _write(plan.out, "layers", rows, layers_markdown(rows, plan.strategies, info, plan.argv, plan.rounds,
+                                                      plan.keep_within, plan.tolerance, BEST_TOLERANCE,
+                                                      plan.recheck_rounds))
+    return rows
+
+
+def run_models(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> list[dict]:
+    """The ``models`` section, in every precision; its rows."""
+    rows: list[dict] = []
+    for precision in plan.precisions:
+        say(f"models ({precision}): {plan.models} x {plan.convs}, train batch {plan.model_batch}")
+        rows += bench_models(plan.models, plan.convs, plan.model_batch, plan.device, precision, plan.train_rounds,
+                             plan.latency_rounds, ("auto", REFERENCE) if plan.reference_models else ("auto",),
+                             log=say)
+    _write(plan.out, "models", rows, models_markdown(rows, info, plan.argv, plan.train_rounds, plan.latency_rounds))
+    return rows
+
+
+def run_strategies(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
+    """The ``strategies`` section: each dynamic model under each strategy, in every precision."""
+    rows: list[dict] = []
+    for precision in plan.precisions:
+        say(f"strategies ({precision}): {plan.s_models} x {plan.s_convs} x {plan.model_strategies}, "
+            f"train batch {plan.model_batch}")
+        rows += bench_models(plan.s_models, plan.s_convs, plan.model_batch, plan.device, precision,
+                             plan.train_rounds, plan.latency_rounds, plan.model_strategies, log=say)
+    _write(plan.out, "strategies", rows, strategies_markdown(rows, info, plan.argv, plan.train_rounds))
+    say("strategies: " + memory_floor_summary(rows).replace("\n", "\n  "))
+
+
+def run_floors(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
+    """The ``floors`` section: the strategies section's models with attention computed and constant."""
+    rows: list[dict] = []
+    for precision in plan.precisions:
+        say(f"floors ({precision}): {plan.s_models} x {plan.f_convs}, attention computed and constant, train batch "
+            f"{plan.model_batch}")
+        rows += bench_models(plan.s_models, plan.f_convs, plan.model_batch, plan.device, precision,
+                             plan.train_rounds, plan.latency_rounds, log=say, constant_attention=True)
+    _write(plan.out, "floors", rows, floors_markdown(rows, info, plan.argv, plan.train_rounds, plan.latency_rounds))
+
+
+def run_workers(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
+    """The ``workers`` section: P one-thread processes against one P-thread process (P = cores)."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        say("workers: one CPU core: no layout to compare")
+        return
+    say(f"workers: {cores} processes x 1 thread against 1 process x {cores} threads, {plan.w_model}, "
+        f"{plan.w_convs}")
+    rows = bench_workers(cores, plan.w_model[0], plan.w_model[1], plan.w_convs, plan.w_batch, plan.w_seconds,
+                         plan.w_repeats, log=say)
+    _write(plan.out, "workers", rows, workers_markdown(rows, info, plan.argv, plan.w_seconds, plan.w_repeats))
+    say("workers: " + workers_advice(rows))
+
+
+def run_targets(plan: BenchPlan, info: dict, say: Callable[[str], None], model_rows: list[dict],
+                layer_rows: list[dict]) -> None:
+    """``targets.md|csv``: every target of the project against what this run measured."""
+    targets = evaluate_targets(model_rows, layer_rows, plan.tolerance, BEST_TOLERANCE)
+    _write(plan.out, "targets", targets, targets_markdown(targets, info, plan.argv))
+    say(f"targets: {sum(t['met'] for t in targets)} of {len(targets)} met")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    device = _check_device(p, args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: CUDA is not available to torch {torch.__version__}: nothing to benchmark on {device}",
+              file=sys.stderr)
+        return 2
+    plan = make_plan(p, args, argv, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    os.makedirs(plan.out, exist_ok=True)
     info = machine_info(device)
     started = time.perf_counter()
     say = lambda m: print(m, flush=True)  # noqa: E731
-    layer_rows: list[dict] = []
-    model_rows: list[dict] = []
-
-    if "layers" in sections:
-        shapes = layer_shapes(all_shapes=args.all_shapes)
-        if args.quick:
-            shapes = [shapes[0], next(s for s in shapes if s.groups > 1)]
-            shapes = [LayerShape(s.model, s.name, min(s.in_ch, 16), min(s.out_ch, 16), s.k, s.stride, s.padding,
-                                 s.dilation, min(s.groups, 16), 8, s.attentions, s.n) for s in shapes]
-        say(f"layers: {len(shapes)} shapes x batches {batches} x (fwd, fwd+bwd) x {strategies}")
-        layer_rows = bench_layers(shapes, batches, strategies, device, rounds, args.keep_within, log=say)
-        by_key = {(s.model, s.name): s for s in shapes}
-
-        def make_fns(row, names):
-            s = by_key[(row["model"], row["layer"])]
-            return layer_callables(s, int(row["batch"]), device, row["mode"] == "fwd+bwd", names)[0]
-
-        n = recheck_layers(layer_rows, make_fns, device, recheck_rounds, args.tolerance, BEST_TOLERANCE, log=say)
-        say(f"layers: {n} row(s) rechecked")
-        write_csv(os.path.join(args.out, "layers.csv"), layer_rows)
-        with open(os.path.join(args.out, "layers.md"), "w") as f:
-            f.write(layers_markdown(layer_rows, strategies, info, argv, rounds, args.keep_within, args.tolerance,
-                                    BEST_TOLERANCE, recheck_rounds))
-    if "models" in sections:
-        for precision in precisions:
-            say(f"models ({precision}): {models} x {convs}, train batch {model_batch}")
-            model_rows += bench_models(models, convs, model_batch, device, precision, train_rounds, latency_rounds,
-                                       ("auto", REFERENCE) if args.reference_models else ("auto",), log=say)
-        write_csv(os.path.join(args.out, "models.csv"), model_rows)
-        with open(os.path.join(args.out, "models.md"), "w") as f:
-            f.write(models_markdown(model_rows, info, argv, train_rounds, latency_rounds))
-    if "strategies" in sections:
-        strategy_rows: list[dict] = []
-        for precision in precisions:
-            say(f"strategies ({precision}): {s_models} x {s_convs} x {model_strategies}, train batch {model_batch}")
-            strategy_rows += bench_models(s_models, s_convs, model_batch, device, precision, train_rounds,
-                                          latency_rounds, model_strategies, log=say)
-        write_csv(os.path.join(args.out, "strategies.csv"), strategy_rows)
-        with open(os.path.join(args.out, "strategies.md"), "w") as f:
-            f.write(strategies_markdown(strategy_rows, info, argv, train_rounds))
-        say("strategies: " + memory_floor_summary(strategy_rows).replace("\n", "\n  "))
-    if "floors" in sections:
-        floor_rows: list[dict] = []
-        for precision in precisions:
-            say(f"floors ({precision}): {s_models} x {f_convs}, attention computed and constant, train batch "
-                f"{model_batch}")
-            floor_rows += bench_models(s_models, f_convs, model_batch, device, precision, train_rounds, latency_rounds,
-                                       log=say, constant_attention=True)
-        write_csv(os.path.join(args.out, "floors.csv"), floor_rows)
-        with open(os.path.join(args.out, "floors.md"), "w") as f:
-            f.write(floors_markdown(floor_rows, info, argv, train_rounds, latency_rounds))
-    if "workers" in sections:
-        cores = os.cpu_count() or 1
-        if cores < 2:
-            say("workers: one CPU core: no layout to compare")
-        else:
-            say(f"workers: {cores} processes x 1 thread against 1 process x {cores} threads, {w_model[0]}, {w_convs}")
-            rows = bench_workers(cores, w_model[0][0], w_model[0][1], w_convs, w_batch, w_seconds, w_repeats, log=say)
-            write_csv(os.path.join(args.out, "workers.csv"), rows)
-            with open(os.path.join(args.out, "workers.md"), "w") as f:
-                f.write(workers_markdown(rows, info, argv, w_seconds, w_repeats))
-            say("workers: " + workers_advice(rows))
+    layer_rows = run_layers(plan, info, say) if "layers" in plan.sections else []
+    model_rows = run_models(plan, info, say) if "models" in plan.sections else []
+    if "strategies" in plan.sections:
+        run_strategies(plan, info, say)
+    if "floors" in plan.sections:
+        run_floors(plan, info, say)
+    if "workers" in plan.sections:
+        run_workers(plan, info, say)
     if layer_rows or model_rows:
-        targets = evaluate_targets(model_rows, layer_rows, args.tolerance, BEST_TOLERANCE)
-        write_csv(os.path.join(args.out, "targets.csv"), targets)
-        with open(os.path.join(args.out, "targets.md"), "w") as f:
-            f.write(targets_markdown(targets, info, argv))
-        say(f"targets: {sum(t['met'] for t in targets)} of {len(targets)} met")
-    say(f"done in {time.perf_counter() - started:.0f} s; results in {args.out}")
+        run_targets(plan, info, say, model_rows, layer_rows)
+    say(f"done in {time.perf_counter() - started:.0f} s; results in {plan.out}")
     return 0
-

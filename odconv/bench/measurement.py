@@ -4,8 +4,8 @@ Parameters, MACs per image, the training step's time (forward, cross-entropy, ba
 step), eval latency at given batch sizes and the training step's peak memory, for one model
 or several timed in interleaved rounds (:func:`odconv.timing.time_rounds`). The benchmark's
 model tables (:mod:`odconv.bench.models`), the sweep trials' records
-(:func:`sweeps.trial.measure_costs`), the sweep benchmark (:mod:`sweeps.cost`) and the sweep
-estimate (:mod:`sweeps.estimate`) all measure through it.
+(:func:`sweeps.running.trial.measure_costs`), the sweep benchmark (:mod:`sweeps.running.bench`) and the sweep
+estimate (:mod:`sweeps.running.estimate`) all measure through it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..profile import count_macs, count_params
+from ..counting import count_macs, count_params
 from ..timing import Clock, autocast, cpu_name, make_train_step, peak_memory, precision_dtype, time_rounds
 
 
@@ -114,8 +114,8 @@ def measure_model_costs(models: Mapping[str, nn.Module], device: torch.device | 
     interleaved rounds, so per-round ratios between them cancel load changes
     (:func:`odconv.timing.median_ratio`).
 
-    - ``params``: :func:`odconv.profile.count_params`; ``macs`` (if ``macs``): per image of
-      ``input_size`` (C, H, W), :func:`odconv.profile.count_macs`.
+    - ``params``: :func:`odconv.counting.count_params`; ``macs`` (if ``macs``): per image of
+      ``input_size`` (C, H, W), :func:`odconv.counting.count_macs`.
     - With ``timed`` (else only the counts): the training step (:func:`odconv.timing.make_train_step`,
       inputs (batch, *input_size), targets (batch,) of ``num_classes``; :func:`model_inputs`),
       forward and loss under autocast of ``precision`` (``fp32``, ``bf16``, or a Lightning

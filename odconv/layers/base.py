@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.helpers import conv_output_hw
+from ..ops.primitives import conv_output_hw
 from ..ops.registry import check_strategy
 
 

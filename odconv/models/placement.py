@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..factory import CONV_OPTIONS, make_conv
+from ..layers import DynamicConvBase
 from ..spec import ConvSpec, parse_conv_spec
 
 PLACEMENTS: tuple[str, ...] = ("matched", "paper")
@@ -104,7 +105,7 @@ def plan_model(family: str, num_blocks: int, conv: str | ConvSpec, placement: st
 
 class SharedRouter(nn.Module):
     """CondConv routing shared by the convs of one block: ``sigmoid(Linear(GAP(x)))``,
-    (B, C, H, W) -> (B, n). Counted by :mod:`odconv.profile` through :meth:`mac_breakdown`."""
+    (B, C, H, W) -> (B, n). Counted by :mod:`odconv.counting` through :meth:`mac_breakdown`."""
 
     def __init__(self, in_channels: int, num_experts: int) -> None:
         super().__init__()
@@ -158,8 +159,6 @@ def init_static(model: nn.Module) -> None:
     """The static layers' init of the official repo (kaiming normal fan_out/ReLU for convs,
     BatchNorm 1/0), skipping dynamic layers and routers, which keep their own per-kernel init
     (their 5-D weight is never initialised as one tensor)."""
-    from ..layers import DynamicConvBase
-
     def visit(m: nn.Module) -> None:
         if isinstance(m, (DynamicConvBase, SharedRouter)):
             return

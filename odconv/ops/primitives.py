@@ -1,6 +1,6 @@
-"""Helpers shared by every strategy of the dynamic conv (one copy each): conv geometry,
-per-example kernel aggregation, the shared-kernel conv, the filter attention and mixed bias
-on the output (:func:`finish`), and im2col / col2im.
+"""The primitives every strategy of the dynamic conv is built from (one copy each): conv
+geometry, per-example kernel aggregation, the shared-kernel conv, the filter attention and
+mixed bias on the output (:func:`finish`), and im2col / col2im.
 
 Notation: batch B, input channels C, output channels O, groups g, Cg = C/g, kernel taps
 kk = kh*kw, n kernels; ``weight`` is (n, O, Cg, kh, kw).
