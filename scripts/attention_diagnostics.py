@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules.cli import main as cli_main  # noqa: E402
 from odconv.layers.odconv import OmniAttention  # noqa: E402
 from sweeps.definition import load_sweep  # noqa: E402
-from sweeps.running.trial import build_cli_args  # noqa: E402
+from sweeps.running.trial_spec import build_cli_args  # noqa: E402
 
 
 def attention_stats(model: torch.nn.Module, x: torch.Tensor) -> dict[str, dict[str, float]]:

@@ -21,16 +21,24 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from typing import NoReturn
 
-from .definition import SweepConfigError, find_sweep_file, load_sweep
+import torch
+import yaml
+from sqlalchemy import exc as sa_exc
 
-EXIT_BAD_INPUT = 2
-EXIT_STORAGE = 3   # = sweeps.running.storage.EXIT_STORAGE (not imported here: it pulls in optuna)
+from lightning_modules.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_STORAGE
+
+from .definition import SweepConfigError, SweepDef, find_sweep_file, load_sweep
+from .layout import SweepLayout
+from .slurm_options import SlurmOptions
+
 READ_OUTAGE_LIMIT_S = 15.0  # status/results wait this long for an unreachable storage, not the run's limit
 
 
@@ -50,7 +58,6 @@ def _env_int(name: str) -> int | None:
 
 def _device(text: str) -> str:
     """``--device``: cpu, cuda or cuda:N."""
-    import re
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
     return text
@@ -74,11 +81,6 @@ def _positive(text: str) -> float:
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return v
-
-
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,12 +164,8 @@ def _parser() -> argparse.ArgumentParser:
 def _results_sweep(arg: str, results_root: str):
     """The sweep a ``results``/``status``/``dashboard`` argument names: ``results/<arg>/sweep.json``
     (written by the run) if there is one, else the sweep YAML ``arg`` (a path or a name)."""
-    from pathlib import Path
-
-    from .definition import SweepDef
-    snap = Path(results_root, arg, "sweep.json")
+    snap = SweepLayout(arg, results_root).snapshot
     if snap.exists():
-        import json
         return SweepDef.from_dict(json.loads(snap.read_text()))
     return load_sweep(find_sweep_file(arg), check_files=False)
 
@@ -175,16 +173,23 @@ def _results_sweep(arg: str, results_root: str):
 def _open_study(storage_url: str | None, sweep_name: str, results_root: str, study_name: str):
     """The sweep's study for reading (status, results); ``UsageError`` naming the studies that
     exist when there is no such study."""
-    from .running import study as S
-    from .running.storage import OutageGuard, outage_limit_s
-    label = S.storage_label(storage_url, sweep_name, results_root)
-    if not S.is_rdb_url(storage_url) and not S.journal_path(sweep_name, results_root, storage_url).exists():
+    from .running.storage import (  # deferred: loads Optuna
+        OutageGuard,
+        is_rdb_url,
+        journal_path,
+        make_storage,
+        storage_label,
+    )
+    from .running.study import load_study
+    _quiet_optuna()
+    label = storage_label(storage_url, sweep_name, results_root)
+    if not is_rdb_url(storage_url) and not journal_path(sweep_name, results_root, storage_url).exists():
         raise UsageError(f"sweep {sweep_name!r} has no storage at {label} (has it been run? pass --storage for "
                          f"a PostgreSQL study)")
-    storage = S.make_storage(storage_url, sweep_name, results_root,
-                             OutageGuard(label, limit_s=min(READ_OUTAGE_LIMIT_S, outage_limit_s())))
+    storage = make_storage(storage_url, sweep_name, results_root,
+                           OutageGuard(label, limit_s=min(READ_OUTAGE_LIMIT_S, _outage_limit(None))))
     try:
-        return S.load_study(storage, study_name)
+        return load_study(storage, study_name)
     except KeyError:
         names = sorted(s.study_name for s in storage.get_all_studies())
         raise UsageError(f"no study {study_name!r} in {label}; studies there: {', '.join(names) or 'none'}") from None
@@ -192,12 +197,11 @@ def _open_study(storage_url: str | None, sweep_name: str, results_root: str, stu
 
 def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
+    # the child processes of a run (deferred: each loads only what it runs)
     if argv and argv[0] == "_worker":
         from .running.worker import main as worker_main
         return worker_main(argv[1:])
     if argv and argv[0] == "_prepare":
-        import json
-
         from .running.trial import prepare
         spec = json.loads(open(argv[1]).read())
         return prepare(spec["base_config"], spec["overrides"])
@@ -212,7 +216,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"odconv-sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 (classified: storage trouble and bad storage URLs are not bugs)
-        from .running.storage import StorageDriverMissing, StorageUnavailable
+        from .running.storage import StorageDriverMissing, StorageUnavailable  # deferred: loads Optuna
         if isinstance(e, StorageUnavailable):
             print(f"odconv-sweep: error: {e}", file=sys.stderr)
             return EXIT_STORAGE
@@ -229,13 +233,10 @@ def main(args: list[str] | None = None) -> int:
 LAUNCHERS = ("local", "slurm")
 
 
-def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int) -> int:
+def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int, outage_limit_s: float) -> int:
     """``run --launcher slurm``: submit the worker jobs (options: the sweep file's ``slurm:``
     section, then ODCONV_SLURM_* variables, then ``--slurm KEY=VALUE`` flags)."""
-    import yaml
-
-    from .running.runner import submit_sweep
-    from .running.slurm import SlurmOptions
+    from .running.runner import submit_sweep  # deferred: loads Optuna and submitit
     if workers is not None or a.gpus:
         raise UsageError("--workers/WORKERS and --gpus/GPUS are for --launcher local; with --launcher slurm "
                          "use --slurm-jobs/SLURM_JOBS and the slurm: section (gpus_per_job)")
@@ -251,17 +252,17 @@ def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int) -
             overrides[key.strip()] = value
     # SlurmOptionsError is a ValueError: one error line naming the bad key or value
     try:
-        options = SlurmOptions.from_mapping(sweep.slurm).with_overrides(**overrides)
-        return submit_sweep(sweep, options, a.storage, jobs, per_trial, a.results_root, a.study, a.retry_failed)
+        options = (sweep.slurm or SlurmOptions()).with_environment().with_overrides(**overrides)
+        return submit_sweep(sweep, options, a.storage, jobs, per_trial, a.results_root, a.study, a.retry_failed,
+                            outage_limit_s=outage_limit_s)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
 def _print_jobs(sweep_name: str, results_root: str) -> None:
     """The sweep's SLURM jobs (``results/<sweep>/slurm/jobs.txt``) and their states, if it has any."""
-    from .running.runner import slurm_folder
-    from .running.slurm import job_ids_in, list_jobs
-    ids = job_ids_in(slurm_folder(sweep_name, results_root))
+    from .running.slurm import job_ids_in, list_jobs  # deferred: loads submitit
+    ids = job_ids_in(SweepLayout(sweep_name, results_root).slurm)
     if not ids:
         return
     try:
@@ -276,118 +277,147 @@ def _print_jobs(sweep_name: str, results_root: str) -> None:
               + (f"  ({j.reason})" if j.reason else ""))
 
 
+def _outage_limit(flag: float | None) -> float:
+    """The run's outage limit: ``--outage-limit``, else ``SWEEP_OUTAGE_LIMIT_S``, else the default."""
+    from .running.storage import parse_outage_limit  # deferred: loads Optuna
+    if flag is not None:
+        return flag
+    try:
+        return parse_outage_limit(os.environ.get("SWEEP_OUTAGE_LIMIT_S"))
+    except ValueError as e:
+        raise UsageError(f"SWEEP_OUTAGE_LIMIT_S: {e}") from None
+
+
 def _bad_storage_url(e: Exception) -> str | None:
     """The message for a storage URL SQLAlchemy cannot use (unknown dialect, malformed), else None."""
-    from sqlalchemy import exc as sa_exc
     if isinstance(e, (sa_exc.ArgumentError, sa_exc.NoSuchModuleError)):
         return (f"bad --storage/STORAGE URL ({str(e).splitlines()[0]}); valid: a journal file path, "
                 f"postgresql://user:pass@host:5432/db, mysql://..., sqlite:///file.db")
     return None
 
 
+def _cmd_run(a: argparse.Namespace) -> int:
+    # deferred here and below: the running side loads Optuna (and SQLAlchemy); `check`,
+    # `results` and a bad argument's error line need neither
+    from .running.runner import run_sweep
+    _quiet_optuna()
+    workers = a.workers if a.workers is not None else _env_int("WORKERS")
+    per_trial = a.devices_per_trial if a.devices_per_trial is not None else (_env_int("DEVICES_PER_TRIAL") or 1)
+    outage_limit_s = _outage_limit(a.outage_limit)
+    sweep = load_sweep(a.sweep)
+    if a.launcher not in LAUNCHERS:
+        raise UsageError(f"--launcher/LAUNCHER must be one of {', '.join(LAUNCHERS)}, got {a.launcher!r}")
+    if a.launcher == "slurm":
+        return _submit(a, sweep, workers, per_trial, outage_limit_s)
+    if a.slurm or a.slurm_jobs is not None:
+        raise UsageError("--slurm/--slurm-jobs need --launcher slurm (or LAUNCHER=slurm)")
+    try:
+        return run_sweep(sweep, a.storage, workers, a.gpus, per_trial, a.results_root, a.study,
+                         a.retry_failed, not a.no_aggregate, a.progress_interval, outage_limit_s=outage_limit_s)
+    except ValueError as e:  # impossible worker/GPU requests (plan_slots)
+        raise UsageError(str(e)) from None
+
+
+def _cmd_results(a: argparse.Namespace) -> int:
+    # deferred: pandas, matplotlib and statsmodels, which the run's child processes never need
+    from .reporting.aggregate import aggregate
+    sw = _results_sweep(a.sweep, a.results_root)
+    st = _open_study(a.storage, sw.name, a.results_root, a.study or sw.name) if a.storage else None
+    out = aggregate(sw.name, a.results_root, study=st)
+    print(out["summary_md"].read_text())
+    print(f"wrote {out['summary_csv']}, {out['summary_md']}, {out['attention_csv']}, "
+          + ", ".join(str(p) for p in out["plots"]), file=sys.stderr)
+    print(out["isocost_line"], file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_status(a: argparse.Namespace) -> int:
+    from .running import study as S  # deferred: loads Optuna
+    sweep = _results_sweep(a.sweep, a.results_root)
+    st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
+    points = sweep.points()
+    p = S.progress(st, [pt.key for pt in points], {pt.key: pt.variant for pt in points})
+    print(S.format_progress(p, 1))
+    left = S.time_left(p, 1)
+    if left.paced and left.seconds is not None:
+        print(f"time left takes the running trial's pace (no finished trial yet) for: {', '.join(left.paced)}")
+    if left.assumed and left.seconds is not None:
+        print(f"time left assumes the mean of the measured variants for: {', '.join(left.assumed)}")
+    if S.drain_requested(st):
+        print("drain requested: workers finish their running trials and claim no new one; `run` again goes on")
+    for key, state in sorted(p.points.items()):
+        extra = ""
+        if state == "running":
+            t = p.last_trial[key]
+            who = t.user_attrs.get("worker_host")
+            extra = f"  epoch {S.format_epoch(t)}  (trial {t.number}" + (
+                f", {who}:{t.user_attrs.get('worker_pid')}" if who else "") + ")"
+        print(f"  {state:8s} {key}{extra}")
+    _print_jobs(sweep.name, a.results_root)
+    return EXIT_OK
+
+
+def _cmd_drain(a: argparse.Namespace) -> int:
+    from .running import study as S  # deferred: loads Optuna
+    sweep = _results_sweep(a.sweep, a.results_root)
+    st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
+    S.request_drain(st)
+    p = S.progress(st, [pt.key for pt in sweep.points()])
+    print(f"drain requested for sweep {sweep.name!r}: {p.count('running')} running trial(s) finish, no new one "
+          f"starts; {p.count('waiting')} waiting point(s) stay queued. `run` again goes on.")
+    return EXIT_OK
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    sweep = load_sweep(a.sweep)
+    pts = sweep.points()
+    print(f"{sweep.source}: OK: sweep '{sweep.name}', base {sweep.base_config}, {len(pts)} grid points "
+          f"({len(sweep.variants())} variants)" + (", with a tuning stage" if sweep.tune else ""))
+    for p in pts:
+        print("  " + p.key)
+    return EXIT_OK
+
+
+def _cmd_estimate(a: argparse.Namespace) -> int:
+    from .running.estimate import main as estimate_main  # deferred: loads Lightning to build the models
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here; valid: cpu")
+    workers = a.workers if a.workers is not None else (_env_int("WORKERS") or 1)
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    return estimate_main(load_sweep(a.sweep), device, workers, a.overhead, a.repeats)
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from .running.bench import bench_sweep  # deferred: loads Lightning to build the models
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {a.device}: no CUDA device is available here; valid: cpu")
+    path = bench_sweep(load_sweep(a.sweep), a.results_root, a.device, a.train_repeats, 10,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return EXIT_OK
+
+
+def _cmd_dashboard(a: argparse.Namespace) -> int:
+    from .running.storage import storage_label  # deferred: loads Optuna
+    name = _results_sweep(a.sweep, a.results_root).name
+    print(f"optuna-dashboard {storage_label(a.storage, name, a.results_root)}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "results": _cmd_results, "status": _cmd_status, "drain": _cmd_drain,
+            "check": _cmd_check, "estimate": _cmd_estimate, "bench": _cmd_bench, "dashboard": _cmd_dashboard}
+
+
 def _command(a: argparse.Namespace) -> int:
-    import optuna
+    return COMMANDS[a.cmd](a)
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs each trial's state at INFO; the sweep logs its own progress."""
+    import optuna  # deferred: only the commands that open a study load Optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if a.cmd == "run":
-        from .running.runner import run_sweep
-        workers = a.workers if a.workers is not None else _env_int("WORKERS")
-        per_trial = a.devices_per_trial if a.devices_per_trial is not None else (_env_int("DEVICES_PER_TRIAL") or 1)
-        if a.outage_limit is not None:
-            os.environ["SWEEP_OUTAGE_LIMIT_S"] = str(a.outage_limit)  # workers and trials inherit it
-        try:
-            from .running.storage import outage_limit_s
-            outage_limit_s()
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        sweep = load_sweep(a.sweep)
-        if a.launcher not in LAUNCHERS:
-            raise UsageError(f"--launcher/LAUNCHER must be one of {', '.join(LAUNCHERS)}, got {a.launcher!r}")
-        if a.launcher == "slurm":
-            return _submit(a, sweep, workers, per_trial)
-        if a.slurm or a.slurm_jobs is not None:
-            raise UsageError("--slurm/--slurm-jobs need --launcher slurm (or LAUNCHER=slurm)")
-        try:
-            return run_sweep(sweep, a.storage, workers, a.gpus, per_trial, a.results_root, a.study,
-                             a.retry_failed, not a.no_aggregate, a.progress_interval)
-        except ValueError as e:  # impossible worker/GPU requests (plan_slots)
-            raise UsageError(str(e)) from None
-    if a.cmd == "results":
-        from .reporting.aggregate import aggregate
-        sw = _results_sweep(a.sweep, a.results_root)
-        name = sw.name
-        st = None
-        if a.storage:
-            st = _open_study(a.storage, sw.name, a.results_root, a.study or sw.name)
-        out = aggregate(name, a.results_root, study=st)
-        print(out["summary_md"].read_text())
-        print(f"wrote {out['summary_csv']}, {out['summary_md']}, {out['attention_csv']}, "
-              + ", ".join(str(p) for p in out["plots"]), file=sys.stderr)
-        print(out["isocost_line"], file=sys.stderr)
-        return 0
-    if a.cmd == "status":
-        from .running import study as S
-        sweep = _results_sweep(a.sweep, a.results_root)
-        st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
-        points = sweep.points()
-        p = S.progress(st, [pt.key for pt in points], {pt.key: pt.variant for pt in points})
-        print(S.format_progress(p, 1))
-        left = S.time_left(p, 1)
-        if left.paced and left.seconds is not None:
-            print(f"time left takes the running trial's pace (no finished trial yet) for: {', '.join(left.paced)}")
-        if left.assumed and left.seconds is not None:
-            print(f"time left assumes the mean of the measured variants for: {', '.join(left.assumed)}")
-        if S.drain_requested(st):
-            print("drain requested: workers finish their running trials and claim no new one; `run` again goes on")
-        for key, state in sorted(p.points.items()):
-            extra = ""
-            if state == "running":
-                t = p.last_trial[key]
-                who = t.user_attrs.get("worker_host")
-                extra = f"  epoch {S.format_epoch(t)}  (trial {t.number}" + (
-                    f", {who}:{t.user_attrs.get('worker_pid')}" if who else "") + ")"
-            print(f"  {state:8s} {key}{extra}")
-        _print_jobs(sweep.name, a.results_root)
-        return 0
-    if a.cmd == "drain":
-        from .running import study as S
-        sweep = _results_sweep(a.sweep, a.results_root)
-        st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
-        S.request_drain(st)
-        p = S.progress(st, [pt.key for pt in sweep.points()])
-        print(f"drain requested for sweep {sweep.name!r}: {p.count('running')} running trial(s) finish, no new one "
-              f"starts; {p.count('waiting')} waiting point(s) stay queued. `run` again goes on.")
-        return 0
-    if a.cmd == "check":
-        sweep = load_sweep(a.sweep)
-        pts = sweep.points()
-        print(f"{sweep.source}: OK: sweep '{sweep.name}', base {sweep.base_config}, {len(pts)} grid points "
-              f"({len(sweep.variants())} variants)" + (", with a tuning stage" if sweep.tune else ""))
-        for p in pts:
-            print("  " + p.key)
-        return 0
-    if a.cmd == "estimate":
-        from .running.estimate import main as estimate_main
-        device = a.device or ("cuda" if _cuda() else "cpu")
-        if device.startswith("cuda") and not _cuda():
-            raise UsageError(f"--device {device}: no CUDA device is available here; valid: cpu")
-        workers = a.workers if a.workers is not None else (_env_int("WORKERS") or 1)
-        if workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {workers}")
-        return estimate_main(load_sweep(a.sweep), device, workers, a.overhead, a.repeats)
-    if a.cmd == "bench":
-        from .running.bench import bench_sweep
-        if a.device.startswith("cuda") and not _cuda():
-            raise UsageError(f"--device {a.device}: no CUDA device is available here; valid: cpu")
-        path = bench_sweep(load_sweep(a.sweep), a.results_root, a.device, a.train_repeats, 10,
-                           log=lambda line: print(line, file=sys.stderr, flush=True))
-        print(f"wrote {path} and {path.with_suffix('.md')}")
-        return 0
-    if a.cmd == "dashboard":
-        from .running import study as S
-        name = _results_sweep(a.sweep, a.results_root).name
-        print(f"optuna-dashboard {S.storage_label(a.storage, name, a.results_root)}")
-        return 0
-    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,46 +1,12 @@
-"""Sweep definitions: a YAML file naming a base experiment config, the grid and options.
+"""Sweep definitions: a YAML file naming a base experiment config, the grid and options,
+resolved into a :class:`SweepDef` (keys canonical, conv specs canonical, grid blocks expanded).
 
-Format (every key but ``name``, ``base_config`` and ``grid`` is optional; the user's guide with
-every key, type, default and error is ``docs/sweep-files.md``)::
-
-    name: smoke                      # results go to results/<name>/, the Optuna study is "<name>"
-    base_config: experiments/smoke.yaml
-    overrides:                       # applied to every trial (LightningCLI keys, dotted)
-      trainer.max_epochs: 2
-    grid:                            # the cartesian product of these axes is the grid
-      conv: [static, odconv1x, odconv4x]        # alias of model.conv
-      seed: [0, 1]                              # alias of seed_everything
-      model.model_options: [{width: 0.25}]      # any other CLI key; values may be mappings
-    # or a list of such blocks, whose grids are joined (e.g. more seeds for some variants):
-    # grid:
-    #   - {conv: [static, odconv1x, odconv4x], seed: [0, 1]}
-    #   - {conv: [static, odconv4x], seed: [2, 3]}
-    precision_goals:                 # optional: the 95% interval half-widths (pp) aimed for;
-      main_effect: 0.4               # summary.md says whether they were reached
-      rows: {odconv4x: 0.75}         # a grid variant against its reference (static)
-    reruns:                          # optional: grid points run again with something that
-      points: {conv: [odconv1x], seed: [0]}     # must not change the result (here: another
-      overrides: {model.model_options: {strategy: grouped}}   # kernel strategy): the
-                                     # run-to-run spread, beside the seed-to-seed one
-    metric: test/acc_top1            # optional; default: test top-1 when the config has a
-                                     # test set, else final val top-1
-    max_retries: 2                   # a trial whose process died is retried this often
-    stale_after_s: 900               # heartbeat age after which another host's trial is dead
-    measure: {repeats: 5, latency_batch_sizes: [1, 64], throughput_batch_size: 64}
-    tune:                            # optional tuning stage (see sweeps/tune.py)
-      params:
-        model.lr: {type: float, low: 0.01, high: 0.4, log: true}
-        model.weight_decay: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
-      n_trials: 12                   # per variant
-      overrides: {trainer.max_epochs: 5}
-      pruner: median                 # median | none
-      metric: val/acc_top1
-
-The file's schema is :mod:`sweeps.sweep_schema` (pydantic models: :class:`SweepFile`, its sections),
-checked first; the grid and the values of the keys this
-module knows (conv specs through :func:`odconv.parse_conv_spec`, model names through
+The file's schema is :mod:`sweeps.sweep_schema` (pydantic models, one per section: the one
+place that states each key's type and default), checked first; the grid and the values of the
+keys this module knows (conv specs through :func:`odconv.parse_conv_spec`, model names through
 :func:`odconv.list_models`, seeds) are checked after it. ``load_sweep`` raises
-:class:`SweepConfigError` naming the file, the key path, the bad value and what is valid.
+:class:`SweepConfigError` naming the file, the key path, the bad value and what is valid. Every
+key, type, default and error, with examples: the user's guide ``docs/sweep-files.md``.
 """
 
 from __future__ import annotations
@@ -59,14 +25,19 @@ from pydantic import ValidationError
 
 from odconv import list_models, parse_conv_spec
 
-from .running.slurm import SlurmOptions, SlurmOptionsError
-from .sweep_schema import MeasureSection, PrecisionGoalsSection, RerunsSection, SweepFile, describe_error
+from .slurm_options import SlurmOptions
+from .sweep_schema import MeasureSection, PrecisionGoalsSection, RerunsSection, SweepFile, TuneSection, describe_error
 
 ALIASES = {"conv": "model.conv", "seed": "seed_everything", "lr": "model.lr",
            "weight_decay": "model.weight_decay", "model_name": "model.model", "backbone": "model.model"}
 SEED_KEY = "seed_everything"
 CONV_KEY = "model.conv"
 MODEL_KEY = "model.model"
+
+
+def _default(section: type, key: str) -> Any:
+    """The default the schema states for ``key`` of ``section`` (stated there only)."""
+    return section.model_fields[key].default
 
 
 class SweepConfigError(ValueError):
@@ -104,11 +75,11 @@ class TuneDef:
     (``{"type": "float"|"int", "low", "high", "log"}`` or ``{"type": "categorical", "choices"}``)."""
 
     params: dict[str, dict[str, Any]]
-    n_trials: int = 10
+    n_trials: int = _default(TuneSection, "n_trials")
     overrides: dict[str, Any] = field(default_factory=dict)
-    pruner: str = "median"
-    metric: str = "val/acc_top1"
-    seed: int = 0
+    pruner: str = _default(TuneSection, "pruner")
+    metric: str = _default(TuneSection, "metric")
+    seed: int = _default(TuneSection, "seed")
 
 
 @dataclass
@@ -125,15 +96,15 @@ class SweepDef:
     base_config: str
     grid: dict[str, list[Any]]
     overrides: dict[str, Any] = field(default_factory=dict)
-    metric: str | None = None
-    max_retries: int = 2
-    stale_after_s: float = 900.0
-    measure: dict[str, Any] = field(default_factory=dict)
+    metric: str | None = _default(SweepFile, "metric")
+    max_retries: int = _default(SweepFile, "max_retries")
+    stale_after_s: float = _default(SweepFile, "stale_after_s")
+    measure: dict[str, Any] = field(default_factory=lambda: MeasureSection().model_dump())
     tune: TuneDef | None = None
     description: str = ""
     source: str = ""
     blocks: list[dict[str, list[Any]]] = field(default_factory=list)
-    slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` section as written (SlurmOptions keys)
+    slurm: SlurmOptions | None = None  # the `slurm:` section (None: not written; defaults apply)
     # the `reruns:` section: {"blocks": [grid blocks of grid points], "overrides": {key: value}}
     reruns: dict[str, Any] = field(default_factory=dict)
     # the `precision_goals:` section: {"main_effect": pp or None, "rows": {variant: pp}}
@@ -169,6 +140,8 @@ class SweepDef:
         d = dict(d)
         if d.get("tune") is not None:
             d["tune"] = TuneDef(**d["tune"])
+        # a snapshot written before the section was typed holds {} when it was absent
+        d["slurm"] = SlurmOptions.from_mapping(d["slurm"], environ={}) if d.get("slurm") else None
         return cls(**d)
 
 
@@ -215,18 +188,6 @@ def slugify(text: str) -> str:
     return s
 
 
-def _slurm_section(src: str, raw: Any) -> dict[str, Any]:
-    """The `slurm:` section, checked against :class:`sweeps.running.slurm.SlurmOptions` (environment
-    overrides are applied at submission, not here)."""
-    if raw is None:
-        return {}
-    try:
-        SlurmOptions.from_mapping(raw, environ={})
-    except SlurmOptionsError as e:
-        raise _err(src, str(e)) from None
-    return dict(raw)
-
-
 def _err(src: str, msg: str) -> SweepConfigError:
     return SweepConfigError(f"{src}: {msg}")
 
@@ -259,15 +220,11 @@ def _checked_mapping(src: str, where: str, mapping: dict[str, Any] | None) -> di
 
 
 def _json_like(v: Any) -> bool:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return True
-    if isinstance(v, (dict, list)):
-        try:
-            json.dumps(v)
-            return True
-        except TypeError:
-            return False
-    return False
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return v is None or isinstance(v, (str, int, float, bool, dict, list))
 
 
 _BLOCK_HELP = "a non-empty mapping of axis -> list of values, e.g. {conv: [static, odconv1x], seed: [0, 1, 2]}"
@@ -452,7 +409,6 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
                        overrides=_checked_mapping(src, "tune.overrides", f.tune.overrides),
                        pruner=f.tune.pruner or "none", metric=f.tune.metric, seed=f.tune.seed)
     measure = (f.measure or MeasureSection()).model_dump()
-    slurm = _slurm_section(src, f.slurm)
     reruns = _parse_reruns(src, f.reruns, blocks, overrides)
     if reruns and tune is not None:
         raise _err(src, "'reruns' and 'tune' cannot be combined: a rerun repeats a grid point as the grid ran it")
@@ -460,7 +416,7 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
     goals = _parse_goals(src, f.precision_goals, variants)
     return SweepDef(name=f.name, base_config=base, grid=grid, overrides=overrides, metric=f.metric,
                     max_retries=f.max_retries, stale_after_s=float(f.stale_after_s), measure=measure, tune=tune,
-                    description=f.description or "", source=src, blocks=blocks, slurm=slurm, reruns=reruns,
+                    description=f.description or "", source=src, blocks=blocks, slurm=f.slurm, reruns=reruns,
                     precision_goals=goals)
 
 

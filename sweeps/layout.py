@@ -105,8 +105,8 @@ class SweepLayout:
 #: The tables the report writes (plots are named where they are drawn).
 REPORT_FILES = (
     "summary.csv", "summary.md", "reruns.csv", "attention.csv", "attention.md", "effects.csv",
-    "conditional_effects.csv", "effects.md", "effects.png", "val_curves.csv", "val_curves.png",
-    "isocost.csv", "isocost_frontier.csv", "isocost.md",
+    "conditional_effects.csv", "effects.md", "effects.png", "outliers.csv", "effects_without_outliers.csv",
+    "val_curves.csv", "val_curves.png", "isocost.csv", "isocost_frontier.csv", "isocost.md",
 )
 
 

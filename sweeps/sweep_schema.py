@@ -8,10 +8,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
+
+from lightning_modules.contract import SWEEP_METRICS
+
+from .slurm_options import SlurmOptions, SlurmOptionsError
 
 Metric = Literal["test/acc_top1", "val/acc_top1", "best_val/acc_top1"]
 METRICS: tuple[str, ...] = get_args(Metric)
+assert set(METRICS) == set(SWEEP_METRICS), "the schema's metrics are lightning_modules.contract.SWEEP_METRICS"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -105,6 +110,14 @@ class PrecisionGoalsSection(_Section):
     rows: dict[str, Annotated[float, Field(gt=0)]] | None = None
 
 
+def _slurm_options(raw: Any) -> SlurmOptions | None:
+    """The ``slurm:`` section as :class:`SlurmOptions` (ODCONV_SLURM_* variables apply at
+    submission, not here); :class:`SlurmOptionsError` names the bad key or value."""
+    if raw is None or isinstance(raw, SlurmOptions):
+        return raw
+    return SlurmOptions.from_mapping(raw, environ={})
+
+
 class SweepFile(_Section):
     """A sweep YAML file as written (before the grid and the known keys' values are checked)."""
 
@@ -120,8 +133,8 @@ class SweepFile(_Section):
     stale_after_s: Annotated[float, Field(ge=30)] = 900.0
     measure: MeasureSection | None = None
     tune: TuneSection | None = None
-    # what each worker job asks SLURM for (`--launcher slurm`); checked by sweeps.definition
-    slurm: Any = None
+    # what each worker job asks SLURM for (`--launcher slurm`)
+    slurm: Annotated[SlurmOptions | None, PlainValidator(_slurm_options)] = None
     reruns: RerunsSection | None = None
     precision_goals: PrecisionGoalsSection | None = None
 
@@ -152,6 +165,8 @@ def describe_error(raw: Any, err: dict[str, Any]) -> str:
     if kind == "missing":
         top = len(err["loc"]) == 1
         return f"missing required key '{path}'" + (" (a sweep needs name, base_config and grid)" if top else "")
+    if kind == "value_error" and isinstance(ctx.get("error"), SlurmOptionsError):
+        return str(ctx["error"])  # it names its key already
     if kind == "value_error":
         return f"{where}: {ctx['error']}" if path else str(ctx["error"])
     if kind == "literal_error":

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.running.slurm import ENV_PREFIX
+from sweeps.slurm_options import ENV_PREFIX
 
 BINARIES = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "squeue", "sinfo", "scontrol", "scancel")
 PARTITION = "debug"

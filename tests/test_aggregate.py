@@ -4,6 +4,7 @@ output for sweeps without a factorial, with one seed, with missing cells and fai
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
@@ -13,13 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from scipy import stats as ss
 
 from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, load_sweep, parse_sweep
 from sweeps.record import TrialRecord, read_records, write_record
+from sweeps.reporting import precision as P
 from sweeps.reporting.aggregate import aggregate
-from sweeps.reporting.analysis import factorial_groups, train_time_column
+from sweeps.reporting.analysis import train_time_column
+from sweeps.reporting.attentions import factorial_groups
+from sweeps.reporting.formats import CSV_FLOAT_FORMAT, format_float, write_csv
 from sweeps.reporting.plots import label_points, short_label
 from sweeps.reporting.precision import seeds_for_main_effect, seeds_for_row
 from tests.conftest import lstsq_vs_reference
@@ -106,6 +113,49 @@ def factorial(tmp_path):
     recs, truth = _factorial_records("fac")
     sw = _write(tmp_path, "fac", FACTORIAL_GRID, recs)
     return sw, truth, aggregate("fac", tmp_path), tmp_path / "fac"
+
+
+def test_a_csv_holds_its_floats_at_the_stated_precision_so_rounding_noise_changes_no_byte(tmp_path):
+    """Two runs whose numbers differ by floating-point noise (1e-14 relative, as between two
+    CPUs) write the same bytes; a difference at the stated precision changes them."""
+    x = 1 / 3 + 1e-15
+
+    def table(v: float, zero: float) -> pd.DataFrame:
+        return pd.DataFrame({"variant": ["a", "b", "c"], "n": [1, 2, 3], "value": [v, 82.35250115394592, np.nan],
+                             "delta": [zero, -2.025690391579218, 3.318055139e-13],
+                             "mixed": [v, "text", None]})  # a float among an object column's values
+
+    one, two, three = (tmp_path / f"{n}.csv" for n in ("one", "two", "three"))
+    write_csv(table(x, 0.0), one)
+    write_csv(table(x * (1 + 1e-14), -0.0), two)   # noise below the precision; a zero of the other sign
+    write_csv(table(x + 1e-9, 0.0), three)
+    assert CSV_FLOAT_FORMAT == "%.10g"
+    assert one.read_bytes() == two.read_bytes()
+    assert one.read_text().splitlines() == ["variant,n,value,delta,mixed", "a,1,0.3333333333,0,0.3333333333",
+                                            "b,2,82.35250115,-2.025690392,text", "c,3,,3.318055139e-13,"]
+    assert three.read_bytes() != one.read_bytes()
+
+
+def test_every_csv_of_the_report_uses_the_stated_float_format(factorial):
+    """Each number in every CSV ``make results`` writes is as :func:`format_float` writes it
+    (no float written at full precision), and the plots carry no software version."""
+    _, _, out, res = factorial
+    csvs = [p for p in out["files"] if p.suffix == ".csv"]
+    assert {"summary.csv", "effects.csv", "conditional_effects.csv", "attention.csv"} <= {p.name for p in csvs}
+    n_floats = 0
+    for path in csvs:
+        with path.open(newline="") as f:
+            cells = [c for row in list(csv.reader(f))[1:] for c in row]
+        for c in cells:
+            try:
+                v = float(c)
+            except ValueError:
+                continue
+            assert c == format_float(v), (path.name, c)
+            n_floats += "." in c
+    assert n_floats > 100
+    for png in out["plots"]:
+        assert b"Matplotlib version" not in png.read_bytes(), png.name
 
 
 def test_precision_goals_are_judged_on_the_intervals_the_results_gave(tmp_path):
@@ -206,7 +256,6 @@ def test_summary_says_how_many_seeds_would_meet_each_goal(tmp_path):
 
 
 def test_a_met_goal_needs_no_more_seeds_whatever_the_pooled_sd_says(tmp_path, monkeypatch):
-    import sweeps.reporting.precision as P
     recs, _ = _factorial_records("met")
     _write(tmp_path, "met", FACTORIAL_GRID, recs, precision_goals={"rows": {"odconv4x": 5.0, "condconv8x": 0.2}})
     # the pooled SDs (over every row) can ask for more seeds than the row's own interval needed
@@ -573,21 +622,19 @@ def test_scatter_labels_of_a_dense_cluster_do_not_overlap():
     """The study's parameter axis in miniature: seven points stacked at one x, ten at another,
     a lone point and one at the right edge; every label drawn, none overlapping another,
     every stacked label tied to its own point, and all inside the figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.text import Text
     rng = np.random.default_rng(0)
     xs = np.r_[1.05 + 0.02 * rng.random(7), 4.0 + 0.05 * rng.random(10), 2.2, 8.9]
     ys = np.r_[83.0 + 0.1 * np.arange(7), 82.5 + 0.12 * np.arange(10), 84.5, 86.7]
     labels = [f"1x v{i}" for i in range(7)] + [f"4x variant{i}" for i in range(10)] + ["w=0.1875", "w=0.375"]
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.scatter(xs, ys)
     ax.set_xscale("log", base=2)
     fig.tight_layout()
     notes = label_points(ax, xs, ys, labels)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    canvas.draw()
+    renderer = canvas.get_renderer()
     boxes = [Text.get_window_extent(t, renderer) for t in notes]   # the text alone, not its leader line
     assert [t.get_text() for t in notes] == labels
     for (i, a), (j, b) in itertools.combinations(enumerate(boxes), 2):
@@ -596,7 +643,6 @@ def test_scatter_labels_of_a_dense_cluster_do_not_overlap():
     for t, x, y in zip(notes, xs, ys):
         assert t.xy == (x, y)                            # the label (and its leader line) points at its own point
     assert sum(t.arrow_patch is not None for t in notes) >= 17   # the two clusters are stacked with lines
-    plt.close(fig)
 
 
 def test_one_seed_no_factorial_failed_and_missing_trials(tmp_path):

@@ -12,7 +12,9 @@ import optuna
 import pytest
 
 from sweeps.definition import CONV_KEY, SEED_KEY, common_axes, load_sweep, parse_sweep
+from sweeps.running import grid_queue as Q
 from sweeps.running import study as S
+from sweeps.running.storage import make_storage
 from sweeps.running.worker import GridSource
 from tests.conftest import sweep_file_error
 
@@ -95,11 +97,11 @@ def test_a_ladder_point_is_claimed_after_a_rerun_registered_the_key_with_another
     ladder's widths as choices of ``model.model_options`` failed once a rerun had registered
     that name with its own value. Only the common axes are Optuna params."""
     sw = parse_sweep(_ladder())
-    st = S.create_study(S.make_storage(None, sw.name, tmp_path), sw.name)
+    st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
     earlier = st.ask()  # a trial of the same study that registered the key with one value
-    earlier.suggest_categorical(OPTS, [S.encode_value({"width": 0.125, "strategy": "grouped"})])
+    earlier.suggest_categorical(OPTS, [Q.encode_value({"width": 0.125, "strategy": "grouped"})])
     st.tell(earlier, 0.5)
-    S.enqueue_grid(st, sw)
+    Q.enqueue_grid(st, sw)
     worker = SimpleNamespace(study=st, sweep=sw, stop=False, storage=st.storage, res_dir=tmp_path / "res",
                              devices_per_trial=1, results_root=str(tmp_path),
                              mark_claimed=lambda trial: dict(trial.user_attrs))

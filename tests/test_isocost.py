@@ -1,16 +1,23 @@
-"""The iso-cost comparison (sweeps/isocost.py): against plain numpy least squares, on synthetic
-ladders with a known answer, a variant outside the ladder, and the frontier's lack-of-fit test."""
+"""The iso-cost comparison (sweeps/reporting/isocost.py; its files: sweeps/reporting/isocost_report.py):
+against plain numpy least squares, on synthetic ladders with a known answer, a variant outside the
+ladder, the frontier's lack-of-fit test, and the Holm adjustment its verdicts rest on."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from sweeps.reporting.isocost import AXES, cost_frame, find_ladder, fit_axis, frontier_band, isocost
+from sweeps.definition import GridPoint, parse_sweep
+from sweeps.record import TrialRecord, write_record
+from sweeps.reporting.aggregate import aggregate
+from sweeps.reporting.isocost import AXES, IsoCostResult, cost_frame, find_ladder, fit_axis, frontier_band, isocost
+from sweeps.reporting.isocost_report import NO_LADDER, isocost_markdown, write_isocost
 
 RATIOS = {"static": 1.0, "static w=0.15": 1.5, "static w=0.1875": 2.25, "static w=0.25": 4.0, "static w=0.375": 9.0}
 WIDTHS = {"static": 0.125, "static w=0.15": 0.15, "static w=0.1875": 0.1875, "static w=0.25": 0.25,
@@ -118,8 +125,6 @@ def test_a_curve_that_only_the_quadratic_term_detects_gets_a_quadratic(tmp_path)
     """The line's two tests disagree: its lack of fit (3 df) passes, its quadratic term (1 df,
     the sharper test against a bend) rejects. The data ask for the curve, so the quadratic is
     fitted, and isocost.md says which test moved it."""
-    from sweeps.reporting.isocost_report import write_isocost
-
     summary = _ladder_and_one_variant()
     # rng_seed 3, curve -0.15: a ladder on which the two tests disagree (checked first)
     out = isocost(_results({"v": (3.0, 0.0)}, sd=0.2, curve=-0.15, rng_seed=3), summary, cost_frame(summary, None))
@@ -132,6 +137,45 @@ def test_a_curve_that_only_the_quadratic_term_detects_gets_a_quadratic(tmp_path)
     section = md[md.index("## parameters"):md.index("## MACs")]
     assert (f"rejected at the 0.05 level by its quadratic term's test, p = {fit.line_next_order_p:.3f} "
             f"(lack-of-fit test: p = {fit.line_lack_of_fit_p:.3f}), so a quadratic was fitted") in section
+
+
+def _holm_by_hand(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment written out: the k-th smallest of m p-values (k from 0) times
+    m - k, never below the one before it, at most 1."""
+    out = np.empty(len(p))
+    running = 0.0
+    for k, i in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (len(p) - k) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_verdicts_rest_on_p_values_holm_adjusted_across_the_axis_variants():
+    """Four variants compared on one axis (and one outside the ladder, not in the family): the
+    p_holm column is Holm's adjustment of the p column over the four, and the verdicts use it:
+    of the three variants with unadjusted p < 0.05, only the one whose adjusted p stays below
+    0.05 is named above (or below) the frontier."""
+    variants = {"a": (1.3, 0.45), "b": (2.0, 0.45), "c": (3.0, 0.0), "d": (5.0, -0.1), "outside": (12.0, 0.0)}
+    # rng_seed 9: unadjusted p < 0.05 for a, b (above) and d (below); Holm keeps a only (checked below)
+    fit = fit_axis("params", _results(variants, sd=0.3, rng_seed=9), _costs(variants), list(RATIOS), WIDTHS)
+    t = fit.table.set_index("variant")
+    compared = t[t["p"].notna()]
+    assert list(compared.index) == ["a", "b", "c", "d"] and np.isnan(t.loc["outside", "p_holm"])
+    assert compared["p_holm"].to_numpy() == pytest.approx(_holm_by_hand(compared["p"].to_numpy()), rel=1e-12)
+    assert set(compared.index[compared["p"] < 0.05]) == {"a", "b", "d"}
+    assert set(compared.index[compared["p_holm"] < 0.05]) == {"a"}
+    assert compared.loc["a", "delta"] > 0 > compared.loc["d", "delta"]
+
+    md = isocost_markdown(IsoCostResult(list(RATIOS), {"params": fit}, {}), "t", "test/acc_top1", "cpu X", "b.csv")
+    assert ("4 variant(s) compared; above the frontier at Holm 5%: `a`; none below it; 3 indistinguishable from "
+            "it; outside the ladder, not compared: `outside`.") in md
+    row = next(line for line in md.splitlines() if line.startswith("| parameters"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    a = compared.loc["a"]
+    assert cells[2:7] == ["4", f"`a` {a['delta']:+.2f} [{a['ci_low']:+.2f}, {a['ci_high']:+.2f}]", "none", "3", "1"]
+    section = md[md.index("## parameters"):]
+    holm_column = [line.split("|")[7].strip() for line in section.splitlines() if line.startswith("| `")]
+    assert holm_column == [f"{p:.3f}" if p >= 0.001 else "<0.001" for p in compared["p_holm"]] + ["n/a"]
 
 
 def test_find_ladder_needs_three_static_widths_of_one_model():
@@ -182,8 +226,6 @@ def test_the_interval_covers_the_true_offset_about_95_times_in_100():
 
 
 def test_files_per_axis_and_no_files_without_a_ladder(tmp_path):
-    from sweeps.reporting.isocost_report import NO_LADDER, write_isocost
-
     summary = pd.DataFrame({"variant": list(RATIOS) + ["odconv4x", "far"], "conv": ["static"] * 5 + ["odconv4x"] * 2,
                             "model_name": ["m"] * 7, "model_width": list(WIDTHS.values()) + [0.125, 0.125],
                             "n_seeds": [4] * 7, "params_count": [1000 * r for r in RATIOS.values()] + [3000.0, 20000.0],
@@ -228,13 +270,6 @@ def test_files_per_axis_and_no_files_without_a_ladder(tmp_path):
 def test_make_results_of_a_sweep_with_a_ladder_writes_the_iso_cost_files(tmp_path):
     """Through `odconv-sweep results`' aggregation: a grid with a static ladder block, records
     whose parameter counts grow with width, and a bench table for the time axis."""
-    import json
-    from pathlib import Path
-
-    from sweeps.definition import GridPoint, parse_sweep
-    from sweeps.record import TrialRecord, write_record
-    from sweeps.reporting.aggregate import aggregate
-
     root = Path(__file__).resolve().parents[1]
     opts = "model.model_options"
     widths = [0.125, 0.15, 0.1875, 0.25]
@@ -303,8 +338,6 @@ def _ladder_and_one_variant() -> pd.DataFrame:
 def test_the_glance_table_names_a_quadratic_frontier_with_its_two_coefficients(tmp_path):
     """A curved ladder: the glance row says the frontier is a quadratic and gives the slope at the
     narrowest width and the curvature the fit found (not one slope, which a quadratic does not have)."""
-    from sweeps.reporting.isocost_report import write_isocost
-
     summary = _ladder_and_one_variant()
     out = isocost(_results({"v": (3.0, 0.0)}, sd=0.2, curve=-0.6, rng_seed=1), summary, cost_frame(summary, None))
     fit = out.axes["params"]
@@ -322,8 +355,6 @@ def test_the_glance_table_names_a_quadratic_frontier_with_its_two_coefficients(t
 def test_a_frontier_that_misses_the_ladder_is_flagged_in_the_glance_row_and_its_section(tmp_path):
     """A ladder with a step at one width (as a time axis can have): neither the line nor the
     quadratic fits it, and isocost.md says so where the frontier is given and in the glance row."""
-    from sweeps.reporting.isocost_report import write_isocost
-
     summary = _ladder_and_one_variant()
     res = _results({"v": (3.0, 0.0)}, sd=0.2, rng_seed=1)
     res.loc[res["variant"] == "static w=0.1875", "top1"] += 1.5

@@ -18,9 +18,11 @@ import yaml
 
 from sweeps.cli import main as sweep_main
 from sweeps.definition import GridPoint, grid_key, parse_sweep
+from sweeps.running import grid_queue as Q
 from sweeps.running import study as S
 from sweeps.running.process import Slot
 from sweeps.running.runner import cpu_scale_warning, run_sweep
+from sweeps.running.storage import make_storage
 from sweeps.running.worker import beat_progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def point(conv: str, seed: int) -> GridPoint:
 
 def add_finished(st: S.SweepStudy, p: GridPoint, seconds: float, resumed: bool = False) -> None:
     """A COMPLETE grid trial that ran ``seconds`` (Optuna's start and end times set explicitly)."""
-    attrs = {**S.grid_attrs(p), "record": {"resumed_from": "last.ckpt" if resumed else None}}
+    attrs = {**Q.grid_attrs(p), "record": {"resumed_from": "last.ckpt" if resumed else None}}
     st.add_trial(optuna.trial.FrozenTrial(
         number=0, state=optuna.trial.TrialState.COMPLETE, value=0.5, datetime_start=T0,
         datetime_complete=T0 + timedelta(seconds=seconds), params={}, distributions={}, user_attrs=attrs,
@@ -52,7 +54,7 @@ def add_finished(st: S.SweepStudy, p: GridPoint, seconds: float, resumed: bool =
 def start_running(st: S.SweepStudy, key: str, epoch: int | None, max_epochs: int = 15) -> optuna.trial.Trial:
     """Claim the queued trial of ``key`` (WAITING -> RUNNING) with a live worker (this process)
     and, unless ``epoch`` is None, the progress its heartbeat would have copied."""
-    while (t := S.pop_waiting(st)) is not None:
+    while (t := Q.pop_waiting(st)) is not None:
         if st.trials[t.number].user_attrs["grid_key"] == key:
             break
         st.storage.set_trial_state_values(st.trial_id(t.number), state=optuna.trial.TrialState.WAITING)
@@ -69,10 +71,10 @@ def sweep_study(tmp_path):
     """static s0 (100 s) and s1 (140 s) finished, static s2 running at epoch 3/15, the three
     odconv1x points waiting."""
     path, sw = make_sweep(tmp_path)
-    st = S.create_study(S.make_storage(None, sw.name, tmp_path), sw.name)
+    st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
     add_finished(st, point("static", 0), 100)
     add_finished(st, point("static", 1), 140)
-    S.enqueue_grid(st, sw)
+    Q.enqueue_grid(st, sw)
     start_running(st, grid_key(point("static", 2).params), epoch=3)
     return path, sw, st
 
@@ -121,9 +123,9 @@ def test_status_names_the_running_trials_epoch_and_the_time_left(sweep_study, tm
 
 def test_time_left_is_unknown_before_any_trial_finished_and_skips_resumed_trials(tmp_path):
     _, sw = make_sweep(tmp_path)
-    st = S.create_study(S.make_storage(None, sw.name, tmp_path), sw.name)
+    st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
     add_finished(st, point("static", 0), 500, resumed=True)   # covers part of its fit: no pace
-    S.enqueue_grid(st, sw)
+    Q.enqueue_grid(st, sw)
     start_running(st, grid_key(point("static", 1).params), epoch=None)
     p = S.progress(st, [pt.key for pt in sw.points()])
     assert S.time_left(p).seconds is None
@@ -134,9 +136,9 @@ def test_time_left_is_unknown_before_any_trial_finished_and_skips_resumed_trials
 def test_heartbeat_copies_the_fits_epoch_into_the_trial(tmp_path):
     from lightning_modules.contract import Progress, write_progress
     _, sw = make_sweep(tmp_path)
-    st = S.create_study(S.make_storage(None, sw.name, tmp_path), sw.name)
-    S.enqueue_grid(st, sw)
-    t = S.pop_waiting(st)
+    st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
+    Q.enqueue_grid(st, sw)
+    t = Q.pop_waiting(st)
     tid = st.trial_id(t.number)
     run_dir = tmp_path / "run"
     assert beat_progress(st, tid, run_dir, None) is None  # no file yet: nothing written

@@ -23,6 +23,7 @@ import pytest
 import submitit
 
 from sweeps.running import slurm as S
+from sweeps.slurm_options import SlurmOptions, SlurmOptionsError
 from tests import slurm_cluster as slurm_cluster_module
 from tests.slurm_cluster import (  # noqa: F401  (the slurm_cluster and cluster fixtures)
     ClusterUnavailable,
@@ -66,11 +67,11 @@ log("done")
 # ---------------------------------------------------------------- options (no cluster)
 
 def test_options_defaults_mapping_and_env_overrides():
-    assert S.SlurmOptions.from_mapping({}, environ={}) == S.SlurmOptions()
+    assert SlurmOptions.from_mapping({}, environ={}) == SlurmOptions()
     section = {"gpus_per_job": 2, "cpus_per_task": 8, "mem_gb": 32, "time_min": 240, "partition": "gpu",
                "account": "lab", "qos": "normal", "constraint": "a100|h100", "signal": "usr2",
                "signal_before_s": 300, "extra_sbatch": {"exclude": "node07", "exclusive": True}}
-    opts = S.SlurmOptions.from_mapping(section, environ={})
+    opts = SlurmOptions.from_mapping(section, environ={})
     assert (opts.gpus_per_job, opts.cpus_per_task, opts.mem_gb, opts.time_min) == (2, 8, 32.0, 240)
     assert (opts.partition, opts.account, opts.qos, opts.constraint) == ("gpu", "lab", "normal", "a100|h100")
     assert (opts.signal, opts.signal_before_s) == ("USR2", 300)
@@ -78,7 +79,7 @@ def test_options_defaults_mapping_and_env_overrides():
     env = {"ODCONV_SLURM_PARTITION": "debug", "ODCONV_SLURM_TIME_MIN": "30", "ODCONV_SLURM_MEM_GB": "1.5",
            "ODCONV_SLURM_ACCOUNT": "", "ODCONV_SLURM_EXTRA_SBATCH": "--exclude=node08 --exclusive",
            "ODCONV_SLURM_SIGNAL": "SIGUSR1"}
-    over = S.SlurmOptions.from_mapping(section, environ=env)
+    over = SlurmOptions.from_mapping(section, environ=env)
     assert (over.partition, over.time_min, over.mem_gb, over.signal) == ("debug", 30, 1.5, "USR1")
     assert over.account == "lab"  # an empty variable does not override
     assert over.extra_sbatch == {"exclude": "node08", "exclusive": True}
@@ -104,8 +105,8 @@ def test_options_defaults_mapping_and_env_overrides():
     ("gpu", {}, "slurm: must be a mapping of options, got 'gpu'"),
 ])
 def test_options_errors_name_the_bad_key_and_value(section, env, message):
-    with pytest.raises(S.SlurmOptionsError) as e:
-        S.SlurmOptions.from_mapping(section, environ=env)
+    with pytest.raises(SlurmOptionsError) as e:
+        SlurmOptions.from_mapping(section, environ=env)
     assert message in str(e.value)
 
 
@@ -125,15 +126,15 @@ def test_stop_signal_is_the_jobs_warning_signal_only_inside_a_launched_job():
     assert S.stop_signal({"SLURM_JOB_ID": "7", "SUBMITIT_PREEMPT_SIGNAL": "SIGUSR1"}) == signal.SIGUSR1
     assert S.stop_signal({"SLURM_JOB_ID": "7", "SUBMITIT_PREEMPT_SIGNAL": "TERM"}) is None  # not a warning signal
     # what the launcher's jobs export: the signal the options ask for
-    setup = S.SlurmOptions(signal="USR2").executor_parameters()["setup"]
+    setup = SlurmOptions(signal="USR2").executor_parameters()["setup"]
     assert "export SUBMITIT_PREEMPT_SIGNAL=USR2" in setup
 
 
 def test_submit_jobs_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n_jobs must be an integer >= 1, got 0"):
-        S.submit_jobs(["true"], 0, S.SlurmOptions(), tmp_path)
+        S.submit_jobs(["true"], 0, SlurmOptions(), tmp_path)
     with pytest.raises(ValueError, match="argv must name a command"):
-        S.submit_jobs([], 1, S.SlurmOptions(), tmp_path)
+        S.submit_jobs([], 1, SlurmOptions(), tmp_path)
 
 
 def fake_binaries(tmp_path: Path) -> Path:
@@ -205,7 +206,7 @@ def submit_recorders(cluster: SlurmCluster, tmp_path: Path, n: int, release_now:
     """Submit n recorder jobs (one record file each); (job id, record, release file) per job."""
     script = tmp_path / "recorder.py"
     script.write_text(RECORDER)
-    opts = S.SlurmOptions.from_mapping({"time_min": 5, "signal_before_s": 20, **options}, environ={})
+    opts = SlurmOptions.from_mapping({"time_min": 5, "signal_before_s": 20, **options}, environ={})
     out = []
     for i in range(n):
         record, release = tmp_path / f"record{i}.txt", tmp_path / f"release{i}"
@@ -303,7 +304,7 @@ def test_signalled_job_and_requeued_job_each_run_again(cluster, tmp_path):
 @pytest.mark.integration
 def test_cancelled_job_ends_cancelled_and_a_failing_command_ends_failed(cluster, tmp_path):
     ((job_id, record, _),) = submit_recorders(cluster, tmp_path, 1, release_now=False)
-    short = S.SlurmOptions.from_mapping({"time_min": 2, "signal_before_s": 20}, environ={})
+    short = SlurmOptions.from_mapping({"time_min": 2, "signal_before_s": 20}, environ={})
     (failing,) = S.submit_jobs([sys.executable, "-c", "raise SystemExit(3)"], 1, short, tmp_path / "jobs")
     explain = explain_job(cluster, job_id, tmp_path)
     wait_until(lambda: events(record), 30, "the job's start", explain)

@@ -26,8 +26,10 @@ import pytest
 
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
+from sweeps.running import grid_queue as Q
 from sweeps.running import slurm as SL
-from sweeps.running import study as S
+from sweeps.running.storage import rdb_url
+from sweeps.slurm_options import SlurmOptions
 from tests.conftest import wait_for
 from tests.fit_gate import hold_at_epoch
 from tests.slurm_cluster import (  # noqa: F401 (the slurm_cluster and cluster fixtures)
@@ -124,11 +126,11 @@ def held_sweep(tmp_path: Path, name: str, seeds: list[int], epochs: int) -> tupl
 
 
 def record_of(root: Path, name: str, t: optuna.trial.FrozenTrial):
-    return read_record(root / name / "trials" / f"{S.trial_point(t).slug}.json")
+    return read_record(root / name / "trials" / f"{Q.trial_point(t).slug}.json")
 
 
 def train_log(root: Path, name: str, t: optuna.trial.FrozenTrial) -> str:
-    return (root / name / "runs" / S.trial_point(t).slug / "train.log").read_text()
+    return (root / name / "runs" / Q.trial_point(t).slug / "train.log").read_text()
 
 
 @pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.slow)])
@@ -146,7 +148,7 @@ def storage(request) -> Iterator[tuple[str | None, str | None]]:
         yield PG_URL, study
     finally:
         try:
-            optuna.delete_study(study_name=study, storage=S.rdb_url(PG_URL))
+            optuna.delete_study(study_name=study, storage=rdb_url(PG_URL))
         except KeyError:
             pass
 
@@ -157,7 +159,7 @@ def test_default_job_count_is_one_per_waiting_point_capped(tmp_path, monkeypatch
     from sweeps.running import runner as R
     submitted: list[int] = []
     monkeypatch.setattr(R, "submit_jobs", lambda argv, n, *a, **kw: submitted.append(n) or [str(i) for i in range(n)])
-    opts = SL.SlurmOptions()
+    opts = SlurmOptions()
     big = load_sweep(write_sweep(tmp_path, "big", {"conv": ["static"], "seed": list(range(R.MAX_DEFAULT_JOBS + 8))}))
     assert R.submit_sweep(big, opts, results_root=str(tmp_path), prepare_data=False) == 0
     small = load_sweep(write_sweep(tmp_path, "small", {"conv": ["static"], "seed": [0, 1, 2]}))

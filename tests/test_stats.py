@@ -1,16 +1,19 @@
-"""sweeps.reporting.stats against independent computations: textbook formulas in numpy, hand-worked
-examples, published power tables, and a 2^4 design whose effects are known by construction."""
+"""sweeps.reporting.stats and sweeps.reporting.linear_models against independent computations:
+textbook formulas in numpy, hand-worked examples, published power tables, and a 2^4 design whose
+effects are known by construction."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as ss
 
+from sweeps.reporting import linear_models as LM
 from sweeps.reporting import stats as S
 from tests.conftest import lstsq_vs_reference
 
@@ -167,7 +170,7 @@ def test_factorial_recovers_known_effects_exactly_without_noise():
     assert d[d.channel].y.mean() - d[~d.channel].y.mean() == pytest.approx(MAIN["channel"])
     ck = [d[(d.channel == c) & (d.kernel == k)].y.mean() for c in (True, False) for k in (True, False)]
     assert ((ck[0] - ck[2]) - (ck[1] - ck[3])) / 2 == pytest.approx(INTER[("channel", "kernel")])
-    fit = S.factorial_effects(d, FACTORS)
+    fit = LM.factorial_effects(d, FACTORS)
     terms = list(fit.effects["term"])
     assert terms[:4] == list(FACTORS) and len(terms) == 10
     assert set(terms[4:]) == {f"{a}:{b}" for a, b in itertools.combinations(FACTORS, 2)}
@@ -194,7 +197,7 @@ def _numpy_factorial_fit(d):
 def test_factorial_with_noise_and_its_intervals_match_numpy_least_squares():
     rng = np.random.default_rng(7)
     d = _design(noise=0.05, rng=rng)
-    fit = S.factorial_effects(d, FACTORS)
+    fit = LM.factorial_effects(d, FACTORS)
     # independent: the design matrix by hand, numpy least squares, scipy's t quantile
     beta, s2, cov, dof, pairs = _numpy_factorial_fit(d)
     se = np.sqrt(np.diag(cov))
@@ -216,7 +219,7 @@ def test_factorial_with_noise_and_its_intervals_match_numpy_least_squares():
 
 def test_conditional_effects_are_the_cell_mean_differences_without_noise():
     d = _design()
-    fit = S.factorial_effects(d, FACTORS)
+    fit = LM.factorial_effects(d, FACTORS)
     c = fit.conditional.set_index(["factor", "given", "given_on"])
     assert len(c) == 6 * 4 and set(fit.conditional["interaction"]) == set(fit.effects["term"][4:])
     # the definition, straight from the data: on minus off among the results with `given` at that level
@@ -234,7 +237,7 @@ def test_conditional_effects_and_their_intervals_match_numpy_least_squares():
     rng = np.random.default_rng(11)
     d = _design(noise=0.3, rng=rng)
     d = d.drop(index=[5, 17, 40])  # unbalanced: the contrasts' SEs differ
-    fit = S.factorial_effects(d, FACTORS)
+    fit = LM.factorial_effects(d, FACTORS)
     # independent: the design matrix by hand, numpy least squares, the contrast's variance L' V L
     beta, _, cov, dof, pairs = _numpy_factorial_fit(d)
     q = ss.t.ppf(0.975, dof)
@@ -254,34 +257,34 @@ def test_conditional_effects_and_their_intervals_match_numpy_least_squares():
 
 
 def test_factorial_without_replication_and_with_missing_cells():
-    one = S.factorial_effects(_design(seeds=(1,)), FACTORS)  # one seed: error from 3-/4-way terms
+    one = LM.factorial_effects(_design(seeds=(1,)), FACTORS)  # one seed: error from 3-/4-way terms
     assert one is not None and one.df_resid == 5 and one.n_obs == 16
     assert one.effects.set_index("term").loc["kernel", "estimate"] == pytest.approx(2.0)
     d = _design(seeds=(0, 1))
     lost = d[~(d["channel"] & d["filter"] & d["spatial"] & d["kernel"])]  # one cell failed in both seeds
-    fit = S.factorial_effects(lost, FACTORS)
+    fit = LM.factorial_effects(lost, FACTORS)
     assert fit is not None and fit.n_obs == 30
     # no noise: the model still holds exactly, so every effect is recovered from 15 cells
     for _, r in fit.effects.iterrows():
         assert r["estimate"] == pytest.approx(_truth(r["term"]), abs=1e-9)
-    assert S.factorial_effects(_design(seeds=(0,)).iloc[:10], FACTORS) is None  # 10 results, 11 terms
-    assert S.factorial_effects(_design().iloc[0:0], FACTORS) is None
+    assert LM.factorial_effects(_design(seeds=(0,)).iloc[:10], FACTORS) is None  # 10 results, 11 terms
+    assert LM.factorial_effects(_design().iloc[0:0], FACTORS) is None
     with pytest.raises(ValueError, match="kernel"):
-        S.factorial_effects(d.drop(columns="kernel"), FACTORS)
+        LM.factorial_effects(d.drop(columns="kernel"), FACTORS)
 
 
 def test_outlying_result_is_flagged_with_the_textbook_studentized_residual():
     rng = np.random.default_rng(3)
     d = _design(noise=0.05, rng=rng)
-    assert S.factorial_effects(d, FACTORS).outliers.empty  # normal noise only: nothing flagged
+    assert LM.factorial_effects(d, FACTORS).outliers.empty  # normal noise only: nothing flagged
     bad = d.index[(d.seed == 1) & d.channel & d.spatial & d.kernel & ~d["filter"]][0]
     d.loc[bad, "y"] -= 2.0  # one run that trained badly
     # and a result alone in its seed block: the model fits it exactly whatever its value
     alone = d.iloc[[0]].assign(seed=9, y=d.y.iloc[0] - 50.0)
     d = pd.concat([d, alone], ignore_index=True)
-    fit = S.factorial_effects(d, FACTORS)
+    fit = LM.factorial_effects(d, FACTORS)
     assert list(fit.outliers.index) == [bad]
-    assert list(fit.outliers.columns) == S.OUTLIER_COLUMNS
+    assert list(fit.outliers.columns) == LM.OUTLIER_COLUMNS
     # independent: the externally studentized residual from the hat matrix and the
     # leave-one-out variance (numpy), its two-sided t p-value times n (scipy)
     x = {f: np.where(d[f], 1.0, -1.0) for f in FACTORS}
@@ -302,7 +305,24 @@ def test_outlying_result_is_flagged_with_the_textbook_studentized_residual():
     assert got["p_bonferroni"] == pytest.approx(min(1.0, n * 2 * ss.t.sf(abs(r), n - k - 1)), rel=1e-6)
     assert h[-1] == pytest.approx(1.0)  # the lone result: leverage 1, never flagged
     # a stricter level flags nothing
-    assert S.factorial_effects(d, FACTORS, outlier_alpha=1e-30).outliers.empty
+    assert LM.factorial_effects(d, FACTORS, outlier_alpha=1e-30).outliers.empty
+
+
+def test_the_warnings_silenced_are_only_the_named_ones():
+    """Constant samples (scipy's precision-loss warning) and a result alone in its seed block
+    (statsmodels' rank-deficient leave-one-out fit, the square root of 1 - leverage 1) warn
+    nothing, even with every warning an error; any other warning in the same scope still shows."""
+    d = _design(noise=0.05, rng=np.random.default_rng(3))
+    alone = d.iloc[[0]].assign(seed=9, y=d.y.iloc[0] - 50.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert S.paired_diff({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.5, 1: 1.5, 2: 2.5}).p == 0.0
+        assert S.welch_ci([80.0, 80.0], [79.0, 79.0]) == (1.0, 1.0, 1.0)
+        assert S.mean_ci([0.3, 0.3, 0.3])[1] == pytest.approx(0.3)
+        assert LM.factorial_effects(pd.concat([d, alone], ignore_index=True), FACTORS).outliers.empty
+    with pytest.warns(RuntimeWarning, match="invalid value encountered in divide"):
+        with S._quiet():
+            warnings.warn("invalid value encountered in divide", RuntimeWarning, stacklevel=1)
 
 
 # --- Pareto front ------------------------------------------------------------------------------
@@ -323,14 +343,14 @@ def test_pareto_front_matches_brute_force():
 def test_effect_standard_errors_of_a_planned_design():
     # balanced 2^4, 3 seeds: every effect's standard error is 2 sigma / sqrt(N)
     d = _design().drop(columns="y")
-    se, df = S.effect_standard_errors(d, FACTORS)
+    se, df = LM.effect_standard_errors(d, FACTORS)
     assert df == 48 - 1 - 2 - 10 and len(se) == 10
     assert se.to_numpy() == pytest.approx(np.full(10, 2 / math.sqrt(48)))
     # unbalanced (two extra seeds for the all-off and all-on cells): numpy's (X'X)^-1
     extra = d[(d.seed == 0) & ((d[list(FACTORS)].all(axis=1)) | (~d[list(FACTORS)].any(axis=1)))]
     extra = pd.concat([extra.assign(seed=s) for s in (3, 4)])
     u = pd.concat([d[d.seed < 2], extra], ignore_index=True)
-    se, df = S.effect_standard_errors(u, FACTORS)
+    se, df = LM.effect_standard_errors(u, FACTORS)
     x = {f: np.where(u[f], 1.0, -1.0) for f in FACTORS}
     pairs = list(itertools.combinations(FACTORS, 2))
     X = np.column_stack([np.ones(len(u))] + [(u.seed == s).astype(float).to_numpy() for s in (1, 3, 4)]
@@ -338,7 +358,7 @@ def test_effect_standard_errors_of_a_planned_design():
     want = 2 * np.sqrt(np.diag(np.linalg.inv(X.T @ X)))[4:]
     assert df == len(u) - X.shape[1]
     assert se[list(FACTORS) + [f"{a}:{b}" for a, b in pairs]].to_numpy() == pytest.approx(want)
-    assert S.effect_standard_errors(d.iloc[:8], FACTORS) is None
+    assert LM.effect_standard_errors(d.iloc[:8], FACTORS) is None
 
 
 # --- treatments against a reference in seed blocks --------------------------------------------
@@ -357,7 +377,7 @@ def test_blocked_contrasts_of_a_complete_design_match_the_two_way_anova_by_hand(
     dof = 3 * 3
     mse = (resid ** 2).sum() / dof
     se = math.sqrt(2 * mse / 4)
-    got = S.blocked_contrasts(d, "static").set_index("treatment")
+    got = LM.blocked_contrasts(d, "static").set_index("treatment")
     assert list(got.index) == ["a", "b", "c"]
     for i, v in enumerate(("a", "b", "c"), start=1):
         est = y[i].mean() - y[0].mean()
@@ -367,7 +387,7 @@ def test_blocked_contrasts_of_a_complete_design_match_the_two_way_anova_by_hand(
         assert got.loc[v, "p_value"] == pytest.approx(2 * ss.t.sf(abs(est) / se, dof))
         assert got.loc[v, "n"] == 4
     assert (got["df_resid"] == dof).all() and got["resid_sd"].iloc[0] == pytest.approx(math.sqrt(mse))
-    se_unit, df = S.blocked_standard_errors(d[["variant", "seed"]], "static")
+    se_unit, df = LM.blocked_standard_errors(d[["variant", "seed"]], "static")
     assert df == dof and se_unit.to_dict() == pytest.approx({v: math.sqrt(2 / 4) for v in "abc"})
 
 
@@ -375,20 +395,20 @@ def test_blocked_contrasts_of_an_unbalanced_design_match_numpy_least_squares():
     # the study's shape: the reference and one treatment with 4 seeds, the others with 2, one result missing
     d = _block_data({"static": [0, 1, 2, 3], "a": [0, 1, 2, 3], "b": [0, 1], "c": [1]}, np.random.default_rng(2))
     ref = lstsq_vs_reference(d, "static")
-    got = S.blocked_contrasts(d, "static").set_index("treatment")
+    got = LM.blocked_contrasts(d, "static").set_index("treatment")
     for t, (est, se, dof, sd) in ref.items():
         h = ss.t.ppf(0.975, dof) * se
         assert got.loc[t, ["estimate", "se", "ci_low", "ci_high", "resid_sd"]].tolist() == pytest.approx(
             [est, se, est - h, est + h, sd])
     assert got.loc["c", "n"] == 1 and got.loc["b", "n"] == 2 and (got["df_resid"] == dof).all()
-    se_unit, df = S.blocked_standard_errors(d[["variant", "seed"]], "static")
+    se_unit, df = LM.blocked_standard_errors(d[["variant", "seed"]], "static")
     assert df == dof and se_unit["a"] == pytest.approx(ref["a"][1] / ref["a"][3])
 
 
 def test_blocked_contrasts_without_a_reference_or_residual_df_are_none():
     d = _block_data({"static": [0, 1], "a": [0, 1]}, np.random.default_rng(3))
-    assert S.blocked_contrasts(d[d["variant"] == "a"], "static") is None
-    assert S.blocked_contrasts(d[d["seed"] == 0], "static") is None  # 2 results, 2 parameters
-    assert S.blocked_contrasts(d, "static") is not None  # 4 results, 3 parameters: 1 df
+    assert LM.blocked_contrasts(d[d["variant"] == "a"], "static") is None
+    assert LM.blocked_contrasts(d[d["seed"] == 0], "static") is None  # 2 results, 2 parameters
+    assert LM.blocked_contrasts(d, "static") is not None  # 4 results, 3 parameters: 1 df
     with pytest.raises(ValueError, match=r"'seed'.*not in the data"):
-        S.blocked_contrasts(d.drop(columns="seed"), "static")
+        LM.blocked_contrasts(d.drop(columns="seed"), "static")

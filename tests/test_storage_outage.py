@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,8 +23,10 @@ from optuna.trial import TrialState
 
 from sweeps.definition import load_sweep, parse_sweep
 from sweeps.record import TrialRecord, read_record, write_record
+from sweeps.running import grid_queue as Q
+from sweeps.running import liveness
 from sweeps.running import study as S
-from sweeps.running.storage import OutageGuard, StorageUnavailable, is_transient, make_storage
+from sweeps.running.storage import DEFAULT_OUTAGE_LIMIT_S, OutageGuard, StorageUnavailable, is_transient, make_storage
 from tests.conftest import wait_for
 from tests.fit_gate import held_pids, hold_at_epoch
 
@@ -77,6 +78,26 @@ def test_transient_errors_are_connection_and_file_access_trouble():
     assert not is_transient(optuna.exceptions.UpdateFinishedTrialError("finished"))
 
 
+class FakeTime:
+    """An outage guard's clock and sleep: sleeping moves the clock on at once, and may do what
+    the test waits for (``on_sleep``: the storage coming back), so nothing waits in real time."""
+
+    def __init__(self, on_sleep=None):
+        self.now, self.slept, self.on_sleep = 100.0, [], on_sleep
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.now += s
+        if self.on_sleep is not None:
+            self.on_sleep()
+
+    def guard(self, label: str = "test", **kw) -> OutageGuard:
+        return OutageGuard(label, clock=self.clock, sleep=self.sleep, **kw)
+
+
 class Flaky:
     """Fails with a connection error for the first ``n`` calls, then returns the call count."""
 
@@ -92,26 +113,30 @@ class Flaky:
 
 def test_guard_retries_logs_one_line_each_way_and_gives_up_after_the_limit(caplog):
     caplog.set_level(logging.INFO, logger="sweeps")
-    g = OutageGuard("x", limit_s=30, max_delay_s=0.05)
+    t = FakeTime()
+    g = t.guard("x", limit_s=30, max_delay_s=0.05)
     f = Flaky(4)
-    t0 = time.monotonic()
     assert g.call(f) == 5 and g.outages == 1
+    assert len(t.slept) == 4  # one wait after each failed call
     down, up = _guard_lines(caplog)
     assert len(down) == 1 and len(up) == 1  # 4 failed calls, one outage: one line down, one back
-    assert 0.0 < g.seconds_since_outage() <= time.monotonic() - t0  # the outage ended during the call
+    t.now += 7.0
+    assert g.seconds_since_outage() == pytest.approx(7.0)  # the outage ended during the call
     # not transient: raised at once, not retried
     with pytest.raises(KeyError):
         g.call(lambda: {}["missing"])
     # an outage longer than the limit
-    g2 = OutageGuard("y", limit_s=0.3, max_delay_s=0.05)
-    t0 = time.monotonic()
+    t2 = FakeTime()
+    g2 = t2.guard("y", limit_s=0.3, max_delay_s=0.05)
     with pytest.raises(StorageUnavailable, match=r"unreachable for .* \(limit 0 s"):
         g2.call(Flaky(10**9))  # fails for ever: only the limit ends the call
-    assert time.monotonic() - t0 >= 0.3
+    assert sum(t2.slept) >= 0.3 and t2.now - 100.0 == pytest.approx(sum(t2.slept))
     # no_wait: a progress line does not wait; a stop request ends the wait
+    waited = len(t2.slept)
     with g2.no_wait(), pytest.raises(StorageUnavailable):
         g2.call(Flaky(1))
-    stop = OutageGuard("z", limit_s=60, should_stop=lambda: True)
+    assert len(t2.slept) == waited
+    stop = FakeTime().guard("z", limit_s=60, should_stop=lambda: True)
     with pytest.raises(StorageUnavailable, match="stopped"):
         stop.call(Flaky(10**9))
 
@@ -119,49 +144,52 @@ def test_guard_retries_logs_one_line_each_way_and_gives_up_after_the_limit(caplo
 def test_a_read_does_not_end_an_outage_of_writes(caplog):
     """A journal file that cannot be written can still be read: the outage lasts until a write works."""
     caplog.set_level(logging.INFO, logger="sweeps")
-    g = OutageGuard("j", limit_s=30)
+    t = FakeTime()
+    g = t.guard("j", limit_s=30)
     assert not g.try_once(Flaky(1))              # a heartbeat write fails: the outage starts
+    t.now += 5.0
     assert g.call(lambda: "read", write=False) == "read"
     assert g.seconds_since_outage() == 0.0       # still down
-    t0 = time.monotonic()
     g.call(lambda: None)                          # a write works: over
-    assert 0.0 < g.seconds_since_outage() <= time.monotonic() - t0
+    t.now += 2.0
+    assert g.seconds_since_outage() == pytest.approx(2.0)
     down, up = _guard_lines(caplog)
     assert len(down) == 1 and len(up) == 1
 
 
 # --- journal file briefly unwritable ---------------------------------------------------------
 
-def _journal_study(tmp_path, raw=None):
+def _journal_study(tmp_path, raw=None, guard: OutageGuard | None = None):
     sw = parse_sweep(raw or _raw())
-    st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
-    S.enqueue_grid(st, sw)
+    st = S.create_study(make_storage(None, sw.name, tmp_path, guard), sw.name)
+    Q.enqueue_grid(st, sw)
     return sw, st
 
 
 def test_journal_unwritable_for_a_while_tell_waits_and_succeeds(tmp_path, freezable, caplog):
     caplog.set_level(logging.INFO, logger="sweeps")
-    sw, st = _journal_study(tmp_path)
-    trial = S.pop_waiting(st)
+    t = FakeTime()
+    sw, st = _journal_study(tmp_path, guard=t.guard("journal"))
+    trial = Q.pop_waiting(st)
     journal = freezable(tmp_path / "t" / "optuna.journal")
     journal.freeze()
-    threading.Timer(2.0, journal.thaw).start()
-    t0 = time.monotonic()
+    t.on_sleep = journal.thaw  # the file comes back while the guard waits for it
     trial.set_user_attr("value_written_during_outage", 1)
     st.tell(trial, 0.75)
-    assert time.monotonic() - t0 >= 1.5  # it did wait for the file
+    assert t.slept  # it did wait for the file
     fresh = S.load_study(make_storage(None, sw.name, tmp_path), sw.name)
-    t = fresh.trials[trial.number]
-    assert t.state == TrialState.COMPLETE and t.value == 0.75 and t.user_attrs["value_written_during_outage"] == 1
+    done = fresh.trials[trial.number]
+    assert done.state == TrialState.COMPLETE and done.value == 0.75
+    assert done.user_attrs["value_written_during_outage"] == 1
     down, up = _guard_lines(caplog)
     assert len(down) == 1 and len(up) == 1, down + up
 
 
-def test_journal_unwritable_longer_than_the_limit_raises(tmp_path, freezable, monkeypatch):
+def test_journal_unwritable_longer_than_the_limit_raises(tmp_path, freezable):
     sw, st = _journal_study(tmp_path)
-    trial = S.pop_waiting(st)
-    monkeypatch.setenv("SWEEP_OUTAGE_LIMIT_S", "1")
-    st2 = S.load_study(make_storage(None, sw.name, tmp_path), sw.name)  # a process with a 1 s limit
+    trial = Q.pop_waiting(st)
+    t = FakeTime()
+    st2 = S.load_study(make_storage(None, sw.name, tmp_path, t.guard("journal", limit_s=1)), sw.name)  # a 1 s limit
     journal = freezable(tmp_path / "t" / "optuna.journal")
     journal.freeze()
     try:
@@ -169,6 +197,7 @@ def test_journal_unwritable_longer_than_the_limit_raises(tmp_path, freezable, mo
             st2.tell(trial.number, 0.5)
     finally:
         journal.thaw()
+    assert sum(t.slept) >= 1.0  # it waited out the limit (in the guard's time)
     assert st.trials[trial.number].state == TrialState.RUNNING  # nothing half-written
 
 
@@ -178,17 +207,17 @@ def test_reap_reports_a_finished_record_of_a_dead_worker(tmp_path):
     sw, st = _journal_study(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    finished, stale = S.pop_waiting(st), S.pop_waiting(st)
+    finished, stale = Q.pop_waiting(st), Q.pop_waiting(st)
     for t, number in ((finished, finished.number), (stale, stale.number + 100)):
         path = tmp_path / f"rec{t.number}.json"
-        p = S.trial_point(st.trials[t.number]).params
+        p = Q.trial_point(st.trials[t.number]).params
         write_record(path, TrialRecord(sweep="t", grid_key=t.user_attrs["grid_key"], variant="static", params=p,
                                        seed=p["seed_everything"], status="complete", metric="test/acc_top1",
                                        value=0.625, trial_number=number))
         for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid,
                      "record_path": str(path)}.items():
             t.set_user_attr(k, v)
-    assert sorted(S.reap(st, sw)) == sorted([finished.number, stale.number])
+    assert sorted(liveness.reap(st, sw)) == sorted([finished.number, stale.number])
     done = st.trials[finished.number]
     assert done.state == TrialState.COMPLETE and done.value == 0.625
     assert done.user_attrs["record"]["value"] == 0.625
@@ -220,15 +249,28 @@ def _sweep(tmp_path: Path, name: str, seeds: list[int], epochs: int) -> tuple[Pa
     return p, gate
 
 
-def _driver(sweep_yaml: Path, root: Path, *args: str, limit_s: float | None = None) -> subprocess.Popen:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", SWEEP_FAST_HEARTBEAT="1")
-    for k in ("STORAGE", "WORKERS", "DEVICES_PER_TRIAL", "STUDY", "SWEEP_OUTAGE_LIMIT_S"):
+# the sweep driver as `odconv-sweep run` runs it, its workers beating their trials' heartbeats every 2 s
+DRIVER = """
+import logging, sys
+import optuna
+from sweeps.definition import load_sweep
+from sweeps.running.runner import run_sweep
+logging.basicConfig(level=logging.INFO, format="[sweep] %(message)s")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+sweep_yaml, root, workers, storage, limit_s = sys.argv[1:]
+sys.exit(run_sweep(load_sweep(sweep_yaml), storage or None, int(workers), "cpu", results_root=root,
+                   progress_interval=1, outage_limit_s=float(limit_s), heartbeat_s=2.0))
+"""
+
+
+def _driver(sweep_yaml: Path, root: Path, workers: int, storage: str | None = None,
+            limit_s: float = DEFAULT_OUTAGE_LIMIT_S) -> subprocess.Popen:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    for k in ("STORAGE", "WORKERS", "DEVICES_PER_TRIAL", "STUDY"):
         env.pop(k, None)
-    if limit_s is not None:
-        env["SWEEP_OUTAGE_LIMIT_S"] = str(limit_s)
-    return subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(sweep_yaml), "--results-root", str(root),
-                             "--gpus", "cpu", "--progress-interval", "1", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(sweep_yaml), str(root), str(workers), storage or "",
+                             str(limit_s)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def _held_trial(st_fn, gate: Path):
@@ -247,7 +289,7 @@ def _held_trial(st_fn, gate: Path):
 
 
 def _record_of(root: Path, name: str, t) -> Path:
-    return root / name / "trials" / f"{S.trial_point(t).slug}.json"
+    return root / name / "trials" / f"{Q.trial_point(t).slug}.json"
 
 
 def _finished_on_disk(path: Path, number: int):
@@ -271,7 +313,7 @@ def test_postgres_restart_mid_sweep_loses_no_trial(tmp_path, pg_server):
     def study():
         return S.load_study(make_storage(pg_server.url, name, tmp_path, OutageGuard("test", limit_s=5)), name)
 
-    drv = _driver(sw_yaml, tmp_path, "--workers", "2", "--storage", pg_server.url)
+    drv = _driver(sw_yaml, tmp_path, 2, pg_server.url)
     try:
         try:
             victim = wait_for(_held_trial(study, gate), 300, "a trial held in training")
@@ -310,7 +352,7 @@ def test_journal_away_longer_than_the_limit_stops_then_resumes_without_retrainin
     def study():
         return S.load_study(make_storage(None, name, tmp_path), name)
 
-    drv = _driver(sw_yaml, tmp_path, "--workers", "1", limit_s=4)
+    drv = _driver(sw_yaml, tmp_path, 1, limit_s=4)
     try:
         try:
             victim = wait_for(_held_trial(study, gate), 300, "a trial held in training")
@@ -335,7 +377,7 @@ def test_journal_away_longer_than_the_limit_stops_then_resumes_without_retrainin
     assert study().trials[victim.number].state == TrialState.RUNNING
     mtime = record.stat().st_mtime
     # the storage is back: the same command finishes the sweep; the finished trial is reported, not rerun
-    r = _driver(sw_yaml, tmp_path, "--workers", "1")
+    r = _driver(sw_yaml, tmp_path, 1)
     out2, _ = r.communicate(timeout=600)
     assert r.returncode == 0, out2
     st = study()

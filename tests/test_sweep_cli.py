@@ -38,10 +38,12 @@ def ran_sweep(tmp_path_factory) -> tuple[Path, Path]:
     sweep_yaml.write_text(yaml.safe_dump({"name": "tiny", "base_config": BASE,
                                           "grid": {"conv": ["static"], "seed": [0]}}))
     from sweeps.definition import load_sweep
-    from sweeps.running import study as S
+    from sweeps.running.grid_queue import enqueue_grid
+    from sweeps.running.storage import make_storage
+    from sweeps.running.study import create_study
     sweep = load_sweep(sweep_yaml)
-    st = S.create_study(S.make_storage(None, "tiny", root), "tiny")
-    S.enqueue_grid(st, sweep)
+    st = create_study(make_storage(None, "tiny", root), "tiny")
+    enqueue_grid(st, sweep)
     (root / "tiny").mkdir(exist_ok=True)
     import json
     (root / "tiny" / "sweep.json").write_text(json.dumps(sweep.to_dict()))

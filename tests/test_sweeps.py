@@ -18,8 +18,11 @@ from sweeps.cli import main as cli_main
 from sweeps.definition import grid_key, parse_sweep
 from sweeps.record import RECORD_VERSION, TrialRecord, read_record, write_record
 from sweeps.reporting.aggregate import aggregate
+from sweeps.running import grid_queue as Q
+from sweeps.running import liveness
 from sweeps.running import study as S
 from sweeps.running.process import plan_slots
+from sweeps.running.storage import make_storage, storage_label
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
@@ -35,7 +38,7 @@ def _raw(**kw):
 
 def _study(tmp_path, raw=None):
     sw = parse_sweep(raw or _raw())
-    storage = S.make_storage(None, sw.name, tmp_path)
+    storage = make_storage(None, sw.name, tmp_path)
     return sw, S.create_study(storage, sw.name)
 
 
@@ -48,10 +51,10 @@ def test_postgres_storage_without_a_driver_names_the_extra_to_install(tmp_path, 
                         lambda name, *a: None if name in ("psycopg", "psycopg2") else find_spec(name, *a))
     url = "postgresql://sweeper:secret@127.0.0.1:5432/sweeps"
     with pytest.raises(ImportError) as e:
-        S.make_storage(url, "t", tmp_path)
+        make_storage(url, "t", tmp_path)
     assert "pip install -e '.[postgres]'" in str(e.value) and "secret" not in str(e.value)
-    assert S.storage_label(url, "t", tmp_path) == url  # the label (for optuna-dashboard) needs no driver
-    S.make_storage(None, "t", tmp_path)  # the journal file needs none either
+    assert storage_label(url, "t", tmp_path) == url  # the label (for optuna-dashboard) needs no driver
+    make_storage(None, "t", tmp_path)  # the journal file needs none either
 
 
 def test_the_cli_says_a_missing_driver_in_one_line(tmp_path, monkeypatch, capsys):
@@ -68,13 +71,13 @@ def test_the_cli_says_a_missing_driver_in_one_line(tmp_path, monkeypatch, capsys
 
 def test_enqueue_once_and_pop_runs_nothing_when_empty(tmp_path):
     sw, st = _study(tmp_path)
-    assert S.enqueue_grid(st, sw) == 4
-    assert S.enqueue_grid(st, sw) == 0  # a re-run enqueues nothing
+    assert Q.enqueue_grid(st, sw) == 4
+    assert Q.enqueue_grid(st, sw) == 0  # a re-run enqueues nothing
     popped = []
-    while (t := S.pop_waiting(st)) is not None:
+    while (t := Q.pop_waiting(st)) is not None:
         popped.append(t.number)
     assert sorted(popped) == [0, 1, 2, 3]
-    assert S.pop_waiting(st) is None
+    assert Q.pop_waiting(st) is None
     assert len(st.get_trials()) == 4  # a late pop created no trial
 
 
@@ -86,21 +89,21 @@ def test_a_drained_study_gives_workers_no_trial_until_run_again(tmp_path):
     raw = _raw(tune={"params": {"model.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}},
                      "n_trials": 2})
     sw, st = _study(tmp_path, raw)
-    S.enqueue_grid(st, sw)
+    Q.enqueue_grid(st, sw)
     tune_studies = open_tune_studies(sw, st.storage, sw.name, create=True)
     worker = SimpleNamespace(study=st, sweep=sw, stop=False, storage=st.storage)
     S.request_drain(st)
-    assert S.drain_requested(S.load_study(S.make_storage(None, sw.name, tmp_path), sw.name))  # seen by others
+    assert S.drain_requested(S.load_study(make_storage(None, sw.name, tmp_path), sw.name))  # seen by others
     assert GridSource().claim(worker) is None
     assert TuneSource(sw, st.storage, sw.name).claim(worker) is None
     assert [t.state for t in st.get_trials()] == [optuna.trial.TrialState.WAITING] * 4  # nothing claimed
     assert all(not s.get_trials() for s in tune_studies.values())  # no tuning trial asked
     S.clear_drain(st)  # what the next `run` does
-    assert not S.drain_requested(st) and S.pop_waiting(st) is not None
+    assert not S.drain_requested(st) and Q.pop_waiting(st) is not None
 
 
 def test_git_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
-    from sweeps.running.trial import git_commit
+    from sweeps.running.trial_spec import git_commit
 
     def git(*args):
         subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
@@ -125,16 +128,16 @@ def test_a_grown_grid_enqueues_only_its_new_points_after_the_queue(tmp_path):
     """Adding seeds to a study part-way (a new grid block in the sweep file): the same command
     enqueues only the new points, behind the ones already queued; finished trials stay."""
     sw, st = _study(tmp_path)
-    S.enqueue_grid(st, sw)
-    first = S.pop_waiting(st)
+    Q.enqueue_grid(st, sw)
+    first = Q.pop_waiting(st)
     st.tell(first.number, 0.5)
     grown = parse_sweep(_raw(grid=[{"conv": ["static", "odconv1x"], "seed": [0, 1]},
                                    {"conv": ["odconv1x"], "seed": [2, 3]}]))
     assert [p.key for p in grown.points()][:4] == [p.key for p in sw.points()]  # old keys unchanged
-    assert S.enqueue_grid(st, grown) == 2
+    assert Q.enqueue_grid(st, grown) == 2
     assert st.trials[first.number].state == optuna.trial.TrialState.COMPLETE
     order = []
-    while (t := S.pop_waiting(st)) is not None:
+    while (t := Q.pop_waiting(st)) is not None:
         order.append(st.trials[t.number].user_attrs["grid_key"])
     new = [grid_key({"model.conv": "odconv1x", "seed_everything": s}) for s in (2, 3)]
     assert order[-2:] == new and not set(new) & set(order[:-2]) and len(order) == 5
@@ -142,13 +145,13 @@ def test_a_grown_grid_enqueues_only_its_new_points_after_the_queue(tmp_path):
 
 def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
     sw, st = _study(tmp_path, _raw(max_retries=1))
-    S.enqueue_grid(st, sw)
+    Q.enqueue_grid(st, sw)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    t = S.pop_waiting(st)
+    t = Q.pop_waiting(st)
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid, "worker_start": "1"}.items():
         t.set_user_attr(k, v)
-    assert S.reap(st, sw) == [t.number]
+    assert liveness.reap(st, sw) == [t.number]
     assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
     retry = [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t.number]
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.WAITING
@@ -156,20 +159,20 @@ def test_reap_dead_worker_requeues_with_retry_limit(tmp_path):
     assert retry[0].user_attrs["retries"] == 1
     # the retry is claimed before the points enqueued ahead of it; it dies too: its budget (1)
     # is spent, so it stays failed
-    t2 = S.pop_waiting(st)
+    t2 = Q.pop_waiting(st)
     assert t2.number == retry[0].number
-    others = [S.pop_waiting(st)]
+    others = [Q.pop_waiting(st)]
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": dead.pid}.items():
         t2.set_user_attr(k, v)
-    assert S.reap(st, sw) == [t2.number]
+    assert liveness.reap(st, sw) == [t2.number]
     assert st.trials[t2.number].user_attrs["final_failure"] is True
     assert not [x for x in st.get_trials() if x.user_attrs.get("retry_of") == t2.number]
     # a live worker (this process) is not reaped, nor a fresh trial without worker attrs
     t3 = others[0]
     for k, v in {"claimed_at": time.time(), "worker_host": S.HOST, "worker_pid": os.getpid(),
-                 "worker_start": S.process_start_time(os.getpid())}.items():
+                 "worker_start": liveness.process_start_time(os.getpid())}.items():
         t3.set_user_attr(k, v)
-    assert S.reap(st, sw) == []
+    assert liveness.reap(st, sw) == []
 
 
 def test_plan_slots():
@@ -245,10 +248,10 @@ def test_record_roundtrip_and_version(tmp_path):
 def test_aggregate_uses_records_in_the_study(tmp_path):
     """Points run on another machine: their JSON is not here, the study has the record."""
     sw, st = _study(tmp_path, _raw(name="remote"))
-    S.enqueue_grid(st, sw)
+    Q.enqueue_grid(st, sw)
     (tmp_path / "remote").mkdir(exist_ok=True)
     (tmp_path / "remote" / "sweep.json").write_text(json.dumps(sw.to_dict()))
-    while (t := S.pop_waiting(st)) is not None:
+    while (t := Q.pop_waiting(st)) is not None:
         p = json.loads(st.trials[t.number].user_attrs["grid_params"])
         rec = _rec("remote", p["model.conv"], p["seed_everything"], 0.5 + 0.1 * p["seed_everything"])
         t.set_user_attr("record", {k[2:]: v for k, v in rec.user_attrs().items()})
@@ -260,15 +263,15 @@ def test_aggregate_uses_records_in_the_study(tmp_path):
 
 def test_stale_worker_attrs_copied_to_a_retry_are_not_trusted(tmp_path):
     sw, st = _study(tmp_path)
-    S.enqueue_grid(st, sw)
+    Q.enqueue_grid(st, sw)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    t = S.pop_waiting(st)
+    t = Q.pop_waiting(st)
     # attrs of an earlier owner (claimed long before this trial started): not this trial's worker
     for k, v in {"claimed_at": time.time() - 3600, "worker_host": S.HOST, "worker_pid": dead.pid}.items():
         t.set_user_attr(k, v)
-    assert S.reap(st, sw) == []
-    assert S.reap(st, parse_sweep(_raw(stale_after_s=30))) == []  # started just now
+    assert liveness.reap(st, sw) == []
+    assert liveness.reap(st, parse_sweep(_raw(stale_after_s=30))) == []  # started just now
 
 
 @pytest.mark.parametrize("signal_at_batch, stop_step, stop_log", [(0, 3, "at epoch 1 step 3"),
@@ -283,7 +286,7 @@ def test_stop_on_signal_saves_a_checkpoint_and_the_resumed_fit_validates_every_e
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from sweeps.running.trial import StopFlag, TrialStopped, _stop_on_signal_callback
+    from sweeps.running.trial_callbacks import StopFlag, StopOnSignal, TrialStopped
 
     class Tiny(L.LightningModule):
         def __init__(self, validated: list[int]):
@@ -320,7 +323,7 @@ def test_stop_on_signal_saves_a_checkpoint_and_the_resumed_fit_validates_every_e
 
     validated: list[int] = []
     with pytest.raises(TrialStopped):
-        trainer([SignalDuringStep(), _stop_on_signal_callback(flag, last)]).fit(Tiny(validated), data, data)
+        trainer([SignalDuringStep(), StopOnSignal(flag, last)]).fit(Tiny(validated), data, data)
     assert f"trial stopped by SIGUSR1: saved {last} {stop_log}" in capsys.readouterr().err
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == stop_step
     assert not last.with_name("last.ckpt.tmp").exists()

@@ -29,7 +29,9 @@ import yaml
 
 from sweeps.definition import load_sweep
 from sweeps.record import read_record
+from sweeps.running import grid_queue as Q
 from sweeps.running import study as S
+from sweeps.running.storage import make_storage, rdb_url
 from tests.conftest import wait_for
 from tests.fit_gate import held_pids, hold_at_epoch
 
@@ -92,7 +94,7 @@ def gate(tmp_path) -> Iterator[Path]:
 
 
 def study_of(name: str, root: Path, storage: str | None = None, study: str | None = None) -> optuna.Study:
-    return S.load_study(S.make_storage(storage, name, root), study or name)
+    return S.load_study(make_storage(storage, name, root), study or name)
 
 
 def assert_each_point_once(st: optuna.Study, keys: list[str]) -> dict[str, optuna.trial.FrozenTrial]:
@@ -213,7 +215,7 @@ def test_two_workers_one_journal(tmp_path):
 def _pg_available() -> str | None:
     try:
         import sqlalchemy
-        eng = sqlalchemy.create_engine(S.rdb_url(PG_URL), connect_args={"connect_timeout": 3})
+        eng = sqlalchemy.create_engine(rdb_url(PG_URL), connect_args={"connect_timeout": 3})
         with eng.connect():
             pass
         eng.dispose()
@@ -233,7 +235,7 @@ def test_two_workers_postgres(tmp_path):
         assert not (tmp_path / "twopg" / "optuna.journal").exists()
     finally:
         try:
-            optuna.delete_study(study_name=study, storage=S.rdb_url(PG_URL))
+            optuna.delete_study(study_name=study, storage=rdb_url(PG_URL))
         except KeyError:
             pass
 
@@ -251,7 +253,7 @@ def test_sigkill_worker_mid_trial_then_resume(tmp_path, gate):
             st = study_of("kill", tmp_path)
             finished_before = {t.user_attrs["grid_key"]: t for t in st.get_trials()
                                if t.state == optuna.trial.TrialState.COMPLETE}
-            mtimes = {k: (tmp_path / "kill" / "trials" / f"{S.trial_point(t).slug}.json").stat().st_mtime
+            mtimes = {k: (tmp_path / "kill" / "trials" / f"{Q.trial_point(t).slug}.json").stat().st_mtime
                       for k, t in finished_before.items()}
             # kill -9 the worker (its fit dies with it), then the whole sweep, as a crash would
             os.kill(int(victim.user_attrs["worker_pid"]), signal.SIGKILL)
@@ -267,13 +269,13 @@ def test_sigkill_worker_mid_trial_then_resume(tmp_path, gate):
     # nothing finished was lost or repeated
     for k, t in finished_before.items():
         assert done[k].number == t.number
-        assert (tmp_path / "kill" / "trials" / f"{S.trial_point(t).slug}.json").stat().st_mtime == mtimes[k]
+        assert (tmp_path / "kill" / "trials" / f"{Q.trial_point(t).slug}.json").stat().st_mtime == mtimes[k]
     # the killed point was reaped, retried once, and resumed from its checkpoint
     assert st.trials[victim.number].state == optuna.trial.TrialState.FAIL
     assert "gone" in st.trials[victim.number].user_attrs["fail_reason"]
     retry = done[victim.user_attrs["grid_key"]]
     assert retry.user_attrs["retry_of"] == victim.number and retry.user_attrs["retries"] == 1
-    rec = read_record(tmp_path / "kill" / "trials" / f"{S.trial_point(retry).slug}.json")
+    rec = read_record(tmp_path / "kill" / "trials" / f"{Q.trial_point(retry).slug}.json")
     assert rec.resumed_from and rec.resumed_from.endswith("last.ckpt") and rec.attempt == 1
     assert rec.epochs == 8 and len(rec.val_history) == 8  # history survived the resume
     assert len(st.get_trials()) == len(keys) + 1
@@ -292,7 +294,7 @@ def test_nan_trial_recorded_failed_and_sweep_goes_on(tmp_path):
     assert good.state == optuna.trial.TrialState.COMPLETE
     assert bad.state == optuna.trial.TrialState.FAIL and bad.user_attrs["final_failure"] is True
     assert "diverged" in bad.user_attrs["fail_reason"]
-    rec = read_record(tmp_path / "nan" / "trials" / f"{S.trial_point(bad).slug}.json")
+    rec = read_record(tmp_path / "nan" / "trials" / f"{Q.trial_point(bad).slug}.json")
     assert rec.status == "failed" and "diverged" in rec.reason
     md = (tmp_path / "nan" / "summary.md").read_text()
     assert "diverged" in md and "failed 0" in md
@@ -370,7 +372,7 @@ def test_ctrl_c_then_same_command_resumes_without_using_a_retry(tmp_path, gate):
     done = assert_each_point_once(st, [p.key for p in load_sweep(sw_yaml).points()])
     retry = done[victim.user_attrs["grid_key"]]
     assert retry.user_attrs["retry_of"] == victim.number and retry.user_attrs["retries"] == 0
-    rec = read_record(tmp_path / "ctrlc" / "trials" / f"{S.trial_point(retry).slug}.json")
+    rec = read_record(tmp_path / "ctrlc" / "trials" / f"{Q.trial_point(retry).slug}.json")
     assert rec.resumed_from and rec.epochs == 6
 
 

@@ -4,13 +4,16 @@ them and write the tables, text and plots under ``results/<sweep>/``.
 :func:`aggregate` is the one place the three concerns meet:
 
 - loading (:mod:`sweeps.reporting.loading`): records and benchmark tables -> pandas frames;
-- analysis, frames in and frames out: :mod:`sweeps.reporting.analysis` (summary, attention pairs,
-  attention factorial and its conditional effects, reruns), :mod:`sweeps.reporting.precision` (detectable
-  differences, precision goals), :mod:`sweeps.reporting.curves` (learning curves), :mod:`sweeps.reporting.isocost`
-  (each variant against a static width ladder at equal cost);
-- reporting (:mod:`sweeps.reporting.tables`, drawing in :mod:`sweeps.reporting.plots`;
-  :mod:`sweeps.reporting.isocost_report`):
-  markdown, CSV and plots from those frames.
+- analysis, frames in and frames out: :mod:`sweeps.reporting.analysis` (summary, reruns),
+  :mod:`sweeps.reporting.attentions` (attention pairs, attention factorial and its conditional
+  effects), :mod:`sweeps.reporting.precision` (detectable differences, precision goals),
+  :mod:`sweeps.reporting.curves` (learning curves), :mod:`sweeps.reporting.isocost` (each
+  variant against a static width ladder at equal cost); the statistics they use are
+  :mod:`sweeps.reporting.stats`' and :mod:`sweeps.reporting.linear_models`';
+- reporting: markdown, CSV and plots from those frames, in the files
+  :class:`sweeps.layout.SweepLayout` names (:mod:`sweeps.reporting.tables`,
+  :mod:`sweeps.reporting.effects_report`, :mod:`sweeps.reporting.isocost_report`; drawing in
+  :mod:`sweeps.reporting.plots`, number formats in :mod:`sweeps.reporting.formats`).
 
 What each file says and how to read it: ``docs/results.md``. Partial sweeps aggregate too:
 seeds not (yet) done are listed in the ``missing`` column.
@@ -19,42 +22,42 @@ seeds not (yet) done are listed in the ``missing`` column.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from ..definition import SweepDef
-from .analysis import (
-    add_pareto_fronts,
-    attention_table,
-    conditional_effects_table,
-    effects_table,
-    rerun_table,
-    summary_table,
-    train_time_column,
-)
+from ..layout import DEFAULT_ROOT, SweepLayout
+from .analysis import add_pareto_fronts, rerun_table, summary_table, train_time_column
+from .attentions import attention_table, conditional_effects_table, effects_table
 from .curves import curves_table
+from .effects_report import write_effects
 from .isocost import bench_costs, cost_frame, isocost, results_frame
 from .isocost_report import write_isocost
 from .loading import bench_machine, load_sweep_data, load_sweep_for_results
 from .precision import power_summary
-from .tables import write_accuracy_plots, write_attention, write_curves, write_effects, write_summary
+from .tables import write_accuracy_plots, write_attention, write_curves, write_summary
+
+# the keys of aggregate()'s answer that name its main files
+MAIN_FILES = {"summary_csv": "summary.csv", "summary_md": "summary.md", "attention_csv": "attention.csv",
+              "effects_csv": "effects.csv", "effects_md": "effects.md",
+              "conditional_effects_csv": "conditional_effects.csv", "val_curves_csv": "val_curves.csv"}
 
 
-def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", sweep: SweepDef | None = None,
+def aggregate(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT, sweep: SweepDef | None = None,
               study=None, bench_csv: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write the tables and plots of sweep ``sweep_name`` (its definition: ``sweep``, else
-    ``<results_root>/<sweep>/sweep.json``, else the sweep YAML) under
-    ``<results_root>/<sweep>/``. ``study``: also use records stored in the Optuna study;
-    ``bench_csv``: the benchmark table for cost ratios (default: the sweep's own,
-    ``<results_root>/<sweep>/bench/models.csv`` from ``odconv-sweep bench``, else
-    ``<results_root>/bench/models.csv`` from ``make bench``).
+    """Write the tables and plots of sweep ``sweep_name`` (its definition: ``sweep``, else the
+    study's snapshot ``<results_root>/<sweep>/sweep.json``, else the sweep YAML) under
+    ``<results_root>/<sweep>/``, every path named by its :class:`sweeps.layout.SweepLayout`.
+    ``study``: also use records stored in the Optuna study; ``bench_csv``: the benchmark table
+    for cost ratios (default: the sweep's own, ``<results_root>/<sweep>/bench/models.csv`` from
+    ``odconv-sweep bench``, else ``<results_root>/bench/models.csv`` from ``make bench``).
 
     Returns the paths of the main files, ``files`` (every file written), ``plots`` (the PNGs)
     and the frames: ``summary``, ``attention``, ``effects``, ``conditional_effects``,
     ``power`` (a dict), ``records``, ``reruns``, ``val_curves``, ``isocost`` (None without a
     static ladder) with ``isocost_line``, one line saying what the iso-cost step did."""
     sweep = sweep or load_sweep_for_results(sweep_name, results_root)
-    out_dir = Path(results_root) / sweep.name
+    layout = SweepLayout(sweep.name, results_root)
+    out_dir = layout.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_sweep_data(sweep, results_root, study, bench_csv)
 
@@ -84,10 +87,8 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = "results", swee
     # `data.records`), then `files += write_<it>(out_dir, sweep, <its frame>)`, and the frame
     # in the dict below.
 
-    return {"summary_csv": out_dir / "summary.csv", "summary_md": out_dir / "summary.md",
-            "attention_csv": out_dir / "attention.csv", "effects_csv": out_dir / "effects.csv",
-            "effects_md": out_dir / "effects.md", "conditional_effects_csv": out_dir / "conditional_effects.csv",
-            "val_curves_csv": out_dir / "val_curves.csv", "files": files,
+    main = {key: layout.report(name) for key, name in MAIN_FILES.items()}
+    return {**main, "files": files,
             "plots": [p for p in files if p.suffix == ".png"],
             "summary": summary, "attention": attention, "effects": effects.table, "conditional_effects": conditional,
             "power": power, "records": data.records, "reruns": reruns, "val_curves": curves,

@@ -10,9 +10,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from lightning_modules.contract import VAL_TOP1
+
 CURVE_COLUMNS = ["variant", "epoch", "n_seeds", "val_top1_mean", "val_top1_min", "val_top1_max", "reference",
                  "n_pairs", "paired_delta"]
-VAL_KEY = "val/acc_top1"
+VAL_KEY = VAL_TOP1  # the metric a record's ``val_history`` holds per epoch
 
 
 def _per_seed(df: pd.DataFrame) -> dict[str, dict[Any, dict[int, float]]]:
@@ -36,7 +38,8 @@ def curves_table(df: pd.DataFrame, references: Mapping[str, str | None]) -> pd.D
     variant's reference (``references``: variant -> e.g. ``static``; same seed, same epoch;
     ``n_pairs`` seeds), in percentage points. Variants in the order of ``references``, then any
     others. ``df``: the sweep's records frame, with the
-    ``val_history`` column (a list of ``{"epoch", "val/acc_top1", ...}`` per record)."""
+    ``val_history`` column (a list of ``{"epoch", VAL_TOP1, ...}`` per record, ``VAL_TOP1`` =
+    ``"val/acc_top1"`` of :mod:`lightning_modules.contract`)."""
     per = _per_seed(df)
     order = [v for v in references if v in per] + [v for v in per if v not in references]
     rows = []

@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 
 from . import stats
+from .loading import bench_row, seed_values
 
 # axis -> (the cost's column in the cost frame, label, unit)
 AXES: dict[str, tuple[str, str, str]] = {
@@ -99,8 +101,6 @@ class IsoCostResult:
 def _ladder_only_tests(d: pd.DataFrame, order: int, block: bool) -> tuple[float, float]:
     """(lack-of-fit p: the frontier polynomial of ``order`` against one mean per width; the
     next-order term's p) over the ladder's results ``d`` (columns y, x, width, seed)."""
-    import statsmodels.api as sm
-
     def dummies(col: str) -> pd.DataFrame:
         return pd.get_dummies(d[col].astype(str), prefix=col, drop_first=True, dtype=float)
 
@@ -143,8 +143,6 @@ def fit_axis(axis: str, results: pd.DataFrame, costs: pd.Series, ladder: list[st
     variant -> cost on this axis (NaN: unknown); ``ladder``: the static ladder, narrowest
     first (:func:`find_ladder`); ``widths``: ladder variant -> width. Every other variant of
     ``results`` with a known cost is compared."""
-    import statsmodels.api as sm
-
     ref = float(costs.get(ladder[0], math.nan))
     rungs = [v for v in ladder if np.isfinite(float(costs.get(v, math.nan)))]
     others = [v for v in dict.fromkeys(results["variant"]) if v not in ladder]
@@ -243,8 +241,6 @@ def cost_frame(summary: pd.DataFrame, bench_costs: pd.DataFrame | None) -> pd.Da
 
 def results_frame(records: pd.DataFrame) -> pd.DataFrame:
     """One row per complete result with a finite metric: ``variant``, ``seed``, ``top1`` (percent)."""
-    from .loading import seed_values
-
     rows = [{"variant": v, "seed": s, "top1": y} for v, by_seed in seed_values(records).items()
             for s, y in by_seed.items()]
     return pd.DataFrame(rows, columns=["variant", "seed", "top1"])
@@ -254,8 +250,6 @@ def bench_costs(summary: pd.DataFrame, bench: pd.DataFrame | None) -> pd.DataFra
     """variant -> ``train_ms_per_image``, ``latency_b1_ms``, ``train_peak_mb`` from one benchmark
     table (:func:`sweeps.reporting.loading.load_bench`), for the variants it has (model, width, conv,
     precision and device kind as in the summary); None without a table."""
-    from .loading import bench_row
-
     if bench is None:
         return None
     rows = {}

@@ -1,7 +1,9 @@
 """The iso-cost files of ``make results`` from :mod:`sweeps.reporting.isocost`'s frames: ``isocost.csv``
 (one row per axis and variant), ``isocost_frontier.csv`` (the ladder's widths: mean, fitted,
 residual), ``isocost.md`` (a table per axis and what it means) and ``isocost_<axis>.png``
-(top-1 against cost, the frontier with its band, each variant with its interval)."""
+(top-1 against cost, the frontier with its band, each variant with its interval); the
+paths are :class:`sweeps.layout.SweepLayout`'s, the number formats
+:mod:`sweeps.reporting.formats`'."""
 
 from __future__ import annotations
 
@@ -11,13 +13,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
+from ..layout import report_layout
 from . import stats
+from .formats import round_float, rounded, save_png, write_csv
 from .isocost import AXES, LACK_OF_FIT_ALPHA, AxisFit, IsoCostResult, frontier_band
 from .plots import SHORT_KEY, label_points, short_label
 
 FILES = ("isocost.csv", "isocost_frontier.csv", "isocost.md")
+PLOT_GLOB = "isocost_*.png"  # the plots, one per axis compared: plot_name(axis)
 NO_LADDER = "no iso-cost comparison: the results have no static ladder (static at 3 or more widths)"
+
+
+def plot_name(axis: str) -> str:
+    """The report file of the plot of cost axis ``axis``: ``isocost_<axis>.png``."""
+    return f"isocost_{axis}.png"
 
 
 def _num(x: Any, fmt: str = "{:.2f}") -> str:
@@ -190,21 +202,17 @@ def isocost_markdown(result: IsoCostResult, title: str, metric: str, machine: st
 def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
     """Top-1 against cost ratio (log axis): the ladder's means, the frontier with its 95% band,
     each compared variant at its mean with its Δ interval drawn around it (outside the ladder:
-    hollow, no interval)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
+    hollow, no interval). Drawn from the numbers at the CSVs' precision."""
     _, label, unit = AXES[fit.axis]
-    fig, ax = plt.subplots(figsize=(7.0, 5.0))
+    fig = Figure(figsize=(7.0, 5.0))
+    ax = fig.subplots()
     xs = np.linspace(fit.x_range[0], fit.x_range[1], 100)
-    mean, lo, hi = frontier_band(fit, xs)
+    mean, lo, hi = ([round_float(y) for y in a] for a in frontier_band(fit, xs))
     ax.fill_between(2 ** xs, lo, hi, color="#bbbbbb", alpha=0.5, lw=0, label="static frontier, 95% band")
     ax.plot(2 ** xs, mean, "-", color="#555555", lw=1.2)
-    f = fit.frontier
+    f = rounded(fit.frontier)
     ax.scatter(f["cost_ratio"], f["top1_mean"], color="#333333", zorder=3, s=22, label="static ladder (mean)")
-    t = fit.table[fit.table["cost"].notna()]
+    t = rounded(fit.table[fit.table["cost"].notna()])
     inside = t[t["delta"].notna()]
     err = np.vstack([inside["delta"] - inside["ci_low"], inside["ci_high"] - inside["delta"]])
     ax.errorbar(inside["cost_ratio"], inside["top1_mean"], yerr=err, fmt="o", color="#1f77b4", capsize=3, ms=4,
@@ -215,7 +223,7 @@ def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
                    label="outside the ladder (not compared)")
     labels = [short_label(v) for v in t["variant"]]
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_xlabel(f"{label} as a multiple of the narrowest static (log scale)")
     ax.set_ylabel(f"{metric} (%)")
     note = SHORT_KEY if any(lab != str(v) for lab, v in zip(labels, t["variant"])) else ""
@@ -225,28 +233,26 @@ def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
     rungs = [f"w={w:g}" for w in f["width"]]
     label_points(ax, [*f["cost_ratio"], *t["cost_ratio"]], [*f["top1_mean"], *t["top1_mean"]], rungs + labels,
                  colors=["#333333"] * len(rungs) + ["black"] * len(labels))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_isocost(out_dir: Path, result: IsoCostResult | None, title: str, metric: str, machine: str,
                   bench_file: str) -> tuple[list[Path], str]:
     """Write (or, without a ladder, remove stale) iso-cost files; returns (the files written,
     one line for the console)."""
-    stale = [out_dir / n for n in FILES] + sorted(out_dir.glob("isocost_*.png"))
+    files = report_layout(out_dir)
+    plots = sorted(files.dir.glob(PLOT_GLOB))
     if result is None:
-        for p in stale:
+        for p in [files.report(n) for n in FILES] + plots:
             p.unlink(missing_ok=True)
         return [], NO_LADDER
-    for p in sorted(out_dir.glob("isocost_*.png")):
+    for p in plots:
         p.unlink()
-    paths = [out_dir / "isocost.csv", out_dir / "isocost_frontier.csv", out_dir / "isocost.md"]
-    result.table().to_csv(paths[0], index=False)
-    result.frontier_table().to_csv(paths[1], index=False)
+    paths = [write_csv(result.table(), files.report("isocost.csv")),
+             write_csv(result.frontier_table(), files.report("isocost_frontier.csv")), files.report("isocost.md")]
     paths[2].write_text(isocost_markdown(result, title, metric, machine, bench_file))
     for axis, fit in result.axes.items():
-        paths.append(isocost_plot(fit, out_dir / f"isocost_{axis}.png", title, metric))
+        paths.append(isocost_plot(fit, files.report(plot_name(axis)), title, metric))
     compared = result.table()
     n = compared["delta"].notna().sum()
     return paths, (f"iso-cost: {n} comparison(s) on {len(result.axes)} axis/axes against a ladder of "

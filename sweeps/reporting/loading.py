@@ -4,8 +4,9 @@ frames (nothing is computed here but which record stands for a grid point).
 - :func:`load_sweep_data`: everything the analysis reads, in one :class:`SweepData`: the
   records of the grid's points (and, for the reruns, of every point), the metric's name, and
   the benchmark table that gives the cost columns.
-- :func:`records_frame`: one row per grid point from ``results/<sweep>/trials/*.json`` (and
-  records kept in an Optuna study); :func:`seed_values`: variant -> seed -> top-1 (%).
+- :func:`records_frame`: one row per grid point from ``results/<sweep>/trials/*.json`` (the
+  :class:`sweeps.layout.SweepLayout`'s ``trials``; and records kept in an Optuna study);
+  :func:`seed_values`: variant -> seed -> top-1 (%).
 - :func:`load_bench` / :func:`bench_row` / :func:`bench_machine`: the ``models.csv`` of
   ``make bench`` or ``odconv-sweep bench`` and what its ``models.md`` says about the machine.
 """
@@ -22,16 +23,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from odconv.spec import parse_conv_spec
+
 from ..definition import SweepDef, find_sweep_file, load_sweep
+from ..layout import DEFAULT_ROOT, SweepLayout
 from ..record import TrialRecord, model_of, read_records
-from ..running.bench import bench_path
 
 # the columns of a records frame without any record, so that the tables still build
 EMPTY_RECORDS_COLUMNS = ["variant", "status", "seed", "value", "grid_key", "host", "reason"]
 
-def load_sweep_for_results(sweep: str, results_root: str | os.PathLike = "results") -> SweepDef:
+
+def load_sweep_for_results(sweep: str, results_root: str | os.PathLike = DEFAULT_ROOT) -> SweepDef:
     """The sweep definition of a results folder (``sweep.json`` written by the run), else the YAML."""
-    snap = Path(results_root) / sweep / "sweep.json"
+    snap = SweepLayout(sweep, results_root).snapshot
     if snap.exists():
         return SweepDef.from_dict(json.loads(snap.read_text()))
     return load_sweep(find_sweep_file(sweep), check_files=False)
@@ -51,12 +55,12 @@ def records_from_study(study) -> list[TrialRecord]:
     return out
 
 
-def records_frame(sweep_name: str, results_root: str | os.PathLike = "results",
+def records_frame(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT,
                   extra: list[TrialRecord] | None = None) -> pd.DataFrame:
     """One row per grid point (its record's scalar fields and ``val_history``, plus
     ``model_name``, ``model_width`` and ``model_precision`` from the resolved config); a
     complete record wins over a failed one."""
-    by_key = {r.grid_key: r for r in read_records(Path(results_root) / sweep_name / "trials")}
+    by_key = {r.grid_key: r for r in read_records(SweepLayout(sweep_name, results_root).trials)}
     # a point's record from the study when its file is not here (or only a failed one is)
     for r in extra or []:
         cur = by_key.get(r.grid_key)
@@ -82,7 +86,6 @@ def machine_label(rec: TrialRecord) -> str | None:
     if rec.host is None and what is None:
         return None
     return f"{rec.host or '?'} ({what})" if what else str(rec.host)
-
 
 
 def complete_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -144,9 +147,8 @@ def bench_row(bench: pd.DataFrame | None, model: Any, width: Any, conv: Any, pre
     if bench is None or not isinstance(model, str) or width is None or pd.isna(width) or conv is None:
         return None
     try:
-        from odconv import parse_conv_spec
         conv = str(parse_conv_spec(str(conv)))
-    except (ImportError, ValueError):
+    except ValueError:
         return None
     m = bench[(bench["model"] == model) & np.isclose(bench["width"].astype(float), float(width))
               & (bench["conv"].astype(str) == conv) & bench["strategy"].astype(str).isin(["auto", "-"])
@@ -171,15 +173,15 @@ class SweepData:
     bench_csv: Path
 
 
-def default_bench_csv(sweep_name: str, results_root: str | os.PathLike = "results") -> Path:
+def default_bench_csv(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT) -> Path:
     """The benchmark table for a sweep's cost columns: its own (``odconv-sweep bench``:
-    ``<results_root>/<sweep>/bench/models.csv``) when it exists, else the general one of
-    ``make bench`` (``<results_root>/bench/models.csv``)."""
-    own = bench_path(sweep_name, results_root)
-    return own if own.exists() else Path(results_root) / "bench" / "models.csv"
+    :attr:`sweeps.layout.SweepLayout.bench_table`) when it exists, else the general one of
+    ``make bench`` (:attr:`sweeps.layout.SweepLayout.general_bench_table`)."""
+    layout = SweepLayout(sweep_name, results_root)
+    return layout.bench_table if layout.bench_table.exists() else layout.general_bench_table
 
 
-def load_sweep_data(sweep: SweepDef, results_root: str | os.PathLike = "results", study=None,
+def load_sweep_data(sweep: SweepDef, results_root: str | os.PathLike = DEFAULT_ROOT, study=None,
                     bench_csv: str | os.PathLike | None = None) -> SweepData:
     """The records of ``sweep`` under ``results_root`` (with ``study``: also those kept in the
     Optuna study), restricted to the sweep's points, and the benchmark table ``bench_csv``

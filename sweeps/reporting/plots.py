@@ -1,6 +1,9 @@
-"""Plots of ``odconv-sweep results`` (matplotlib, Agg backend), drawn from the tables that
-:mod:`sweeps.reporting.analysis` computed (called from :mod:`sweeps.reporting.tables`); nothing is computed here
-but the layout.
+"""Plots of ``odconv-sweep results`` (matplotlib figures drawn without pyplot, so no backend is
+chosen or switched), drawn from the tables that :mod:`sweeps.reporting.analysis` and
+:mod:`sweeps.reporting.attentions` computed (called from :mod:`sweeps.reporting.tables` and
+:mod:`sweeps.reporting.effects_report`), at the precision of the CSVs
+(:func:`sweeps.reporting.formats.rounded`) and saved without metadata
+(:func:`sweeps.reporting.formats.save_png`); nothing is computed here but the layout.
 
 - ``accuracy_bars.png``: top-1 mean ± std over seeds per variant (``*``: seeds missing).
 - ``accuracy_vs_params.png`` / ``accuracy_vs_train_time.png``: top-1 against parameters and
@@ -17,8 +20,13 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+
+from ..layout import report_layout
+from .formats import rounded, save_png
 
 _ODCONV = re.compile(r"^odconv(\d+)x(?:-((?:channel|filter|spatial|kernel)(?:\+(?:channel|filter|spatial|kernel))*))?$")
 _WIDTH = re.compile(r'model_options=\{"width":\s*([0-9.eE+-]+)\}')   # a static ladder's rung
@@ -39,13 +47,6 @@ def short_label(variant: str) -> str:
             atts = "channel+filter+spatial" + ("+kernel" if n != "1" else "")
         spec = f"{n}x {''.join(a[0] for a in ('channel', 'filter', 'spatial', 'kernel') if a in atts.split('+'))}"
     return f"{spec} {rest}" if rest else spec
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def label_points(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], fontsize: float = 7,
@@ -112,9 +113,9 @@ def label_points(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequ
 
 
 def _bars(summary: pd.DataFrame, path: Path, title: str, metric: str) -> None:
-    plt = _plt()
     s = summary.dropna(subset=["top1_mean"])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(summary) + 2), 4.2))
+    fig = Figure(figsize=(max(5.0, 0.45 * len(summary) + 2), 4.2))
+    ax = fig.subplots()
     colors = ["#888888" if str(c) == "static" else "#1f77b4" if str(c).startswith("odconv") else "#ff7f0e"
               for c in summary["conv"]]
     ax.bar(range(len(summary)), summary["top1_mean"].fillna(0), yerr=summary["top1_std"].fillna(0), capsize=3,
@@ -130,15 +131,14 @@ def _bars(summary: pd.DataFrame, path: Path, title: str, metric: str) -> None:
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{title}: mean ± std over seeds (* = seeds missing)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: Path, title: str, metric: str,
              pareto_col: str | None = None, note: str = "") -> None:
-    plt = _plt()
     t = summary.dropna(subset=["top1_mean", col])
-    fig, ax = plt.subplots(figsize=(6.6, 4.8))
+    fig = Figure(figsize=(6.6, 4.8))
+    ax = fig.subplots()
     ax.errorbar(t[col] / scale, t["top1_mean"], yerr=t["top1_std"].fillna(0), fmt="o", capsize=3, zorder=2)
     labels = [short_label(v) for v in t["variant"]]
     if any(label != str(v) for label, v in zip(labels, t["variant"])):
@@ -157,8 +157,7 @@ def _scatter(summary: pd.DataFrame, col: str, scale: float, xlabel: str, path: P
         ax.text(0.5, 0.5, f"no {xlabel} recorded", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     label_points(ax, t[col] / scale, t["top1_mean"], labels)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, time_note: str = "",
@@ -166,8 +165,9 @@ def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, ti
     """Write the accuracy plots of ``summary`` (a :func:`sweeps.reporting.analysis.summary_table`) to
     ``out_dir``; the training-time plot uses column ``time_col`` (ms per image) and prints
     ``time_note`` (where the times were measured) under its title."""
-    out_dir = Path(out_dir)
-    paths = [out_dir / "accuracy_bars.png"]
+    files = report_layout(out_dir)
+    summary = rounded(summary)
+    paths = [files.report("accuracy_bars.png")]
     _bars(summary, paths[-1], title, metric)
     for col, scale, label, fname, front, note in (
             ("params_count", 1e6, "params (M)", "accuracy_vs_params.png", "pareto_params", ""),
@@ -176,7 +176,7 @@ def make_plots(summary: pd.DataFrame, out_dir: Path, title: str, metric: str, ti
             ("macs", 1e6, "MACs per image (M)", "accuracy_vs_macs.png", None, "")):
         if col not in summary.columns:
             continue
-        paths.append(out_dir / fname)
+        paths.append(files.report(fname))
         _scatter(summary, col, scale, label, paths[-1], title, metric, front, note)
     return paths
 
@@ -185,11 +185,12 @@ def curves_plot(curves: pd.DataFrame, path: Path, title: str) -> Path:
     """Learning curves (``curves``: :func:`sweeps.reporting.curves.curves_table`): validation top-1 per
     epoch, mean over seeds (left), and the mean paired difference to the reference (right),
     one line per variant, the reference in black."""
-    plt = _plt()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.6), sharex=True)
+    curves = rounded(curves)
+    fig = Figure(figsize=(12.5, 4.6))
+    left, right = fig.subplots(1, 2, sharex=True)
     variants = list(dict.fromkeys(curves["variant"]))
     refs = set(curves["reference"].dropna())
-    cmap = plt.get_cmap("tab20")
+    cmap = matplotlib.colormaps["tab20"]
     others = [v for v in variants if v not in refs]
     for v in variants:
         c = curves[curves["variant"] == v].sort_values("epoch")
@@ -209,18 +210,17 @@ def curves_plot(curves: pd.DataFrame, path: Path, title: str) -> Path:
     fig.legend(loc="center right", fontsize=7, title_fontsize=6,
                title="nx: n kernels\nc f s k: channel, filter,\nspatial, kernel attention")
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def effects_plot(effects: pd.DataFrame, path: Path, title: str) -> Path:
     """Horizontal interval plot of ``effects`` (columns ``term, estimate, ci_low, ci_high`` and
     optionally ``group``): one row per term, one marker per group, a line at zero."""
-    plt = _plt()
+    effects = rounded(effects)
     terms = list(dict.fromkeys(effects["term"]))
     groups = list(dict.fromkeys(effects["group"])) if "group" in effects.columns else [""]
-    fig, ax = plt.subplots(figsize=(6.6, 0.38 * len(terms) * max(1, len(groups)) + 1.6))
+    fig = Figure(figsize=(6.6, 0.38 * len(terms) * max(1, len(groups)) + 1.6))
+    ax = fig.subplots()
     step = 0.8 / max(1, len(groups))
     for gi, g in enumerate(groups):
         e = effects[effects["group"] == g] if "group" in effects.columns else effects
@@ -236,9 +236,7 @@ def effects_plot(effects: pd.DataFrame, path: Path, title: str) -> Path:
     if len(groups) > 1:  # below the axes: inside, it would cover some term's interval
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=min(2, len(groups)))
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, bbox_inches="tight")
 
 
-__all__ = ["make_plots", "effects_plot", "curves_plot", "short_label", "SHORT_KEY"]
+__all__ = ["make_plots", "effects_plot", "curves_plot", "short_label", "label_points", "SHORT_KEY"]

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ..definition import SweepDef
-from . import stats
-from .analysis import ALPHA, ATTS, EffectsResult, blocked_groups
+from . import linear_models, stats
+from .analysis import ALPHA, blocked_groups
+from .attentions import ATTS, EffectsResult
 from .loading import seed_values
 
 POWER = 0.8  # the power at which the smallest detectable differences are given
@@ -34,7 +35,7 @@ def planned_blocked_halfwidth(seeds: dict[str, list[Any]], members: list[str], v
     for v in members:
         planned = list(seeds.get(v, [])) + ([f"new{i}" for i in range(extra)] if v in (variant, members[0]) else [])
         design += [{"variant": v, "seed": str(x)} for x in planned]
-    planned_se = stats.blocked_standard_errors(pd.DataFrame(design), members[0]) if design else None
+    planned_se = linear_models.blocked_standard_errors(pd.DataFrame(design), members[0]) if design else None
     if planned_se is None or variant not in planned_se[0].index or not np.isfinite(resid_sd):
         return np.nan
     se_unit, df_res = planned_se
@@ -81,7 +82,7 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
     if effects.groups:
         g = effects.groups[0]
         design = _factorial_design(g.variants, grid_seeds)
-        planned = stats.effect_standard_errors(design, ATTS, block="seed")
+        planned = linear_models.effect_standard_errors(design, ATTS, block="seed")
         fit = effects.fits.get(g.label)
         e_sd = fit.resid_sd if fit is not None else sd
         if planned is not None:
@@ -109,12 +110,11 @@ def _blocked_without_outliers(summary: pd.DataFrame, by_seed: dict[str, dict[Any
         return None
     data = pd.DataFrame([{"variant": v, "seed": str(seed), "y": y} for v in members
                          for seed, y in by_seed.get(v, {}).items() if (v, str(seed)) not in drop])
-    fit = stats.blocked_contrasts(data, "static") if len(data) else None
+    fit = linear_models.blocked_contrasts(data, "static") if len(data) else None
     if fit is None:
         return None
     return {"resid_sd": float(fit["resid_sd"].iloc[0]), "df_resid": float(fit["df_resid"].iloc[0]),
             "halfwidths": {r["treatment"]: (r["ci_high"] - r["ci_low"]) / 2 for _, r in fit.iterrows()}}
-
 
 
 def _factorial_design(cells: dict[str, tuple], seeds: dict[str, list[Any]], at_least: int = 0) -> pd.DataFrame:
@@ -138,7 +138,7 @@ def seeds_for_main_effect(cells: dict[str, tuple], seeds: dict[str, list[Any]], 
         return None
     have = min(len(seeds.get(lab, [])) for lab in cells)
     for k in range(have, max_seeds + 1):
-        planned = stats.effect_standard_errors(_factorial_design(cells, seeds, k), ATTS, block="seed")
+        planned = linear_models.effect_standard_errors(_factorial_design(cells, seeds, k), ATTS, block="seed")
         if planned is None:
             continue
         se_unit, df_res = planned
@@ -226,7 +226,6 @@ def precision_goals(sweep: SweepDef, summary: pd.DataFrame, effects: EffectsResu
                      else f"{n + k} on both (+{k} each)")
         add(f"`{variant}` vs `{ref}` (blocked model, {n} seeds)", float(aim), b_measured, planned, needs, members)
     return rows
-
 
 
 __all__ = ["POWER", "MAX_PLANNED_SEEDS", "power_summary", "precision_goals", "seeds_for_main_effect", "seeds_for_row",

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from odconv import parse_conv_spec
+from odconv.bench.measurement import machine_info
+from odconv.bench.models import bench_models
+from odconv.bench.report import models_markdown, write_csv
+
 from ..definition import SweepDef
+from ..layout import DEFAULT_ROOT, SweepLayout
 from ..record import model_of
+from .point import build_point, resolved_config
 
 
 @dataclass(frozen=True)
@@ -38,18 +46,8 @@ class VariantModel:
     other_options: tuple[str, ...]  # model options the benchmark does not apply (names)
 
 
-def bench_path(sweep_name: str, results_root: str | os.PathLike = "results") -> Path:
-    """Where ``odconv-sweep bench`` writes the sweep's cost table."""
-    return Path(results_root) / sweep_name / "bench" / "models.csv"
-
-
 def variant_models(sweep: SweepDef) -> list[VariantModel]:
     """One :class:`VariantModel` per grid variant (its first point), resolved as a trial would."""
-    from odconv import parse_conv_spec
-
-    from .trial import build_point, resolved_config
-
-    warnings.filterwarnings("ignore")
     first: dict[str, Any] = {}
     for p in sweep.grid_points():
         first.setdefault(p.variant, p)
@@ -78,16 +76,10 @@ def variant_models(sweep: SweepDef) -> list[VariantModel]:
     return out
 
 
-def bench_sweep(sweep: SweepDef, results_root: str | os.PathLike = "results", device: str = "cpu",
+def bench_sweep(sweep: SweepDef, results_root: str | os.PathLike = DEFAULT_ROOT, device: str = "cpu",
                 train_rounds: int = 3, latency_rounds: int = 10, log: Callable[[str], None] = print) -> Path:
     """Benchmark every grid variant of ``sweep`` against its static model in one run; returns the
-    path of the CSV written (:func:`bench_path`, with a ``.md`` beside it)."""
-    import torch
-
-    from odconv.bench.measurement import machine_info
-    from odconv.bench.models import bench_models
-    from odconv.bench.report import models_markdown, write_csv
-
+    path of the CSV written (:attr:`sweeps.layout.SweepLayout.bench_table`, with a ``.md`` beside it)."""
     dev = torch.device(device)
     variants = variant_models(sweep)
     groups: dict[tuple, list[str]] = {}
@@ -103,7 +95,7 @@ def bench_sweep(sweep: SweepDef, results_root: str | os.PathLike = "results", de
         log(f"{model} w{width:g} {precision}, batch {batch}: {', '.join(convs)}")
         rows += bench_models([(model, width)], convs, batch, dev, precision, train_rounds, latency_rounds,
                              log=log, num_classes=classes)
-    path = bench_path(sweep.name, results_root)
+    path = SweepLayout(sweep.name, results_root).bench_table
     path.parent.mkdir(parents=True, exist_ok=True)
     write_csv(str(path), rows)
     path.with_suffix(".md").write_text(models_markdown(rows, info, [sweep.name], train_rounds, latency_rounds,

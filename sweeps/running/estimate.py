@@ -24,13 +24,17 @@ test); pass ``--overhead`` for other machines. Mixed precision in the config
 from __future__ import annotations
 
 import math
-import warnings
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
+from odconv.bench.measurement import measure_model_costs
+
 from ..definition import SweepDef
+from .point import build_point
+from .process import plan_slots
 
 DEFAULT_OVERHEAD_S = 25.0
 
@@ -71,11 +75,6 @@ def measure_point(base_config: str, overrides: dict[str, Any], device: torch.dev
     Train: the training step at the configured batch size; eval: the eval forward pass at the
     eval batch size; both under the trainer's precision
     (:func:`odconv.bench.measurement.measure_model_costs`, ``repeats`` rounds each)."""
-    from odconv.bench.measurement import measure_model_costs
-
-    from .trial import build_point
-
-    warnings.filterwarnings("ignore")
     cli = build_point(base_config, overrides)
     dm, trainer, module = cli.datamodule, cli.trainer, cli.model
     train, val, test = dm.split_sizes()
@@ -96,8 +95,6 @@ def measure_point(base_config: str, overrides: dict[str, Any], device: torch.dev
 def worker_threads(workers: int, cpus: Optional[int] = None) -> int:
     """Threads each of ``workers`` CPU workers gets from ``make ablation`` on this machine (the
     runner's split, :func:`sweeps.running.process.plan_slots`)."""
-    from .process import plan_slots
-
     return plan_slots(gpus="cpu", workers=workers, cpus=cpus)[0].threads or 1
 
 
@@ -148,7 +145,6 @@ def format_estimate(sweep: SweepDef, rows: list[VariantEstimate], device: str, w
 
 
 def main(sweep: SweepDef, device: str, workers: int, overhead_s: Optional[float], repeats: int) -> int:
-    import sys
     threads = worker_threads(workers) if torch.device(device).type == "cpu" else None
     rows = estimate_sweep(sweep, device, DEFAULT_OVERHEAD_S if overhead_s is None else overhead_s, repeats,
                           log=lambda line: print(line, file=sys.stderr, flush=True), threads=threads)

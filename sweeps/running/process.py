@@ -11,6 +11,7 @@ killed driver or worker leaves no orphaned fit.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -81,11 +82,12 @@ def plan_slots(gpus: str | None = None, workers: int | None = None, devices_per_
 
 
 def slot_env(slot: Slot) -> dict[str, str]:
-    """The environment of a worker on ``slot``: its devices pinned before Python starts."""
+    """The environment of a worker on ``slot``: its devices and its OpenMP/MKL threads pinned
+    before Python starts (its trials inherit them; torch's own thread count travels on the
+    worker's command line, :func:`worker_command`)."""
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = slot.devices or ""
     if slot.threads:
-        env["SWEEP_THREADS"] = str(slot.threads)
         env["OMP_NUM_THREADS"] = str(slot.threads)
         env["MKL_NUM_THREADS"] = str(slot.threads)
     env["PYTHONUNBUFFERED"] = "1"
@@ -95,7 +97,6 @@ def slot_env(slot: Slot) -> dict[str, str]:
 def _set_pdeathsig() -> None:
     """Child dies with its parent (Linux): a SIGKILLed worker does not leave an orphan fit."""
     try:
-        import ctypes
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 (not Linux: children may outlive a killed parent)
@@ -154,13 +155,32 @@ class StopRequest:
             signal.signal(s, h)
 
 
-def worker_command(sweep_json: Path, study_name: str, results_root: str, devices_per_trial: int, index: int,
-                   stage: str, storage_url: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "sweeps", "_worker", str(sweep_json), "--study", study_name,
-           "--results-root", results_root, "--devices-per-trial", str(devices_per_trial),
-           "--index", str(index), "--stage", stage]
-    if storage_url:
-        cmd += ["--storage", storage_url]
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker of a study is started with (on its command line): the study, where its
+    files are, the devices of a trial, how long to wait for an unreachable storage (passed on
+    to its trials) and how often to beat a running trial's heartbeat."""
+
+    study_name: str
+    results_root: str
+    storage_url: str | None
+    devices_per_trial: int
+    outage_limit_s: float
+    heartbeat_s: float
+
+
+def worker_command(sweep_json: Path, settings: WorkerSettings, index: int, stage: str,
+                   threads: int | None = None) -> list[str]:
+    """``python -m sweeps _worker ...`` (:func:`sweeps.running.worker.main`): worker ``index`` of
+    ``stage`` (grid | tune); ``threads``: torch threads of its trials (None: torch's default)."""
+    cmd = [sys.executable, "-m", "sweeps", "_worker", str(sweep_json), "--study", settings.study_name,
+           "--results-root", settings.results_root, "--devices-per-trial", str(settings.devices_per_trial),
+           "--index", str(index), "--stage", stage, "--outage-limit", repr(float(settings.outage_limit_s)),
+           "--heartbeat", repr(float(settings.heartbeat_s))]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if settings.storage_url:
+        cmd += ["--storage", settings.storage_url]
     return cmd
 
 

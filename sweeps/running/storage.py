@@ -6,8 +6,9 @@ goes through one :class:`OutageGuard`, which retries a call that failed because 
 was unreachable (the PostgreSQL server restarting or failing over, the journal file briefly
 unwritable) with exponential backoff, logs one line when an outage starts and one when it ends,
 and gives up with :class:`StorageUnavailable` only when the storage has been unreachable for
-longer than the outage limit (``SWEEP_OUTAGE_LIMIT_S``, default 300 s). SQLAlchemy's
-``pool_pre_ping`` replaces connections that died with the server.
+longer than the outage limit (the guard's ``limit_s``: ``--outage-limit``, default 300 s), which
+the driver passes on to its workers and they to their trials. SQLAlchemy's ``pool_pre_ping``
+replaces connections that died with the server.
 
 Errors that are not about reachability (a finished trial updated, a missing study, bad data)
 pass through unchanged.
@@ -30,18 +31,17 @@ from typing import Any, TypeVar
 import optuna
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
+
+from ..layout import DEFAULT_ROOT, SweepLayout
 
 log = logging.getLogger("sweeps")
 
 DEFAULT_OUTAGE_LIMIT_S = 300.0   # a managed database's restart or failover fits in this
 JOURNAL_LOCK_GRACE_S = 60         # a journal lock file older than this (holder killed) is broken
-EXIT_STORAGE = 3                  # exit code of a sweep command stopped by a storage outage
-
-# the journal lock classes are "experimental" in optuna 5.0; the warning is noise here
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 T = TypeVar("T")
 
@@ -51,13 +51,14 @@ class StorageUnavailable(RuntimeError):
     to stop while waiting for it)."""
 
 
-def outage_limit_s() -> float:
-    """Seconds a sweep process waits for an unreachable storage: ``SWEEP_OUTAGE_LIMIT_S``."""
-    v = os.environ.get("SWEEP_OUTAGE_LIMIT_S", "").strip()
+def parse_outage_limit(text: str | None) -> float:
+    """An outage limit given as text (e.g. an environment variable's value): seconds, or
+    :data:`DEFAULT_OUTAGE_LIMIT_S` when empty. ``ValueError`` for anything but a number."""
+    v = (text or "").strip()
     try:
         return float(v) if v else DEFAULT_OUTAGE_LIMIT_S
     except ValueError:
-        raise ValueError(f"SWEEP_OUTAGE_LIMIT_S must be a number of seconds, got {v!r}") from None
+        raise ValueError(f"the outage limit must be a number of seconds, got {v!r}") from None
 
 
 # errnos of a journal file that cannot be read or written right now (permissions, a full or
@@ -99,14 +100,19 @@ class OutageGuard:
     makes them, so it is logged once and the limit counts from its first failure. Reads and
     writes are told apart (``write``): a journal file that cannot be written can still be read,
     and a successful read does not end an outage of writes (nor the reverse).
-    ``should_stop`` (e.g. "Ctrl-C was pressed") ends the wait early."""
+    ``should_stop`` (e.g. "Ctrl-C was pressed") ends the wait early. ``clock`` (seconds, only
+    differences count) and ``sleep`` are the time the guard measures and waits in: tests pass
+    their own to drive an outage without waiting for it."""
 
-    def __init__(self, label: str, limit_s: float | None = None, should_stop: Callable[[], bool] | None = None,
-                 max_delay_s: float = 10.0):
+    def __init__(self, label: str, limit_s: float = DEFAULT_OUTAGE_LIMIT_S,
+                 should_stop: Callable[[], bool] | None = None, max_delay_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.label = label
-        self.limit_s = outage_limit_s() if limit_s is None else float(limit_s)
+        self.limit_s = float(limit_s)
         self.should_stop = should_stop
         self.max_delay_s = max_delay_s
+        self.clock = clock
+        self.sleep = sleep
         self.down_since: float | None = None
         self.down_kinds: set[bool] = set()  # which kinds of call (write: True, read: False) fail now
         self.up_since: float | None = None   # end of the last outage (None: none yet)
@@ -126,7 +132,7 @@ class OutageGuard:
 
     def _failed(self, e: BaseException, write: bool) -> float:
         """Note a transient failure; returns seconds the outage has lasted."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             self.down_kinds.add(write)
             if self.down_since is None:
@@ -142,7 +148,7 @@ class OutageGuard:
         with self._lock:
             self.down_kinds.discard(write)
             if self.down_since is not None and not self.down_kinds:
-                self.up_since = time.monotonic()
+                self.up_since = self.clock()
                 log.warning("storage %s reachable again after %.0f s", self.label, self.up_since - self.down_since)
                 self.down_since = None
 
@@ -151,7 +157,7 @@ class OutageGuard:
         seen; 0: unreachable now)."""
         if self.down_since is not None:
             return 0.0
-        return float("inf") if self.up_since is None else time.monotonic() - self.up_since
+        return float("inf") if self.up_since is None else self.clock() - self.up_since
 
     def call(self, fn: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, retried while the storage is unreachable; ``write``: whether
@@ -167,16 +173,16 @@ class OutageGuard:
                 lasted = self._failed(e, write)
                 if getattr(self._local, "no_wait", False):
                     raise StorageUnavailable(f"the storage {self.label} is unreachable") from None
-                waiting_since = waiting_since or time.monotonic()
+                waiting_since = self.clock() if waiting_since is None else waiting_since
                 # an outage first seen long ago (by a heartbeat) may be nearly over: every call
                 # still waits a while itself before giving up
-                if lasted > self.limit_s and time.monotonic() - waiting_since >= min(self.limit_s, 60.0):
+                if lasted > self.limit_s and self.clock() - waiting_since >= min(self.limit_s, 60.0):
                     raise StorageUnavailable(f"the storage {self.label} has been unreachable for {lasted:.0f} s "
                                              f"(limit {self.limit_s:.0f} s, SWEEP_OUTAGE_LIMIT_S): "
                                              f"{_first_line(e)}") from None
                 if self.should_stop is not None and self.should_stop():
                     raise StorageUnavailable(f"stopped while the storage {self.label} was unreachable") from None
-                time.sleep(delay)
+                self.sleep(delay)
                 delay = min(delay * 2, self.max_delay_s)
                 continue
             self._ok(write)
@@ -301,19 +307,17 @@ class ResilientStorage(BaseStorage):
 
 # --- opening a storage -----------------------------------------------------------------------
 
-def results_dir(sweep_name: str, root: str | os.PathLike = "results") -> Path:
-    return Path(root) / sweep_name
-
-
 def is_rdb_url(url: str | None) -> bool:
     return bool(url) and "://" in str(url) and not str(url).startswith("journal://")
 
 
-def journal_path(sweep_name: str, root: str | os.PathLike = "results", url: str | None = None) -> Path:
+def journal_path(sweep_name: str, root: str | os.PathLike = DEFAULT_ROOT, url: str | None = None) -> Path:
+    """The journal file of a study: ``url`` when it names one (a path or ``journal://path``),
+    else the sweep's own (:attr:`sweeps.layout.SweepLayout.journal`)."""
     if url:
         u = str(url)
         return Path(u[len("journal://"):] if u.startswith("journal://") else u)
-    return results_dir(sweep_name, root) / "optuna.journal"
+    return SweepLayout(sweep_name, root).journal
 
 
 def rdb_url(url: str) -> str:
@@ -342,7 +346,7 @@ def require_postgres_driver(url: str) -> None:
                           "installed: install the `postgres` extra (pip install -e '.[postgres]')")
 
 
-def storage_label(url: str | None, sweep_name: str, root: str | os.PathLike = "results") -> str:
+def storage_label(url: str | None, sweep_name: str, root: str | os.PathLike = DEFAULT_ROOT) -> str:
     """What to pass to optuna-dashboard for this storage."""
     return rdb_url(str(url)) if is_rdb_url(url) else str(journal_path(sweep_name, root, url))
 
@@ -356,7 +360,7 @@ def _redacted(url: str) -> str:
     return url
 
 
-def make_storage(url: str | None, sweep_name: str, root: str | os.PathLike = "results",
+def make_storage(url: str | None, sweep_name: str, root: str | os.PathLike = DEFAULT_ROOT,
                  guard: OutageGuard | None = None) -> ResilientStorage:
     """``None``/empty: the journal file ``results/<sweep>/optuna.journal``; a path or
     ``journal://path``: that journal file; ``postgresql://``/``mysql://``/``sqlite://``: an RDB
@@ -378,11 +382,15 @@ def make_storage(url: str | None, sweep_name: str, root: str | os.PathLike = "re
                 engine["connect_args"] = {"connect_timeout": 10}
         inner: BaseStorage = guard.call(optuna.storages.RDBStorage, rdb_url(u), engine_kwargs=engine)
         return ResilientStorage(inner, guard)
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
-
     path = journal_path(sweep_name, root, url)
     guard = guard or OutageGuard(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = JournalFileOpenLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
-    inner = guard.call(lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=lock)))
-    return ResilientStorage(inner, guard)
+    return ResilientStorage(guard.call(_journal_storage, path), guard)
+
+
+def _journal_storage(path: Path) -> JournalStorage:
+    with warnings.catch_warnings():
+        # the journal file's lock classes are "experimental" in some optuna releases (5.0); noise here
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        lock = JournalFileOpenLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))

@@ -1,44 +1,24 @@
-"""Optuna state of a sweep: the study, the grid queue, retries, reaping dead trials, progress.
+"""A sweep's Optuna study: the handle workers and the driver share, the drain flag, and the
+progress of its grid points (counts, each running trial's epoch, the expected time left).
 
-Facts this is built on (optuna 5.0): ``GridSampler`` runs duplicate points with parallel
-workers, so every grid point is enqueued once (``enqueue_trial(..., skip_if_exists=True)``
-with the grid key in ``user_attrs``) and workers claim WAITING trials themselves, running
-nothing when the queue is empty (``study.ask()`` would create a fresh, un-gridded trial).
-The study is created once by the driver before workers start.
-
-Liveness and retries are one mechanism for every storage: a worker writes its host, pid and
-process start time into the trial it claims and beats a ``heartbeat`` user attribute; a
-RUNNING trial whose worker process is gone (same host) or whose heartbeat is older than the
-sweep's ``stale_after_s`` (other hosts) is failed and re-enqueued, counting one retry in the
-new trial's ``retries`` attribute, up to ``max_retries``. Optuna's own heartbeat and retry
-callback are not used (they would count retries a second time).
+The study is created once by the driver before workers start. The grid queue is
+:mod:`sweeps.running.grid_queue`; liveness and reaping :mod:`sweeps.running.liveness`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from ..definition import GridPoint, SweepDef, canonical_value
-from ..record import TrialRecord, read_record
-from .storage import ResilientStorage, is_rdb_url, journal_path, make_storage, rdb_url, results_dir, storage_label  # noqa: F401 (re-exported)
+from .storage import ResilientStorage
 
-log = logging.getLogger("sweeps")
-
-HEARTBEAT_INTERVAL_S = 60      # the heartbeat user attribute of a running trial
 HOST = socket.gethostname()
-GRID_ATTRS = ("grid_key", "grid_params", "variant", "seed", "extra_overrides")
 
 
 class SweepStudy(optuna.Study):
@@ -90,229 +70,6 @@ def load_study(storage: ResilientStorage, study_name: str, sampler: optuna.sampl
                pruner: optuna.pruners.BasePruner | None = None) -> SweepStudy:
     """The study ``study_name``; ``KeyError`` when the storage has no such study."""
     return SweepStudy(study_name, storage, sampler, pruner)
-
-
-# --- grid queue --------------------------------------------------------------------------
-
-def encode_value(v: Any) -> Any:
-    return v if isinstance(v, (str, int, float, bool)) or v is None else canonical_value(v)
-
-
-def encode_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Grid params as Optuna categorical values (mappings/lists become canonical JSON text)."""
-    return {k: encode_value(v) for k, v in params.items()}
-
-
-def grid_attrs(point: GridPoint, extra_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"grid_key": point.key, "grid_params": json.dumps(point.params, sort_keys=True), "variant": point.variant,
-            "seed": point.seed, "retries": 0, "extra_overrides": json.dumps(extra_overrides or {}, sort_keys=True)}
-
-
-def trial_point(t: FrozenTrial) -> GridPoint:
-    return GridPoint(json.loads(t.user_attrs["grid_params"]))
-
-
-def enqueue_grid(study: SweepStudy, sweep: SweepDef, extra_overrides: dict[str, dict[str, Any]] | None = None) -> int:
-    """Enqueue every grid point not yet in the study; returns how many were added."""
-    existing = {t.user_attrs.get("grid_key") for t in study.get_trials(deepcopy=False)}
-    n = 0
-    for p in sweep.points():
-        if p.key in existing:
-            continue
-        extra = (extra_overrides or {}).get(p.variant, {})
-        study.enqueue_trial(encode_params(p.params), user_attrs=grid_attrs(p, extra), skip_if_exists=True)
-        n += 1
-    return n
-
-
-def pop_waiting(study: SweepStudy) -> optuna.trial.Trial | None:
-    """Claim one WAITING trial (atomically: WAITING -> RUNNING, as ``Study.ask`` does) or return
-    None; never creates a trial, so a late worker that finds the queue empty runs nothing.
-
-    Retries go first, then the queue in enqueue order: a retry resumes its grid point's last
-    checkpoint, and it belongs to an earlier part of the grid than the points enqueued after it
-    (the grid runs seed by seed, reruns last), so a study stopped part-way holds whole seeds."""
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for t in sorted(waiting, key=lambda t: ("retry_of" not in t.user_attrs, t.number)):
-        tid = study.trial_id(t.number)
-        try:
-            if not study.storage.set_trial_state_values(tid, state=TrialState.RUNNING):
-                continue
-        except UpdateFinishedTrialError:
-            continue
-        return optuna.trial.Trial(study, tid)
-    return None
-
-
-def total_retries(t: FrozenTrial) -> int:
-    """Retries used so far by the grid point of ``t`` (0 for its first attempt)."""
-    return int(t.user_attrs.get("retries", 0))
-
-
-def enqueue_retry(study: SweepStudy, t: FrozenTrial, reason: str, max_retries: int, count: bool = True) -> bool:
-    """Re-enqueue a trial that died (its run directory, hence its last checkpoint, is keyed by
-    the grid point, so the retry resumes). Returns False when the retry budget is spent."""
-    retries = total_retries(t) + (1 if count else 0)
-    if retries > max_retries:
-        log.warning("trial %d (%s) died (%s) and has used its %d retries: left failed", t.number,
-                    t.user_attrs.get("grid_key"), reason, max_retries)
-        return False
-    attrs = {k: v for k, v in t.user_attrs.items() if k in GRID_ATTRS}
-    attrs.update(retries=retries, retry_of=t.number, retry_reason=reason)
-    study.enqueue_trial(encode_params(json.loads(t.user_attrs["grid_params"])), user_attrs=attrs)
-    return True
-
-
-def fail_trial(study: SweepStudy, number: int, reason: str, final: bool) -> bool:
-    """RUNNING -> FAIL with a reason; False when another process finished it first."""
-    tid = study.trial_id(number)
-    try:
-        study.storage.set_trial_user_attr(tid, "fail_reason", reason)
-        study.storage.set_trial_user_attr(tid, "final_failure", bool(final))
-        return bool(study.storage.set_trial_state_values(tid, state=TrialState.FAIL))
-    except UpdateFinishedTrialError:
-        return False
-
-
-def fail_and_retry(study: SweepStudy, number: int, reason: str, max_retries: int, count: bool = True) -> bool:
-    """Fail a RUNNING grid trial and re-enqueue its point (the one retry path). True when this
-    call failed it (False: another process finished it first)."""
-    frozen = study.storage.get_trial(study.trial_id(number))
-    final = count and total_retries(frozen) + 1 > max_retries
-    if not fail_trial(study, number, reason, final=final):
-        return False
-    enqueue_retry(study, frozen, reason, max_retries, count=count)
-    return True
-
-
-def report_record(study: SweepStudy, number: int, rec: TrialRecord, record_path: str | os.PathLike) -> str:
-    """Tell Optuna the outcome a trial's record says (complete -> its value, pruned, failed with
-    the recorded reason: a divergence is deterministic and not retried), with the record's
-    scalar fields as user attributes. Returns the state told."""
-    trial = study.trial_handle(number)
-    for k, v in {"status": rec.status, "reason": rec.reason, "value": rec.value,
-                 "record_path": str(record_path)}.items():
-        trial.set_user_attr(k, v)
-    trial.set_user_attr("record", {k[2:]: v for k, v in rec.user_attrs().items()})
-    if rec.status == "complete":
-        study.tell(trial, rec.value)
-        return "complete"
-    if rec.status == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
-        return "pruned"
-    trial.set_user_attr("fail_reason", rec.reason)
-    trial.set_user_attr("final_failure", True)
-    study.tell(trial, state=TrialState.FAIL)
-    return "failed"
-
-
-# --- liveness and reaping ----------------------------------------------------------------
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (guards against pid reuse); None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def pid_alive(pid: int, start: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if start is not None:
-        now = process_start_time(pid)
-        if now is not None and now != start:
-            return False  # pid reused by another process
-        try:  # a zombie is dead for our purpose
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state == "Z":
-                return False
-        except (OSError, IndexError):
-            pass
-    return True
-
-
-def trial_is_dead(t: FrozenTrial, stale_after_s: float, storage_quiet_s: float = float("inf")) -> str | None:
-    """Why a RUNNING trial's worker is gone, or None if it may be alive. ``storage_quiet_s``:
-    seconds since the reaper's own last storage outage; heartbeats missed during an outage say
-    nothing, so heartbeat ages count only once the storage has been reachable that long."""
-    a = t.user_attrs
-    host, pid = a.get("worker_host"), a.get("worker_pid")
-    # worker attrs copied from an earlier attempt are stale until the new owner's claim overwrites them
-    start = t.datetime_start.timestamp() if t.datetime_start else None
-    claimed = a.get("claimed_at")
-    if claimed is None or (start is not None and float(claimed) < start - 5):
-        host = pid = None
-    if host == HOST and pid is not None:
-        if not pid_alive(int(pid), a.get("worker_start")):
-            return f"worker process {pid} on {host} is gone"
-        return None
-    beat = (a.get("heartbeat") if host is not None else None) or start
-    age = time.time() - float(beat) if beat is not None else 0.0
-    if age > stale_after_s and storage_quiet_s > stale_after_s:
-        return f"no heartbeat from {host or 'an unknown worker'} for {age:.0f} s"
-    return None
-
-
-def finished_record(t: FrozenTrial) -> tuple[TrialRecord, Path] | None:
-    """The final record a trial's run wrote on this host (complete, pruned or diverged), when
-    its worker died or lost the storage before telling Optuna; else None."""
-    path = t.user_attrs.get("record_path")
-    if not path or not Path(path).exists():
-        return None
-    try:
-        rec = read_record(path)
-    except (OSError, ValueError, TypeError):
-        return None
-    if rec.trial_number != t.number or (rec.status == "failed" and not (rec.reason or "").startswith("diverged")):
-        return None
-    return rec, Path(path)
-
-
-def reap(study: SweepStudy, sweep: SweepDef) -> list[int]:
-    """Settle RUNNING grid trials whose worker is gone: a trial whose final record is on disk is
-    told its result; any other is failed and re-enqueued (up to ``max_retries``)."""
-    reaped = []
-    quiet = study.storage.guard.seconds_since_outage()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "grid_key" not in t.user_attrs:
-            continue
-        why = trial_is_dead(t, sweep.stale_after_s, quiet)
-        if why is None:
-            continue
-        done = finished_record(t)
-        try:
-            if done is not None:
-                state = report_record(study, t.number, done[0], done[1])
-                log.warning("trial %d (%s): its worker is gone (%s); reported its finished record: %s", t.number,
-                            t.user_attrs.get("grid_key"), why, state)
-            elif fail_and_retry(study, t.number, why, sweep.max_retries):
-                log.warning("reaped trial %d (%s): %s", t.number, t.user_attrs.get("grid_key"), why)
-            else:
-                continue
-        except UpdateFinishedTrialError:
-            continue  # another reaper (or the worker, back from an outage) settled it first
-        reaped.append(t.number)
-    return reaped
-
-
-def requeue_failed(study: SweepStudy) -> int:
-    """Re-enqueue grid points whose every trial failed (``--retry-failed``)."""
-    prog = progress(study)
-    n = 0
-    for key, st in prog.points.items():
-        if st == "failed":
-            t = prog.last_trial[key]
-            attrs = {k: v for k, v in t.user_attrs.items() if k in GRID_ATTRS}
-            attrs.update(retries=0, retry_of=t.number, retry_reason="--retry-failed")
-            study.enqueue_trial(encode_params(json.loads(t.user_attrs["grid_params"])), user_attrs=attrs)
-            n += 1
-    return n
 
 
 # --- draining ----------------------------------------------------------------------------

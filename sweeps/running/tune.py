@@ -3,7 +3,7 @@
 Per variant (grid point without its seed), an Optuna study ``<study>.tune.<variant>`` with a
 TPE sampler (seeded) and a median pruner searches the ``tune.params`` space for
 ``tune.n_trials`` trials on the short schedule ``tune.overrides``, with the grid's first
-seed, measuring final ``val/acc_top1`` (the test set is never used to tune) and reporting it
+seed, measuring the final ``val/acc_top1`` (the test set is never used to tune) and reporting it
 every epoch so the pruner can stop bad trials early. Every variant gets the same budget.
 Then the grid runs with each variant's best values (written to ``results/<sweep>/tuned.json``
 and into each grid trial's ``extra_overrides``). Pruning happens here only: a grid cell is
@@ -24,11 +24,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lightning_modules.contract import EXIT_STORAGE, VAL_TOP1
+
 from ..definition import SEED_KEY, SweepDef, slugify
-from . import study as S
-from .process import Slot, StopRequest, run_workers, worker_command
-from .storage import EXIT_STORAGE, ResilientStorage, StorageUnavailable
-from .trial import build_cli_args, git_commit, trial_overrides
+from ..layout import SweepLayout
+from .grid_queue import fail_trial
+from .liveness import trial_is_dead
+from .process import Slot, StopRequest, WorkerSettings, run_workers, worker_command
+from .storage import ResilientStorage, StorageUnavailable
+from .study import Claim, SweepStudy, create_study, drain_requested, load_study, make_pruner
+from .trial_spec import build_cli_args, git_commit, trial_overrides
 
 log = logging.getLogger("sweeps")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -51,16 +56,12 @@ def make_sampler(sweep: SweepDef) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=sweep.tune.seed, n_startup_trials=min(5, max(1, sweep.tune.n_trials // 3)))
 
 
-def make_pruner(sweep: SweepDef) -> optuna.pruners.BasePruner:
-    return S.make_pruner(sweep.tune.pruner)
-
-
-def open_tune_studies(sweep: SweepDef, storage: ResilientStorage, base: str, create: bool) -> dict[str, S.SweepStudy]:
+def open_tune_studies(sweep: SweepDef, storage: ResilientStorage, base: str, create: bool) -> dict[str, SweepStudy]:
     out = {}
     for v in variant_points(sweep):
         name = tune_study_name(base, v)
-        opener = S.create_study if create else S.load_study
-        out[v] = opener(storage, name, make_sampler(sweep), make_pruner(sweep))
+        opener = create_study if create else load_study
+        out[v] = opener(storage, name, make_sampler(sweep), make_pruner(sweep.tune.pruner))
     return out
 
 
@@ -105,16 +106,16 @@ class TuneSource:
         self.studies = open_tune_studies(sweep, storage, base, create=False)
         self.points = variant_points(sweep)
 
-    def claim(self, worker: Any) -> S.Claim | None:
-        """``worker``: the :class:`sweeps.running.worker.Worker` claiming (its stop flag, identity, results dir)."""
+    def claim(self, worker: Any) -> Claim | None:
+        """``worker``: the :class:`sweeps.running.worker.Worker` claiming (its stop flag, identity, results root)."""
         sweep = self.sweep
         quiet = worker.storage.guard.seconds_since_outage()
-        while not worker.stop and not S.drain_requested(worker.study):
+        while not worker.stop and not drain_requested(worker.study):
             for st in self.studies.values():
                 for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    why = S.trial_is_dead(t, sweep.stale_after_s, quiet)
+                    why = trial_is_dead(t, sweep.stale_after_s, quiet)
                     if why:
-                        S.fail_trial(st, t.number, why, final=True)
+                        fail_trial(st, t.number, why, final=True)
             open_ = [(n_counted(st), v) for v, st in self.studies.items() if n_counted(st) < sweep.tune.n_trials]
             if not open_:
                 return None
@@ -130,34 +131,36 @@ class TuneSource:
             params[SEED_KEY] = sweep.grid.get(SEED_KEY, [0])[0]
             trial.set_user_attr("variant", v)
             worker.mark_claimed(trial)
-            run_dir = worker.res_dir / "tune" / slugify(v) / f"t{trial.number:03d}"
+            layout = SweepLayout(sweep.name, worker.results_root)
+            run_dir = layout.tune_run_dir(slugify(v), trial.number)
             overrides = trial_overrides(sweep, worker.devices_per_trial, sweep.tune.overrides, params, sampled)
             spec = {"sweep": sweep.name, "grid_key": f"tune:{v}:{trial.number}", "variant": v, "params": params,
                     "seed": params[SEED_KEY], "attempt": 0, "trial_number": trial.number, "run_dir": str(run_dir),
-                    "record_path": str(worker.res_dir / "tune" / "trials" / f"{slugify(v)}-t{trial.number:03d}.json"),
+                    "record_path": str(layout.tune_record(slugify(v), trial.number)),
                     "cli_args": build_cli_args(sweep.base_config, overrides, run_dir), "measure": {"enabled": False},
-                    "metric": "val/acc_top1", "test": False, "git_commit": git_commit(),
+                    "metric": VAL_TOP1, "test": False, "git_commit": git_commit(),
                     "results_root": worker.results_root, "prune_storage": worker.storage_url,
                     "prune_study": st.study_name, "prune_trial_number": trial.number,
                     "pruner": sweep.tune.pruner}
-            return S.Claim(st, trial, spec, requeue=False)
+            return Claim(st, trial, spec, requeue=False)
         return None
 
 
-def tuning_done(sweep: SweepDef, studies: dict[str, S.SweepStudy]) -> bool:
+def tuning_done(sweep: SweepDef, studies: dict[str, SweepStudy]) -> bool:
     return all(n_finished(st) >= sweep.tune.n_trials for st in studies.values())
 
 
-def run_tuning(sweep: SweepDef, storage: ResilientStorage, storage_url: str | None, base: str, slots: list[Slot],
-               results_root: str, sweep_json: Path, devices_per_trial: int,
-               stop: StopRequest) -> dict[str, dict[str, Any]] | None:
-    """Run the tuning stage to completion (driver side); the best values per variant, or None
-    if interrupted or drained (``odconv-sweep drain``)."""
+def run_tuning(sweep: SweepDef, storage: ResilientStorage, settings: WorkerSettings, slots: list[Slot],
+               sweep_json: Path, stop: StopRequest) -> dict[str, dict[str, Any]] | None:
+    """Run the tuning stage to completion (driver side), its workers started with ``settings``
+    (whose study is the base of the tuning studies' names); the best values per variant, or
+    None if interrupted or drained (``odconv-sweep drain``)."""
+    base = settings.study_name
     studies = open_tune_studies(sweep, storage, base, create=True)
-    base_study = S.load_study(storage, base)
+    base_study = load_study(storage, base)
 
     def halted() -> bool:
-        return stop.requested or S.drain_requested(base_study)
+        return stop.requested or drain_requested(base_study)
 
     total = sweep.tune.n_trials * len(studies)
     last = ""
@@ -177,8 +180,8 @@ def run_tuning(sweep: SweepDef, storage: ResilientStorage, storage_url: str | No
     for _round in range(5):
         if halted() or tuning_done(sweep, studies):
             break
-        codes = run_workers(slots, lambda slot: worker_command(sweep_json, base, results_root, devices_per_trial,
-                                                               slot.index, "tune", storage_url), stop, tick)
+        codes = run_workers(slots, lambda slot: worker_command(sweep_json, settings, slot.index, "tune", slot.threads),
+                            stop, tick)
         if EXIT_STORAGE in codes and not stop.requested:
             raise StorageUnavailable(f"a tuning worker could not reach the storage {storage.guard.label} for "
                                      f"longer than {storage.guard.limit_s:.0f} s")

@@ -18,12 +18,13 @@ the job is then requeued and its next run resumes the trial.
 
 The storage may be away for a while (:mod:`sweeps.running.storage`): a trial trains on regardless, its
 record is written to disk before the worker reports it, and the report waits for the storage to
-come back. Only an outage longer than the limit stops the worker (exit code 3), leaving the
-trial RUNNING; the next run reports it from its record on disk.
+come back. Only an outage longer than the limit (``--outage-limit``) stops the worker (exit code
+3), leaving the trial RUNNING; the next run reports it from its record on disk.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -39,22 +40,25 @@ from typing import Any, Protocol
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
-from lightning_modules.contract import read_progress
+from lightning_modules.contract import EXIT_OK, EXIT_STOPPED, EXIT_STORAGE, read_progress
 
 from ..definition import GridPoint, SweepDef, common_axes
+from ..layout import DEFAULT_ROOT, SweepLayout
 from ..record import TrialRecord, read_record, write_record
-from . import study as S
-from .process import popen_child
+from .grid_queue import encode_value, fail_and_retry, fail_trial, pop_waiting, report_record, total_retries
+from .liveness import HEARTBEAT_INTERVAL_S, process_start_time, reap
+from .process import WorkerSettings, popen_child
 from .slurm import current_job, stop_signal
-from .storage import EXIT_STORAGE, OutageGuard, StorageUnavailable, make_storage
-from .trial import build_cli_args, git_commit, trial_overrides
+from .storage import DEFAULT_OUTAGE_LIMIT_S, OutageGuard, StorageUnavailable, make_storage, storage_label
+from .study import HOST, PROGRESS_ATTR, Claim, SweepStudy, drain_requested, load_study
+from .trial_spec import build_cli_args, git_commit, trial_overrides
 from .tune import TuneSource
 
 log = logging.getLogger("sweeps")
 WARNING_RESEND_S = 3.0
 
 
-def beat_progress(study: S.SweepStudy, trial_id: int, run_dir: Path | None,
+def beat_progress(study: SweepStudy, trial_id: int, run_dir: Path | None,
                   reported: dict[str, Any] | None) -> dict[str, Any] | None:
     """Copy the epoch progress of the fit in ``run_dir`` (:func:`lightning_modules.contract.read_progress`)
     into the trial's :data:`sweeps.running.study.PROGRESS_ATTR` attribute (Optuna's public storage
@@ -63,24 +67,24 @@ def beat_progress(study: S.SweepStudy, trial_id: int, run_dir: Path | None,
     if prog is None:
         return reported
     value = {"epoch": prog.epoch, "max_epochs": prog.max_epochs, "start_epoch": prog.start_epoch}
-    if value != reported and study.storage.try_set_trial_user_attr(trial_id, S.PROGRESS_ATTR, value):
+    if value != reported and study.storage.try_set_trial_user_attr(trial_id, PROGRESS_ATTR, value):
         return value
     return reported
 
 
 class TrialSource(Protocol):
-    def claim(self, worker: "Worker") -> S.Claim | None:
+    def claim(self, worker: "Worker") -> Claim | None:
         """Settle dead trials, then claim the next trial to run, or None when there is none."""
 
 
 class GridSource:
     """The grid queue: WAITING trials enqueued by the driver, one per grid point (and retries)."""
 
-    def claim(self, worker: "Worker") -> S.Claim | None:
-        S.reap(worker.study, worker.sweep)
-        if worker.stop or S.drain_requested(worker.study):
+    def claim(self, worker: "Worker") -> Claim | None:
+        reap(worker.study, worker.sweep)
+        if worker.stop or drain_requested(worker.study):
             return None
-        trial = S.pop_waiting(worker.study)
+        trial = pop_waiting(worker.study)
         if trial is None:
             return None
         attrs = worker.mark_claimed(trial)
@@ -89,22 +93,27 @@ class GridSource:
         # values as the choices: Optuna needs one value space per param name in a study, so a
         # key only some points have (a block's own axis, a rerun's override) stays in grid_params
         for k in common_axes(worker.sweep):
-            trial.suggest_categorical(k, [S.encode_value(x) for x in worker.sweep.grid[k]])
-        run_dir = worker.res_dir / "runs" / point.slug
+            trial.suggest_categorical(k, [encode_value(x) for x in worker.sweep.grid[k]])
+        layout = SweepLayout(worker.sweep.name, worker.results_root)
+        run_dir = layout.run_dir(point.slug)
         overrides = trial_overrides(worker.sweep, worker.devices_per_trial,
                                     json.loads(attrs.get("extra_overrides") or "{}"), point.params)
         spec = {"sweep": worker.sweep.name, "grid_key": point.key, "variant": point.variant, "params": point.params,
                 "seed": point.seed, "attempt": int(attrs.get("retries", 0)), "trial_number": trial.number,
-                "run_dir": str(run_dir), "record_path": str(worker.res_dir / "trials" / f"{point.slug}.json"),
+                "run_dir": str(run_dir), "record_path": str(layout.record(point.slug)),
                 "cli_args": build_cli_args(worker.sweep.base_config, overrides, run_dir),
                 "measure": worker.sweep.measure, "metric": worker.sweep.metric, "git_commit": git_commit(),
                 "results_root": worker.results_root}
-        return S.Claim(worker.study, trial, spec, requeue=True)
+        return Claim(worker.study, trial, spec, requeue=True)
 
 
 class Worker:
-    def __init__(self, sweep: SweepDef, storage_url: str | None, study_name: str, results_root: str,
-                 devices_per_trial: int = 1, worker_index: int = 0, stage: str = "grid"):
+    """Runs the trials of one source (``stage``: grid | tune) one at a time. ``threads``: torch
+    threads of its trials (None: torch's default); the heartbeat interval and the outage limit
+    (its own and its trials') come with ``settings``."""
+
+    def __init__(self, sweep: SweepDef, settings: WorkerSettings, worker_index: int = 0, stage: str = "grid",
+                 threads: int | None = None):
         self.stop = False
         self._first_signal = 0.0
         self.child: Any = None  # the running trial process
@@ -116,19 +125,21 @@ class Worker:
             signal.signal(self.stop_signal, self._on_stop_signal)
         self.job = current_job()
         self.sweep = sweep
-        self.storage_url = storage_url
-        self.results_root = results_root
-        self.study_name = study_name
-        self.devices_per_trial = devices_per_trial
+        self.storage_url = settings.storage_url
+        self.results_root = settings.results_root
+        self.study_name = settings.study_name
+        self.devices_per_trial = settings.devices_per_trial
+        self.heartbeat_s = settings.heartbeat_s
+        self.threads = threads
         self.worker_index = worker_index
-        self.res_dir = S.results_dir(sweep.name, results_root)
         self.pid = os.getpid()
-        self.start = S.process_start_time(self.pid)
-        self.guard = OutageGuard(S.storage_label(storage_url, sweep.name, results_root), should_stop=lambda: self.stop)
-        self.storage = make_storage(storage_url, sweep.name, results_root, self.guard)
-        self.study = S.load_study(self.storage, study_name)
+        self.start = process_start_time(self.pid)
+        self.guard = OutageGuard(storage_label(self.storage_url, sweep.name, self.results_root),
+                                 limit_s=settings.outage_limit_s, should_stop=lambda: self.stop)
+        self.storage = make_storage(self.storage_url, sweep.name, self.results_root, self.guard)
+        self.study = load_study(self.storage, self.study_name)
         if stage == "tune":
-            self.source: TrialSource = TuneSource(sweep, self.storage, study_name)
+            self.source: TrialSource = TuneSource(sweep, self.storage, self.study_name)
         else:
             self.source = GridSource()
 
@@ -164,8 +175,8 @@ class Worker:
                 pass
 
     def run(self) -> int:
-        """Run trials until the source has none left; 0, 130 (stopped by a signal) or 3 (the
-        storage was unreachable for longer than the outage limit)."""
+        """Run trials until the source has none left; :data:`EXIT_OK`, :data:`EXIT_STOPPED` (by a
+        signal) or :data:`EXIT_STORAGE` (the storage was unreachable for longer than the limit)."""
         try:
             while not self.stop:
                 claim = self.source.claim(self)
@@ -185,18 +196,18 @@ class Worker:
                     self._fail(claim, f"worker error: {e!r}")
         except StorageUnavailable as e:
             if self.stop:
-                return 130
+                return EXIT_STOPPED
             log.error("%s; stopping this worker (its trial's record, if any, is on disk and is reported when "
                       "the sweep is run again)", e)
             return EXIT_STORAGE
-        return 130 if self.stop else 0
+        return EXIT_STOPPED if self.stop else EXIT_OK
 
     # -- one trial ------------------------------------------------------------------------
 
     def mark_claimed(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         """Write this worker's identity into ``trial``; returns its user attributes."""
         # claimed_at last: until it is set, the reaper ignores worker attrs (they may be an old owner's)
-        for k, v in {"worker_host": S.HOST, "worker_pid": self.pid, "worker_start": self.start,
+        for k, v in {"worker_host": HOST, "worker_pid": self.pid, "worker_start": self.start,
                      "heartbeat": time.time(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu",
                      "worker_index": self.worker_index,
                      **({"slurm_job_id": self.job.job_id, "slurm_node": self.job.node} if self.job else {}),
@@ -204,14 +215,14 @@ class Worker:
             trial.set_user_attr(k, v)
         return dict(trial.user_attrs)
 
-    def _heartbeat_loop(self, study: S.SweepStudy, trial_id: int, done: threading.Event,
+    def _heartbeat_loop(self, study: SweepStudy, trial_id: int, done: threading.Event,
                         progress_path: Path | None = None) -> None:
         """Beat the trial's ``heartbeat`` attribute; with each beat, copy the trial's epoch
         progress (``progress_path``, written by the fit's ``EpochProgress``) into its
-        :data:`sweeps.running.study.PROGRESS_ATTR` attribute when it changed."""
-        interval = 2 if os.environ.get("SWEEP_FAST_HEARTBEAT") else S.HEARTBEAT_INTERVAL_S
+        :data:`sweeps.running.study.PROGRESS_ATTR` attribute when it changed (every
+        ``heartbeat_s`` seconds)."""
         reported: dict[str, Any] | None = None
-        while not done.wait(interval):
+        while not done.wait(self.heartbeat_s):
             # one attempt per beat: during an outage the beat is skipped (the guard logs the outage once)
             try:
                 if not study.storage.try_set_trial_user_attr(trial_id, "heartbeat", time.time()):
@@ -221,10 +232,12 @@ class Worker:
                 log.warning("heartbeat stopped (trial id %d): %r", trial_id, e)
                 return
 
-    def run_child(self, claim: S.Claim) -> tuple[int, TrialRecord | None]:
+    def run_child(self, claim: Claim) -> tuple[int, TrialRecord | None]:
         """Run ``python -m sweeps _trial`` for the claim's spec while beating the trial's
-        heartbeat; returns (exit code, the record it wrote or None)."""
-        spec, trial = claim.spec, claim.trial
+        heartbeat; returns (exit code, the record it wrote or None). The spec gets this
+        worker's settings for its trials: their torch threads and the outage limit."""
+        spec = {**claim.spec, "threads": self.threads, "outage_limit_s": self.guard.limit_s}
+        trial = claim.trial
         run_dir = Path(spec["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = run_dir / "trial_spec.json"
@@ -273,14 +286,14 @@ class Worker:
                     except OSError:
                         pass
 
-    def run_claim(self, claim: S.Claim) -> str:
+    def run_claim(self, claim: Claim) -> str:
         """Run a claimed trial and tell Optuna its outcome; returns the outcome."""
         spec, trial = claim.spec, claim.trial
         log.info("trial %d: %s (attempt %d) -> %s", trial.number, spec["grid_key"], spec["attempt"], spec["run_dir"])
         rc, rec = self.run_child(claim)
         record_path = Path(spec["record_path"])
         if rc == 0 and rec is not None:
-            state = S.report_record(claim.study, trial.number, rec, record_path)
+            state = report_record(claim.study, trial.number, rec, record_path)
             if state == "complete":
                 log.info("trial %d complete: %s = %.4f", trial.number, rec.metric, rec.value)
             elif state == "failed":
@@ -289,12 +302,12 @@ class Worker:
         if self.stop:
             # interrupted: a grid point is re-queued without using up a retry; it resumes from its checkpoint
             if claim.requeue:
-                S.fail_and_retry(claim.study, trial.number, "interrupted", self.sweep.max_retries, count=False)
+                fail_and_retry(claim.study, trial.number, "interrupted", self.sweep.max_retries, count=False)
                 log.warning("trial %d interrupted; it resumes from its last checkpoint when the sweep (or its SLURM "
                             "job) runs again",
                             trial.number)
             else:
-                S.fail_trial(claim.study, trial.number, "interrupted", final=True)
+                fail_trial(claim.study, trial.number, "interrupted", final=True)
             return "interrupted"
         reason = f"trial process exited with {rc}" + (f" (signal {-rc})" if rc < 0 else "") + \
             f"; see {Path(spec['run_dir']) / 'train.log'}"
@@ -305,45 +318,57 @@ class Worker:
             write_record(record_path, TrialRecord(
                 sweep=self.sweep.name, grid_key=spec["grid_key"], variant=spec["variant"], params=spec["params"],
                 seed=spec["seed"], status="failed", reason=reason, attempt=spec["attempt"], trial_number=trial.number,
-                host=S.HOST, cli_args=spec["cli_args"], git_commit=spec.get("git_commit")))
+                host=HOST, cli_args=spec["cli_args"], git_commit=spec.get("git_commit")))
         log.warning("trial %d failed: %s", trial.number, reason)
         return "failed"
 
-    def _fail(self, claim: S.Claim, reason: str) -> bool:
+    def _fail(self, claim: Claim, reason: str) -> bool:
         """Fail the claimed trial (a grid point is retried while its budget lasts); True when
         this was its final attempt."""
         number = claim.trial.number
         if not claim.requeue:
-            S.fail_trial(claim.study, number, reason, final=True)
+            fail_trial(claim.study, number, reason, final=True)
             return True
         frozen = claim.study.storage.get_trial(claim.study.trial_id(number))
-        final = S.total_retries(frozen) + 1 > self.sweep.max_retries
-        S.fail_and_retry(claim.study, number, reason, self.sweep.max_retries)
+        final = total_retries(frozen) + 1 > self.sweep.max_retries
+        fail_and_retry(claim.study, number, reason, self.sweep.max_retries)
         return final
 
 
-def main(argv: list[str]) -> int:
-    import argparse
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sweeps _worker")
     ap.add_argument("sweep_json")
     ap.add_argument("--storage", default=None)
     ap.add_argument("--study", required=True)
-    ap.add_argument("--results-root", default="results")
+    ap.add_argument("--results-root", default=DEFAULT_ROOT)
     ap.add_argument("--devices-per-trial", type=int, default=1)
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--stage", choices=("grid", "tune"), default="grid")
-    a = ap.parse_args(argv)
+    ap.add_argument("--outage-limit", type=float, default=DEFAULT_OUTAGE_LIMIT_S,
+                    help="seconds to wait for an unreachable storage (this worker and its trials)")
+    ap.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL_S,
+                    help="seconds between heartbeats of the running trial")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of each trial (default: torch's)")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    a = _parser().parse_args(argv)
     job = current_job()
-    if job is not None and not os.environ.get("SWEEP_THREADS"):
-        # a SLURM job's trials use the CPUs it was given (torch would take every core of the node)
-        threads = os.environ.get("SLURM_CPUS_PER_TASK") or "1"
-        os.environ.update(SWEEP_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    threads = a.threads
+    if job is not None and threads is None:
+        # a SLURM job's trials use the CPUs it was given (torch would take every core of the node);
+        # OpenMP/MKL read theirs from the environment when the trial process starts
+        threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
+        os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     name = f"worker {a.index}" if job is None else f"worker, SLURM job {job.job_id} on {job.node}"
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep = SweepDef.from_dict(json.loads(Path(a.sweep_json).read_text()))
+    settings = WorkerSettings(a.study, a.results_root, a.storage or None, a.devices_per_trial, a.outage_limit,
+                              a.heartbeat)
     try:
-        w = Worker(sweep, a.storage or None, a.study, a.results_root, a.devices_per_trial, a.index, a.stage)
+        w = Worker(sweep, settings, a.index, a.stage, threads)
     except StorageUnavailable as e:
         log.error("%s; not started", e)
         return EXIT_STORAGE
