@@ -11,11 +11,8 @@ key, type, default and error, with examples: the user's guide ``docs/sweep-files
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +22,27 @@ from pydantic import ValidationError
 
 from odconv import list_models, parse_conv_spec
 
+from .analysis_plan import plan_errors, plan_hash
+from .grid import (
+    CONV_KEY,
+    MODEL_KEY,
+    SEED_KEY,
+    GridPoint,
+    block_points,
+    canonical_key,
+    canonical_value,
+    grid_key,
+)
 from .slurm_options import SlurmOptions
-from .sweep_schema import MeasureSection, PrecisionGoalsSection, RerunsSection, SweepFile, TuneSection, describe_error
-
-ALIASES = {"conv": "model.conv", "seed": "seed_everything", "lr": "model.lr",
-           "weight_decay": "model.weight_decay", "model_name": "model.model", "backbone": "model.model"}
-SEED_KEY = "seed_everything"
-CONV_KEY = "model.conv"
-MODEL_KEY = "model.model"
+from .sweep_schema import (
+    AnalysisSection,
+    MeasureSection,
+    PrecisionGoalsSection,
+    RerunsSection,
+    SweepFile,
+    TuneSection,
+    describe_error,
+)
 
 
 def _default(section: type, key: str) -> Any:
@@ -45,29 +55,6 @@ class SweepConfigError(ValueError):
 
 
 # --- the resolved definition (what the runner, workers and aggregation read) ----------------
-
-@dataclass(frozen=True)
-class GridPoint:
-    """One cell of the grid: ``params`` maps canonical CLI keys to values."""
-
-    params: dict[str, Any]
-
-    @property
-    def key(self) -> str:
-        return grid_key(self.params)
-
-    @property
-    def seed(self) -> Any:
-        return self.params.get(SEED_KEY)
-
-    @property
-    def variant(self) -> str:
-        return variant_label({k: v for k, v in self.params.items() if k != SEED_KEY})
-
-    @property
-    def slug(self) -> str:
-        return slugify(self.key)
-
 
 @dataclass
 class TuneDef:
@@ -109,6 +96,16 @@ class SweepDef:
     reruns: dict[str, Any] = field(default_factory=dict)
     # the `precision_goals:` section: {"main_effect": pp or None, "rows": {variant: pp}}
     precision_goals: dict[str, Any] = field(default_factory=dict)
+    # the `analysis:` section as written (validated; sweeps.analysis_plan); None: no plan, results exploratory
+    analysis: dict[str, Any] | None = None
+
+    @property
+    def plan_hash(self) -> str | None:
+        """The hash of the analysis plan (None without one): what every trial record holds."""
+        return plan_hash(self.analysis)
+
+    def plan(self) -> AnalysisSection | None:
+        return None if self.analysis is None else AnalysisSection.model_validate(self.analysis)
 
     def grid_points(self) -> list[GridPoint]:
         """Every grid point, in a stable order (blocks, axes and values as written)."""
@@ -143,49 +140,6 @@ class SweepDef:
         # a snapshot written before the section was typed holds {} when it was absent
         d["slurm"] = SlurmOptions.from_mapping(d["slurm"], environ={}) if d.get("slurm") else None
         return cls(**d)
-
-
-def block_points(block: dict[str, list[Any]]) -> list[GridPoint]:
-    """The cartesian product of one grid block's axes (axes and values as written)."""
-    axes = list(block)
-    return [GridPoint(dict(zip(axes, combo))) for combo in itertools.product(*(block[a] for a in axes))]
-
-
-def canonical_key(key: str) -> str:
-    key = str(key).strip()
-    if key.startswith("--"):
-        key = key[2:]
-    return ALIASES.get(key, key)
-
-
-def canonical_value(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
-
-
-def grid_key(params: dict[str, Any]) -> str:
-    """A stable string naming a grid point (axes sorted, so reordering the YAML keeps keys)."""
-    return ",".join(f"{k}={canonical_value(params[k])}" for k in sorted(params))
-
-
-def variant_label(params: dict[str, Any]) -> str:
-    """Human label of a variant: the conv spec, plus any other non-seed axis values."""
-    parts = []
-    if CONV_KEY in params:
-        parts.append(str(params[CONV_KEY]))
-    for k in sorted(params):
-        if k in (CONV_KEY, SEED_KEY):
-            continue
-        parts.append(f"{k.split('.')[-1]}={canonical_value(params[k])}")
-    return " ".join(parts) if parts else "default"
-
-
-def slugify(text: str) -> str:
-    """A filesystem-safe, readable and unique name for a grid key."""
-    s = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text.replace("model.", "").replace("seed_everything", "seed"))
-    s = s.strip("_")
-    if len(s) > 80 or s != text:
-        s = s[:80] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
-    return s
 
 
 def _err(src: str, msg: str) -> SweepConfigError:
@@ -357,6 +311,24 @@ def _parse_goals(src: str, section: PrecisionGoalsSection | None, variants: list
     return {"main_effect": section.main_effect, "rows": rows}
 
 
+def _parse_analysis(src: str, section: AnalysisSection | None, written: Any, variants: list[str],
+                    blocks: list[dict[str, list[Any]]], overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``analysis:`` section, checked against the grid (sweeps.analysis_plan.plan_errors);
+    kept as written, so that its hash does not change when the schema gains a defaulted key."""
+    if section is None:
+        return None
+    seeds = list(dict.fromkeys(s for b in blocks for s in b.get(SEED_KEY, [])))
+    widths = []
+    for b in blocks:
+        if any(c == "static" for c in b.get(CONV_KEY, [overrides.get(CONV_KEY)])):
+            for opts in b.get("model.model_options", [overrides.get("model.model_options") or {}]):
+                widths.append(float((opts or {}).get("width", 1.0)))
+    errors = plan_errors(section, variants, seeds, sorted(set(widths)))
+    if errors:
+        raise _err(src, "; ".join(errors))
+    return json.loads(json.dumps(written))
+
+
 def _axis_values(blocks: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
     """Axis -> every value it takes in any block, first-seen order."""
     out: dict[str, dict[str, Any]] = {}
@@ -414,10 +386,11 @@ def parse_sweep(raw: Any, src: str = "<sweep>", src_path: Path | None = None, ch
         raise _err(src, "'reruns' and 'tune' cannot be combined: a rerun repeats a grid point as the grid ran it")
     variants = list(dict.fromkeys(p.variant for b in blocks for p in block_points(b)))
     goals = _parse_goals(src, f.precision_goals, variants)
+    analysis = _parse_analysis(src, f.analysis, raw.get("analysis"), variants, blocks, overrides)
     return SweepDef(name=f.name, base_config=base, grid=grid, overrides=overrides, metric=f.metric,
                     max_retries=f.max_retries, stale_after_s=float(f.stale_after_s), measure=measure, tune=tune,
                     description=f.description or "", source=src, blocks=blocks, slurm=f.slurm, reruns=reruns,
-                    precision_goals=goals)
+                    precision_goals=goals, analysis=analysis)
 
 
 def find_sweep_file(name_or_path: str) -> Path:

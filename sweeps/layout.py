@@ -7,6 +7,7 @@ reporting side reads records and bench tables and writes the tables and plots.
     results/<sweep>/
       optuna.journal        the Optuna journal storage (unless a database URL is given)
       sweep.json            the resolved sweep definition the study runs (snapshot)
+      analysis_plans.json   each analysis plan in force, with the time it was recorded
       tuned.json            the tuning stage's chosen values per variant
       trials/<slug>.json    one trial record per grid point
       runs/<slug>/          a fit's working folder (checkpoints, logs, progress file)
@@ -49,6 +50,11 @@ class SweepLayout:
     @property
     def snapshot(self) -> Path:
         return self.dir / "sweep.json"
+
+    @property
+    def plans(self) -> Path:
+        """The analysis plans log (sweeps.analysis_plan): each plan with the time it was recorded."""
+        return self.dir / "analysis_plans.json"
 
     @property
     def tuned(self) -> Path:
@@ -107,6 +113,7 @@ REPORT_FILES = (
     "summary.csv", "summary.md", "reruns.csv", "attention.csv", "attention.md", "effects.csv",
     "conditional_effects.csv", "effects.md", "effects.png", "outliers.csv", "effects_without_outliers.csv",
     "val_curves.csv", "val_curves.png", "isocost.csv", "isocost_frontier.csv", "isocost.md",
+    "contrasts.csv", "contrasts.md", "claims.md",
 )
 
 

@@ -63,6 +63,7 @@ class TrialRecord:
     cli_args: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
+    analysis_plan: str | None = None       # the hash of the sweep's analysis plan when the trial started
     host: str | None = None
     slurm_job_id: str | None = None        # the SLURM job it ran in (None outside SLURM)
     slurm_node: str | None = None          # that job's node

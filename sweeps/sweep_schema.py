@@ -118,6 +118,38 @@ def _slurm_options(raw: Any) -> SlurmOptions | None:
     return SlurmOptions.from_mapping(raw, environ={})
 
 
+#: The cost axes of the iso-cost comparison (sweeps.reporting.isocost.AXES has their columns).
+CostAxis = Literal["params", "macs", "train_time", "latency_b1", "train_memory"]
+COST_AXES: tuple[str, ...] = get_args(CostAxis)
+FrontierOrder = Literal[1, 2, "rule"]  # a line, a quadratic, or the data's rule (sweeps.reporting.isocost)
+
+
+class ContrastSection(_Section):
+    """``analysis.contrasts[i]``: the mean of ``variants`` (a pooled group when several) against
+    the static frontier at equal cost on ``axis``, or against another variant."""
+
+    name: Annotated[str, AfterValidator(_simple_name)]
+    variants: Annotated[list[str], Field(min_length=1)]
+    against: str = "frontier"
+    axis: CostAxis = "macs"
+    role: Literal["primary", "secondary"] = "secondary"  # each role is one family for the correction
+
+
+class AnalysisSection(_Section):
+    """``analysis:``: the analysis plan, fixed before the runs it covers (docs/sweep-files.md).
+    Its hash goes into every trial record; ``make results`` reports each result it covers as
+    pre-specified or exploratory (sweeps.analysis_plan)."""
+
+    seeds: Annotated[list[int], Field(min_length=2)]  # the seeds the plan covers
+    frontier_widths: list[float] | None = None  # the static rungs the frontier is fitted to (None: all)
+    frontier_order: dict[CostAxis, FrontierOrder] = {}  # an axis not named: "rule"
+    primary_axes: list[CostAxis] = []
+    contrasts: list[ContrastSection] = []
+    seed_block: bool = True  # the seed as a block in every fit
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05  # two-sided
+    correction: Literal["holm", "bonferroni", "none"] = "holm"  # within each role's family
+
+
 class SweepFile(_Section):
     """A sweep YAML file as written (before the grid and the known keys' values are checked)."""
 
@@ -137,6 +169,7 @@ class SweepFile(_Section):
     slurm: Annotated[SlurmOptions | None, PlainValidator(_slurm_options)] = None
     reruns: RerunsSection | None = None
     precision_goals: PrecisionGoalsSection | None = None
+    analysis: AnalysisSection | None = None
 
 
 def _key_path(raw: Any, loc: tuple[Any, ...]) -> str:

@@ -20,7 +20,8 @@ from matplotlib.text import Text
 from scipy import stats as ss
 
 from sweeps.cli import main as cli_main
-from sweeps.definition import grid_key, load_sweep, parse_sweep
+from sweeps.definition import load_sweep, parse_sweep
+from sweeps.grid import grid_key
 from sweeps.record import TrialRecord, read_records, write_record
 from sweeps.reporting import precision as P
 from sweeps.reporting.aggregate import aggregate

@@ -12,15 +12,8 @@ import yaml
 
 from odconv import ConvSpec, parse_conv_spec
 from sweeps.cli import main as cli_main
-from sweeps.definition import (
-    CONV_KEY,
-    SEED_KEY,
-    SweepDef,
-    grid_key,
-    load_sweep,
-    parse_sweep,
-    variant_label,
-)
+from sweeps.definition import SweepDef, load_sweep, parse_sweep
+from sweeps.grid import CONV_KEY, SEED_KEY, grid_key, variant_label
 from tests.conftest import sweep_file_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +128,7 @@ def test_gitignore_keeps_factorial_journal_and_records_only():
 @pytest.mark.parametrize("raw, needles", [
     ([1, 2], ["YAML mapping"]),
     ({"name": "t", "grid": {"conv": ["static"]}}, ["missing required key 'base_config'"]),
-    (_raw(gird={}), ["unknown key(s) ['gird']", "valid keys: base_config, description, grid"]),
+    (_raw(gird={}), ["unknown key(s) ['gird']", "valid keys: analysis, base_config, description, grid"]),
     (_raw(grid={"conv": ["static", "odconv4x-channel"]}), ["grid axis 'conv'", "odconv4x-channel", "+kernel"]),
     (_raw(grid={"conv": ["static", "bogus"]}), ["grid axis 'conv'", "bad conv spec 'bogus'", "valid: static"]),
     (_raw(grid={"conv": "static"}), ["grid axis 'conv'", "non-empty list", "'static'"]),

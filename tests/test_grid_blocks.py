@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from sweeps.definition import CONV_KEY, SEED_KEY, common_axes, load_sweep, parse_sweep
+from sweeps.definition import common_axes, load_sweep, parse_sweep
+from sweeps.grid import CONV_KEY, SEED_KEY
 from sweeps.running import grid_queue as Q
 from sweeps.running import study as S
 from sweeps.running.storage import make_storage

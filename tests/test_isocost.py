@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from sweeps.definition import GridPoint, parse_sweep
+from sweeps.definition import parse_sweep
+from sweeps.grid import GridPoint
 from sweeps.record import TrialRecord, write_record
 from sweeps.reporting.aggregate import aggregate
 from sweeps.reporting.isocost import AXES, IsoCostResult, cost_frame, find_ladder, fit_axis, frontier_band, isocost
@@ -167,8 +168,10 @@ def test_verdicts_rest_on_p_values_holm_adjusted_across_the_axis_variants():
     assert compared.loc["a", "delta"] > 0 > compared.loc["d", "delta"]
 
     md = isocost_markdown(IsoCostResult(list(RATIOS), {"params": fit}, {}), "t", "test/acc_top1", "cpu X", "b.csv")
-    assert ("4 variant(s) compared; above the frontier at Holm 5%: `a`; none below it; 3 indistinguishable from "
-            "it; outside the ladder, not compared: `outside`.") in md
+    assert ("At equal parameters, of 4 variants compared with the static frontier, 1 lies above it (`a`) and 0 "
+            "below it at Holm 5%; 3 are not distinguishable from it") in md
+    assert "3 unadjusted 95% intervals exclude 0, 2 of them of variants not distinguishable after adjustment: `b`" in md
+    assert "1 lies outside the ladder's range and is not compared (`outside`)." in md
     row = next(line for line in md.splitlines() if line.startswith("| parameters"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     a = compared.loc["a"]
@@ -247,7 +250,7 @@ def test_files_per_axis_and_no_files_without_a_ladder(tmp_path):
     md = (tmp_path / "isocost.md").read_text()
     assert "## parameters (count)" in md and "## MACs (per image)" in md and "## Axes not compared" in md
     assert "training time: the cost source gives training time for 0 of the ladder's 5 widths" in md
-    assert "outside the ladder, not compared: `far`" in md
+    assert "lies outside the ladder's range and is not compared (`far`)" in md
     frontier = pd.read_csv(tmp_path / "isocost_frontier.csv")
     assert len(frontier) == 10 and set(frontier["axis"]) == {"params", "macs"}
     # the glance table agrees with the CSVs: the frontier's slope, one compared (its verdict by

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from sweeps.cli import main as sweep_main
-from sweeps.definition import GridPoint, grid_key, parse_sweep
+from sweeps.definition import parse_sweep
+from sweeps.grid import GridPoint, grid_key
 from sweeps.running import grid_queue as Q
 from sweeps.running import study as S
 from sweeps.running.process import Slot

@@ -15,7 +15,8 @@ import optuna
 import pytest
 
 from sweeps.cli import main as cli_main
-from sweeps.definition import grid_key, parse_sweep
+from sweeps.definition import parse_sweep
+from sweeps.grid import grid_key
 from sweeps.record import RECORD_VERSION, TrialRecord, read_record, write_record
 from sweeps.reporting.aggregate import aggregate
 from sweeps.running import grid_queue as Q

@@ -24,15 +24,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..analysis_plan import read_plans
 from ..definition import SweepDef
 from ..layout import DEFAULT_ROOT, SweepLayout
 from .analysis import add_pareto_fronts, rerun_table, summary_table, train_time_column
 from .attentions import attention_table, conditional_effects_table, effects_table
+from .claims_report import write_claims
+from .contrasts import plan_contrasts, plan_ladder
 from .curves import curves_table
 from .effects_report import write_effects
-from .isocost import bench_costs, cost_frame, isocost, results_frame
+from .isocost import bench_costs, cost_frame, find_ladder, isocost, results_frame
 from .isocost_report import write_isocost
 from .loading import bench_machine, load_sweep_data, load_sweep_for_results
+from .plan_status import plan_status
 from .precision import power_summary
 from .tables import write_accuracy_plots, write_attention, write_curves, write_summary
 
@@ -72,7 +76,13 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT, s
     reruns = rerun_table(sweep, data.point_records)
     references = dict(zip(summary["variant"], summary["reference"])) if len(summary) else {}
     curves = curves_table(data.records, references)
-    iso = isocost(results_frame(data.records), summary, cost_frame(summary, bench_costs(summary, data.bench)))
+    costs = cost_frame(summary, bench_costs(summary, data.bench))
+    plan = sweep.plan()
+    iso = isocost(results_frame(data.records), summary, costs, orders=plan.frontier_order if plan else None)
+    status = plan_status(sweep.analysis, data.records, read_plans(layout),
+                         plan_ladder(plan, summary) if plan else find_ladder(summary))
+    contrasts = (plan_contrasts(plan, results_frame(data.records), summary, costs, status.prespecified)
+                 if plan and plan.contrasts else None)
 
     # reporting: each step writes its files from the frames above and returns their paths
     files = write_summary(out_dir, sweep, data, summary, attention, effects, power, reruns)
@@ -81,8 +91,9 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT, s
     files += write_curves(out_dir, sweep, curves)
     files += write_effects(out_dir, sweep, effects, conditional, power)
     iso_files, iso_line = write_isocost(out_dir, iso, sweep.name, data.metric, bench_machine(data.bench_csv),
-                                        str(data.bench_csv))
+                                        str(data.bench_csv), status)
     files += iso_files
+    files += write_claims(out_dir, sweep, status, iso, contrasts)
     # A further analysis goes here: its frame from those above (e.g. a table from `summary` and
     # `data.records`), then `files += write_<it>(out_dir, sweep, <its frame>)`, and the frame
     # in the dict below.
@@ -92,7 +103,8 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT, s
             "plots": [p for p in files if p.suffix == ".png"],
             "summary": summary, "attention": attention, "effects": effects.table, "conditional_effects": conditional,
             "power": power, "records": data.records, "reruns": reruns, "val_curves": curves,
-            "isocost": iso.table() if iso is not None else None, "isocost_line": iso_line}
+            "isocost": iso.table() if iso is not None else None, "isocost_line": iso_line,
+            "plan_status": status, "contrasts": contrasts}
 
 
 __all__ = ["aggregate"]

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..definition import CONV_KEY, SEED_KEY, SweepDef, variant_label
+from ..definition import SweepDef
+from ..grid import CONV_KEY, SEED_KEY, variant_label
 from . import linear_models, stats
 from .loading import bench_row, complete_records, seed_values
 

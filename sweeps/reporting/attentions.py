@@ -23,7 +23,8 @@ import pandas as pd
 
 from odconv.spec import ConvSpec, parse_conv_spec
 
-from ..definition import CONV_KEY, SEED_KEY, SweepDef, variant_label
+from ..definition import SweepDef
+from ..grid import CONV_KEY, SEED_KEY, variant_label
 from . import linear_models, stats
 from .loading import seed_values
 

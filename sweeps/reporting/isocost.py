@@ -41,6 +41,8 @@ AXES: dict[str, tuple[str, str, str]] = {
 MIN_LADDER_WIDTHS = 3  # a line and a check of its fit need three widths
 LACK_OF_FIT_ALPHA = 0.05  # the line gives way to a quadratic when its lack-of-fit test is below this
 LEVEL = 0.95
+#: When the order rule took its present form (the quadratic term's test joined lack of fit).
+ORDER_RULE_SET = "the rule since 2026-12-03, commit 2c28ca2, set after the cifar10_factorial ladder had finished"
 TABLE_COLUMNS = ["axis", "variant", "cost", "cost_ratio", "n_seeds", "top1_mean", "frontier_top1", "delta", "se",
                  "ci_low", "ci_high", "p", "p_holm", "mdd", "inside_ladder", "frontier_order", "df_resid"]
 FRONTIER_COLUMNS = ["axis", "variant", "width", "cost", "cost_ratio", "n_seeds", "top1_mean", "fitted", "residual"]
@@ -79,6 +81,9 @@ class AxisFit:
     df_resid: float
     x_range: tuple[float, float]  # the ladder's log2 cost ratios, narrowest and widest
     skipped: list[str] = field(default_factory=list)  # variants without this cost
+    # the covariance of the compared variants' deltas (index and columns: variant), for contrasts
+    delta_cov: pd.DataFrame = field(default_factory=pd.DataFrame)
+    order_rule: str = "rule"  # "rule": chosen by the ladder's tests (LACK_OF_FIT_ALPHA); "fixed": by a plan
 
 
 @dataclass
@@ -119,6 +124,20 @@ def _ladder_only_tests(d: pd.DataFrame, order: int, block: bool) -> tuple[float,
     return lof, nxt
 
 
+def _frontier_order(lad: pd.DataFrame, block: bool, order: int | str) -> tuple[int, tuple[float, float],
+                                                                              tuple[float, float]]:
+    """(the frontier's order, its two ladder-only tests, the line's two tests): ``order`` when a
+    plan fixed it, else by the rule of :data:`LACK_OF_FIT_ALPHA`."""
+    line_tests = _ladder_only_tests(lad, 1, block)
+    if order == "rule":
+        # the data ask for a curve when either test rejects the line (NaN, no df: compares False);
+        # a quadratic still needs 4 widths to leave its own lack-of-fit test a degree of freedom
+        lof, nxt = line_tests
+        order = 2 if (lof < LACK_OF_FIT_ALPHA or nxt < LACK_OF_FIT_ALPHA) and lad["width"].nunique() >= 4 else 1
+    order = int(order)
+    return order, (line_tests if order == 1 else _ladder_only_tests(lad, order, block)), line_tests
+
+
 def _design(d: pd.DataFrame, order: int, block: bool, compared: list[str]) -> pd.DataFrame:
     """The joint fit's design matrix: intercept, x .. x^order, seed dummies (deviation coding:
     columns sum to zero over a balanced set, so the intercept is the mean seed's), an indicator
@@ -136,8 +155,10 @@ def _design(d: pd.DataFrame, order: int, block: bool, compared: list[str]) -> pd
 
 
 def fit_axis(axis: str, results: pd.DataFrame, costs: pd.Series, ladder: list[str], widths: dict[str, float],
-             block_seed: bool = True, level: float = LEVEL) -> AxisFit:
-    """The comparison on one cost axis.
+             block_seed: bool = True, level: float = LEVEL, order: int | str = "rule") -> AxisFit:
+    """The comparison on one cost axis; ``order``: the frontier's polynomial order fixed in
+    advance (1 or 2, e.g. by an analysis plan), or ``"rule"``: a line unless the ladder's tests
+    reject it (:data:`LACK_OF_FIT_ALPHA`).
 
     ``results``: one row per result (``variant``, ``seed``, ``top1`` in percent); ``costs``:
     variant -> cost on this axis (NaN: unknown); ``ladder``: the static ladder, narrowest
@@ -162,13 +183,8 @@ def fit_axis(axis: str, results: pd.DataFrame, costs: pd.Series, ladder: list[st
     lad = d[d["variant"].isin(rungs)]
     block = block_seed and lad["seed"].nunique() > 1 and set(d["seed"]) <= set(lad["seed"])
 
-    order = 1
-    lof, nxt = line_lof, line_nxt = _ladder_only_tests(lad, 1, block)
-    # the data ask for a curve when either test rejects the line (NaN, no df: compares False);
-    # a quadratic still needs 4 widths to leave its own lack-of-fit test a degree of freedom
-    if (lof < LACK_OF_FIT_ALPHA or nxt < LACK_OF_FIT_ALPHA) and lad["width"].nunique() >= 4:
-        order = 2
-        lof, nxt = _ladder_only_tests(lad, 2, block)
+    fixed = order != "rule"
+    order, (lof, nxt), (line_lof, line_nxt) = _frontier_order(lad, block, order)
 
     compared = [v for v in inside if (d["variant"] == v).any()]
     X = _design(d, order, block, compared)
@@ -208,8 +224,11 @@ def fit_axis(axis: str, results: pd.DataFrame, costs: pd.Series, ladder: list[st
                       "fitted": fitted})
     frontier = pd.DataFrame(front)
     frontier["residual"] = frontier["top1_mean"] - frontier["fitted"]
+    names = [f"delta[{v}]" for v in compared]
+    delta_cov = fit.cov_params().loc[names, names].set_axis(compared, axis=0).set_axis(compared, axis=1)
     return AxisFit(axis, table, frontier, order, coef, coef_cov, lof, nxt, line_lof, line_nxt,
-                   float(np.sqrt(fit.scale)), float(fit.df_resid), (lo, hi), skipped)
+                   float(np.sqrt(fit.scale)), float(fit.df_resid), (lo, hi), skipped, delta_cov,
+                   "fixed" if fixed else "rule")
 
 
 def frontier_band(fit: AxisFit, x: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,8 +284,10 @@ def bench_costs(summary: pd.DataFrame, bench: pd.DataFrame | None) -> pd.DataFra
 
 
 def isocost(results: pd.DataFrame, summary: pd.DataFrame, costs: pd.DataFrame,
-            block_seed: bool = True, level: float = LEVEL) -> IsoCostResult | None:
+            block_seed: bool = True, level: float = LEVEL, orders: dict[str, int | str] | None = None
+            ) -> IsoCostResult | None:
     """The iso-cost comparison on every axis with the ladder's costs; None without a ladder.
+    ``orders``: axis -> the frontier order an analysis plan fixed (1, 2 or "rule"; default "rule").
 
     ``results``: one row per result (``variant``, ``seed``, ``top1`` in percent); ``summary``:
     one row per variant (for :func:`find_ladder`); ``costs``: :func:`cost_frame`."""
@@ -290,5 +311,6 @@ def isocost(results: pd.DataFrame, summary: pd.DataFrame, costs: pd.DataFrame,
             missing[axis] = (f"the ladder's {label} takes {distinct} distinct value(s) over its {len(have)} widths: "
                              f"no frontier along it")
             continue
-        fits[axis] = fit_axis(axis, results, c, ladder, widths, block_seed=block_seed, level=level)
+        fits[axis] = fit_axis(axis, results, c, ladder, widths, block_seed=block_seed, level=level,
+                              order=(orders or {}).get(axis, "rule"))
     return IsoCostResult(ladder, fits, missing)

@@ -19,8 +19,10 @@ from matplotlib.ticker import FuncFormatter
 from ..layout import report_layout
 from . import stats
 from .formats import round_float, rounded, save_png, write_csv
-from .isocost import AXES, LACK_OF_FIT_ALPHA, AxisFit, IsoCostResult, frontier_band
+from .isocost import AXES, LACK_OF_FIT_ALPHA, ORDER_RULE_SET, AxisFit, IsoCostResult, frontier_band
+from .plan_status import PlanStatus
 from .plots import SHORT_KEY, label_points, short_label
+from .wording import axis_sentence
 
 FILES = ("isocost.csv", "isocost_frontier.csv", "isocost.md")
 PLOT_GLOB = "isocost_*.png"  # the plots, one per axis compared: plot_name(axis)
@@ -62,7 +64,7 @@ def _frontier_line(fit: AxisFit) -> str:
                                                         ("lack-of-fit", fit.line_lack_of_fit_p))]
     rejected = [f"{name}, {_p_is(p)}" for name, p in line_tests if p < LACK_OF_FIT_ALPHA]
     passed = [f"{name}: {_p_is(p)}" for name, p in line_tests if not p < LACK_OF_FIT_ALPHA]
-    why = ("" if fit.order == 1 else
+    why = (" (order fixed by the analysis plan)" if fit.order_rule == "fixed" else "" if fit.order == 1 else
            f" (the line was rejected at the {LACK_OF_FIT_ALPHA:g} level by its {' and its '.join(rejected)}"
            + (f" ({passed[0]})" if passed else "") + ", so a quadratic was fitted)")
     b_lo, b_hi = fit.coef[1] - t * se_b, fit.coef[1] + t * se_b
@@ -89,20 +91,36 @@ def _verdicts(fit: AxisFit) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, l
 
 
 def _reading(fit: AxisFit) -> str:
-    comp, above_rows, below_rows, outside = _verdicts(fit)
-    if not len(comp):
-        return "No variant lies inside the ladder's cost range on this axis."
-    above, below = above_rows["variant"].tolist(), below_rows["variant"].tolist()
-    rest = len(comp) - len(above) - len(below)
-    parts = [f"{len(comp)} variant(s) compared"]
-    parts.append(f"above the frontier at Holm 5%: {', '.join(f'`{v}`' for v in above)}" if above
-                 else "none above the frontier at Holm 5%")
-    parts.append(f"below it: {', '.join(f'`{v}`' for v in below)}" if below else "none below it")
-    if rest:
-        parts.append(f"{rest} indistinguishable from it")
-    if outside:
-        parts.append(f"outside the ladder, not compared: {', '.join(f'`{v}`' for v in outside)}")
-    return "; ".join(parts) + "."
+    return axis_sentence(fit.axis, fit.table)
+
+
+def _curve_offsets(result: IsoCostResult) -> pd.Series:
+    """Per compared variant and axis: its "frontier at its cost" minus the plotted curve at its
+    cost (the seed effects of the variant's own seeds, averaged; 0 for a variant with every seed)."""
+    out = []
+    for fit in result.axes.values():
+        t = fit.table[fit.table["frontier_top1"].notna()]
+        curve = np.polyval(fit.coef[::-1], np.log2(t["cost_ratio"].astype(float)))
+        out.append(t["frontier_top1"].astype(float) - curve)
+    return pd.concat(out) if out else pd.Series(dtype=float)
+
+
+def _rule_lines(result: IsoCostResult, status: PlanStatus | None) -> list[str]:
+    """The frontier's order rule and where it came from; the plan's status."""
+    fixed = any(f.order_rule == "fixed" for f in result.axes.values())
+    rule = ("the order the analysis plan fixed before the runs" if fixed else
+            f"a line in log2(cost ratio), replaced by a quadratic when either of the line's tests on the ladder "
+            f"(lack of fit against one mean per width, or its quadratic term) has p < {LACK_OF_FIT_ALPHA:g} and the "
+            f"ladder has 4 or more widths ({ORDER_RULE_SET})")
+    off = _curve_offsets(result).abs()
+    lines = [f"**Frontier order rule.** {rule[0].upper() + rule[1:]}.", "",
+             "**The *frontier at its cost* column** is the frontier's top-1 at the variant's cost for the "
+             "variant's own seeds (the fit's seed effects averaged over those seeds), so it is what Δ is measured "
+             "from; the plotted curve is drawn at the mean seed of the ladder, and the two differ for a variant "
+             f"missing some seeds (here by up to {off.max():.2f} pp)." if len(off) else "", ""]
+    if status is not None:
+        lines = [f"**Status: {status.label}.** {status.reason[0].upper() + status.reason[1:]}.", ""] + lines
+    return lines
 
 
 def _glance(result: IsoCostResult) -> list[str]:
@@ -126,13 +144,13 @@ def _glance(result: IsoCostResult) -> list[str]:
             "compared": str(len(comp)),
             "above the frontier": named(above),
             "below the frontier": named(below),
-            "indistinguishable": str(len(comp) - len(above) - len(below)),
+            "not distinguishable": str(len(comp) - len(above) - len(below)),
             "outside the ladder": str(len(outside)),
             "MDD (pp)": f"{_num(mdd.min())}-{_num(mdd.max())}" if len(mdd) else "n/a",
         })
     return ["## At a glance", "",
             "Above / below: Δ's Holm-adjusted p < 0.05 on that axis (Δ [95% CI, unadjusted], pp); "
-            "indistinguishable: Holm p >= 0.05, which is no proof of equality (a true Δ below the MDD is "
+            "not distinguishable: Holm p >= 0.05, which is no proof of equality (a true Δ below the MDD is "
             "missed more often than not); outside the ladder: not compared.", "",
             pd.DataFrame(table).to_markdown(index=False, disable_numparse=True), ""]
 
@@ -164,13 +182,15 @@ def _axis_section(fit: AxisFit) -> list[str]:
     return lines
 
 
-def isocost_markdown(result: IsoCostResult, title: str, metric: str, machine: str, bench_file: str) -> str:
+def isocost_markdown(result: IsoCostResult, title: str, metric: str, machine: str, bench_file: str,
+                     status: PlanStatus | None = None) -> str:
     """``isocost.md``: what the comparison is, then a section per axis."""
     ladder = result.axes[next(iter(result.axes))].frontier if result.axes else pd.DataFrame()
     widths = ", ".join(f"{w:g}" for w in ladder.get("width", [])) if len(ladder) else "?"
     mdd = pd.concat([a.table["mdd"] for a in result.axes.values()]).dropna() if result.axes else pd.Series()
     lines = [f"# {title}: each variant against the static ladder at its own cost", "",
              f"Ladder: `static` at widths {widths}. Metric: {metric} (%).", "",
+             *_rule_lines(result, status),
              "**How to read it.** On each cost axis the static ladder's top-1 is fitted as a function of "
              "log2(cost / the narrowest static's): the *frontier*, what a static network of that cost gets. "
              "Δ is a variant's mean top-1 minus the frontier at the variant's own cost, for the same seeds "
@@ -178,7 +198,7 @@ def isocost_markdown(result: IsoCostResult, title: str, metric: str, machine: st
              "variant). Its 95% interval carries both the variant's seed-to-seed spread and the frontier's "
              "uncertainty, with the residual SD pooled over the ladder and the variants. Holm p is adjusted "
              "over the variants compared on that axis. An interval that contains 0 says the design cannot "
-             "tell the variant from a static network of the same cost; it does not say they are equal.",
+             "tell the variant from a static network of the same cost; it does not say they are the same.",
              "",
              f"**Precision.** MDD is the smallest true Δ the design detects with 80% power at the 5% level "
              f"(two-sided): {_num(mdd.min())}-{_num(mdd.max())} pp across variants and axes." if len(mdd) else
@@ -237,7 +257,7 @@ def isocost_plot(fit: AxisFit, path: Path, title: str, metric: str) -> Path:
 
 
 def write_isocost(out_dir: Path, result: IsoCostResult | None, title: str, metric: str, machine: str,
-                  bench_file: str) -> tuple[list[Path], str]:
+                  bench_file: str, status: PlanStatus | None = None) -> tuple[list[Path], str]:
     """Write (or, without a ladder, remove stale) iso-cost files; returns (the files written,
     one line for the console)."""
     files = report_layout(out_dir)
@@ -250,7 +270,7 @@ def write_isocost(out_dir: Path, result: IsoCostResult | None, title: str, metri
         p.unlink()
     paths = [write_csv(result.table(), files.report("isocost.csv")),
              write_csv(result.frontier_table(), files.report("isocost_frontier.csv")), files.report("isocost.md")]
-    paths[2].write_text(isocost_markdown(result, title, metric, machine, bench_file))
+    paths[2].write_text(isocost_markdown(result, title, metric, machine, bench_file, status))
     for axis, fit in result.axes.items():
         paths.append(isocost_plot(fit, files.report(plot_name(axis)), title, metric))
     compared = result.table()

@@ -55,6 +55,11 @@ def t_ppf(q: float, df: float) -> float:
     return float(stats.t.ppf(q, df))
 
 
+def t_sf(x: float, df: float) -> float:
+    """Upper tail ``P(T > x)`` of Student's t with ``df`` degrees of freedom (``scipy.stats.t.sf``)."""
+    return float(stats.t.sf(x, df))
+
+
 def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """(mean(a) - mean(b), CI low, CI high) from Welch's unequal-variance t.
 

@@ -20,7 +20,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from ..definition import GridPoint, SweepDef, canonical_value
+from ..definition import SweepDef
+from ..grid import GridPoint, canonical_value
 from ..record import TrialRecord
 from .study import SweepStudy, progress
 

@@ -45,6 +45,7 @@ from lightning_modules.contract import (
     write_json_atomic,
 )
 
+from ..analysis_plan import record_plan
 from ..definition import SweepDef
 from ..layout import DEFAULT_ROOT, SweepLayout
 from ..record import JSON_STYLE
@@ -186,6 +187,7 @@ def open_sweep_study(sweep: SweepDef, settings: WorkerSettings, guard: OutageGua
     layout = SweepLayout(sweep.name, settings.results_root)
     layout.dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(layout.snapshot, sweep.to_dict(), **JSON_STYLE)
+    record_plan(layout, sweep.analysis)  # before any trial of this run starts
     study = create_study(make_storage(settings.storage_url, sweep.name, settings.results_root, guard),
                          settings.study_name)
     study.set_user_attr("sweep", sweep.name)

@@ -96,6 +96,7 @@ class TrialRun:
                           params=spec["params"], seed=spec.get("seed"), status="failed",
                           attempt=int(spec.get("attempt", 0)), trial_number=spec.get("trial_number"),
                           cli_args=list(spec["cli_args"]), git_commit=spec.get("git_commit"), host=platform.node(),
+                          analysis_plan=spec.get("analysis_plan"),
                           devices=os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu",
                           started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           slurm_job_id=job.job_id if job else None, slurm_node=job.node if job else None)

@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 
 from lightning_modules.contract import EXIT_STORAGE, VAL_TOP1
 
-from ..definition import SEED_KEY, SweepDef, slugify
+from ..definition import SweepDef
+from ..grid import SEED_KEY, slugify
 from ..layout import SweepLayout
 from .grid_queue import fail_trial
 from .liveness import trial_is_dead

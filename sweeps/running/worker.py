@@ -42,7 +42,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from lightning_modules.contract import EXIT_OK, EXIT_STOPPED, EXIT_STORAGE, read_progress
 
-from ..definition import GridPoint, SweepDef, common_axes
+from ..definition import SweepDef, common_axes
+from ..grid import GridPoint
 from ..layout import DEFAULT_ROOT, SweepLayout
 from ..record import TrialRecord, read_record, write_record
 from .grid_queue import encode_value, fail_and_retry, fail_trial, pop_waiting, report_record, total_retries
@@ -103,6 +104,7 @@ class GridSource:
                 "run_dir": str(run_dir), "record_path": str(layout.record(point.slug)),
                 "cli_args": build_cli_args(worker.sweep.base_config, overrides, run_dir),
                 "measure": worker.sweep.measure, "metric": worker.sweep.metric, "git_commit": git_commit(),
+                "analysis_plan": worker.sweep.plan_hash,
                 "results_root": worker.results_root}
         return Claim(worker.study, trial, spec, requeue=True)
 

@@ -1,0 +1,106 @@
+"""The study's claims, generated from its numbers with the wording rules of
+:mod:`sweeps.reporting.wording`: ``claims.md`` (the plan's status, the lead sentence, one
+sentence per iso-cost axis, one per planned contrast), and, when the sweep has an analysis plan
+with contrasts, ``contrasts.csv`` and ``contrasts.md``. The README's results section quotes the
+blocks of ``claims.md`` between its ``<!-- claims:<name> -->`` markers verbatim
+(tests/test_claims.py checks it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..definition import SweepDef
+from ..layout import report_layout
+from .formats import write_or_remove
+from .isocost import IsoCostResult
+from .plan_status import PlanStatus
+from .wording import axis_sentence, contrast_sentence, detects, study_lead
+
+LEAD, AXES_BLOCK, CONTRASTS_BLOCK = "lead", "axes", "contrasts"
+
+
+def block(name: str, lines: list[str]) -> list[str]:
+    """Lines between the markers a README quotes: ``<!-- claims:name -->`` ... ``<!-- /claims:name -->``."""
+    return [f"<!-- claims:{name} -->", *lines, f"<!-- /claims:{name} -->", ""]
+
+
+def read_block(text: str, name: str) -> str | None:
+    """The text between the markers of block ``name`` in ``text``; None when it has none."""
+    start, end = f"<!-- claims:{name} -->", f"<!-- /claims:{name} -->"
+    if start not in text or end not in text:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def claims_markdown(sweep: SweepDef, status: PlanStatus, iso: IsoCostResult | None,
+                    contrasts: pd.DataFrame | None) -> str:
+    lines = [f"# {sweep.name}: what its numbers say", "",
+             "Every sentence here is generated from the tables beside it (`sweeps/reporting/wording.py`): "
+             "*above* / *below* only where the adjusted p-value is under 5%, otherwise *not distinguishable*, "
+             "with the smallest effect the design detects; counts are computed.", ""]
+    lead = [f"**{status.label.capitalize()}.** {status.reason[0].upper() + status.reason[1:]}."]
+    if status.later_changes:
+        lead.append("Plan changes after covered trials had finished: " + "; ".join(
+            f"{p.hash} at {p.recorded_at}" for p in status.later_changes) + ".")
+    if iso is not None and iso.axes:
+        lead.append(study_lead({a: f.table for a, f in iso.axes.items()}))
+    if contrasts is not None and len(contrasts):
+        primary = contrasts[contrasts["role"] == "primary"]
+        lead += [contrast_sentence(r) for _, r in primary.iterrows()]
+    lines += ["## Lead", ""] + block(LEAD, lead)
+    if iso is not None and iso.axes:
+        lines += ["## Each cost axis", ""] + block(AXES_BLOCK, [f"- {axis_sentence(a, f.table)}"
+                                                               for a, f in iso.axes.items()])
+    if contrasts is not None and len(contrasts):
+        lines += ["## Planned contrasts", ""] + block(CONTRASTS_BLOCK, [f"- {contrast_sentence(r)}"
+                                                                          for _, r in contrasts.iterrows()])
+    return "\n".join(lines)
+
+
+def contrasts_markdown(sweep: SweepDef, status: PlanStatus, contrasts: pd.DataFrame) -> str:
+    plan = sweep.plan()
+    assert plan is not None
+    t = contrasts
+    table = pd.DataFrame({
+        "contrast": t["contrast"], "role": t["role"], "axis": t["axis"],
+        "variants": [f"`{v}`" for v in t["variants"]], "against": t["against"],
+        "estimate [CI] (pp)": [f"{e:+.2f} [{lo:+.2f}, {hi:+.2f}]" if pd.notna(e) else "n/a"
+                               for e, lo, hi in zip(t["estimate"], t["ci_low"], t["ci_high"])],
+        "p": [f"{p:.3f}" if pd.notna(p) else "n/a" for p in t["p"]],
+        "p adjusted": [f"{p:.3f}" if pd.notna(p) else "n/a" for p in t["p_adjusted"]],
+        "MDD (pp)": [f"{m:.2f}" if pd.notna(m) else "n/a" for m in t["mdd"]],
+        "seeds": t["n_seeds"].astype(str)})
+    return "\n".join([
+        f"# {sweep.name}: the planned contrasts", "",
+        f"**{status.label.capitalize()}.** {status.reason[0].upper() + status.reason[1:]}. "
+        f"{status.under_plan} of the {status.covered} results the plan covers ran under it.", "",
+        f"Plan {status.plan_hash}: seeds {plan.seeds}; frontier fitted to the static rungs "
+        + (", ".join(f"{w:g}" for w in plan.frontier_widths) if plan.frontier_widths else "of the ladder")
+        + f", order {plan.frontier_order or 'by rule'}; seed as a block: {'yes' if plan.seed_block else 'no'}; "
+        f"two-sided, alpha {plan.alpha:g}; {plan.correction} within each role's family "
+        f"(primary, secondary); primary axes: {', '.join(plan.primary_axes) or 'none named'}.", "",
+        "Each contrast: the mean Δ of its variants (a pooled mean when several) against the static frontier at "
+        "equal cost (or against another variant), from one least-squares fit per axis of the frontier, the "
+        f"seed block and one term per variant; interval at {1 - plan.alpha:.0%}; MDD: the smallest true "
+        f"effect the design detects with 80% power ({detects(t['mdd'])}).", "",
+        table.to_markdown(index=False, disable_numparse=True), "",
+        *[f"- {contrast_sentence(r)}" for _, r in t.iterrows()], ""])
+
+
+def write_claims(out_dir: Path, sweep: SweepDef, status: PlanStatus, iso: IsoCostResult | None,
+                 contrasts: pd.DataFrame | None) -> list[Path]:
+    """Write ``claims.md`` and (with planned contrasts) ``contrasts.csv|md``; remove stale ones."""
+    files = report_layout(out_dir)
+    claims = files.report("claims.md")
+    claims.write_text(claims_markdown(sweep, status, iso, contrasts))
+    has = contrasts is not None and len(contrasts) > 0
+    written = [claims, *write_or_remove(contrasts if has else pd.DataFrame(), files.report("contrasts.csv"), has)]
+    md = files.report("contrasts.md")
+    if has:
+        md.write_text(contrasts_markdown(sweep, status, contrasts))
+        written.append(md)
+    else:
+        md.unlink(missing_ok=True)
+    return written
