@@ -2,7 +2,7 @@
 :mod:`sweeps.reporting.wording`: ``claims.md`` (the plan's status, the lead sentence, one
 sentence per iso-cost axis, one per planned contrast), and, when the sweep has an analysis plan
 with contrasts, ``contrasts.csv`` and ``contrasts.md``. The README's results section quotes the
-blocks of ``claims.md`` between its ``<!-- claims:<name> -->`` markers verbatim
+blocks of ``claims.md`` between its ``<!-- claims:<sweep>:<block> -->`` markers verbatim
 (tests/test_claims.py checks it)."""
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ LEAD, AXES_BLOCK, CONTRASTS_BLOCK = "lead", "axes", "contrasts"
 
 
 def block(name: str, lines: list[str]) -> list[str]:
-    """Lines between the markers a README quotes: ``<!-- claims:name -->`` ... ``<!-- /claims:name -->``."""
+    """Lines between the markers a README quotes: ``<!-- claims:<sweep>:<block> -->`` ...
+    ``<!-- /claims:<sweep>:<block> -->`` (``name``: ``<sweep>:<block>``)."""
     return [f"<!-- claims:{name} -->", *lines, f"<!-- /claims:{name} -->", ""]
 
 
 def read_block(text: str, name: str) -> str | None:
-    """The text between the markers of block ``name`` in ``text``; None when it has none."""
+    """The text between the markers of block ``name`` (``<sweep>:<block>``) in ``text``; None
+    when it has none."""
     start, end = f"<!-- claims:{name} -->", f"<!-- /claims:{name} -->"
     if start not in text or end not in text:
         return None
@@ -49,12 +51,12 @@ def claims_markdown(sweep: SweepDef, status: PlanStatus, iso: IsoCostResult | No
     if contrasts is not None and len(contrasts):
         primary = contrasts[contrasts["role"] == "primary"]
         lead += [contrast_sentence(r) for _, r in primary.iterrows()]
-    lines += ["## Lead", ""] + block(LEAD, lead)
+    lines += ["## Lead", ""] + block(f"{sweep.name}:{LEAD}", lead)
     if iso is not None and iso.axes:
-        lines += ["## Each cost axis", ""] + block(AXES_BLOCK, [f"- {axis_sentence(a, f.table)}"
+        lines += ["## Each cost axis", ""] + block(f"{sweep.name}:{AXES_BLOCK}", [f"- {axis_sentence(a, f.table)}"
                                                                for a, f in iso.axes.items()])
     if contrasts is not None and len(contrasts):
-        lines += ["## Planned contrasts", ""] + block(CONTRASTS_BLOCK, [f"- {contrast_sentence(r)}"
+        lines += ["## Planned contrasts", ""] + block(f"{sweep.name}:{CONTRASTS_BLOCK}", [f"- {contrast_sentence(r)}"
                                                                           for _, r in contrasts.iterrows()])
     return "\n".join(lines)
 

@@ -1,0 +1,88 @@
+"""The README's results section says what the generated files say: each block it quotes between
+``<!-- claims:<sweep>:<block> -->`` markers is that block of ``results/<sweep>/claims.md``
+verbatim; every other figure of the section is found in the study's generated tables (or, for a
+design figure stated before the runs, in its sweep file); and ``claims.md`` is what
+``make results`` writes from the committed records today."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sweeps.reporting.aggregate import aggregate
+from sweeps.reporting.claims_report import read_block
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z]+) -->")
+DECIMAL = re.compile(r"(?<![\w.])[+\-−]?\d+\.\d+")
+STUDIES = ("cifar10_factorial", "cifar10_confirm")
+
+
+def results_section(readme: str) -> str:
+    return readme.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+
+
+def quoted_blocks(text: str) -> list[tuple[str, str]]:
+    return MARKER.findall(text)
+
+
+def strip_blocks(text: str) -> str:
+    for sweep, name in quoted_blocks(text):
+        start, end = f"<!-- claims:{sweep}:{name} -->", f"<!-- /claims:{sweep}:{name} -->"
+        text = text.split(start, 1)[0] + text.split(end, 1)[1]
+    return text
+
+
+def figures(text: str) -> set[str]:
+    return {m.replace("−", "-").lstrip("+-") for m in DECIMAL.findall(text)}
+
+
+def generated_text(study: str) -> str:
+    """What a figure of the README may come from: the study's generated markdown, and its sweep
+    file (the design's figures, fixed before the runs)."""
+    folder = ROOT / "results" / study
+    parts = [p.read_text() for p in sorted(folder.glob("*.md")) if p.name != "README.md"]
+    parts += [p.read_text() for p in sorted(folder.glob("bench/*.md"))]
+    sweep_file = ROOT / "sweeps" / f"{study}.yaml"
+    if sweep_file.exists():
+        parts.append(sweep_file.read_text())
+    return "\n".join(parts)
+
+
+def test_every_quoted_block_is_the_generated_one():
+    section = results_section((ROOT / "README.md").read_text())
+    blocks = quoted_blocks(section)
+    assert ("cifar10_factorial", "lead") in blocks
+    for sweep, name in blocks:
+        generated = read_block((ROOT / "results" / sweep / "claims.md").read_text(), f"{sweep}:{name}")
+        assert generated is not None, f"results/{sweep}/claims.md has no block {name}"
+        assert read_block(section, f"{sweep}:{name}") == generated, f"README's {sweep}:{name} differs"
+
+
+def test_every_other_figure_of_the_results_section_is_in_the_generated_files():
+    section = strip_blocks(results_section((ROOT / "README.md").read_text()))
+    sources = figures("\n".join(generated_text(s) for s in STUDIES))
+    missing = sorted(figures(section) - sources)
+    assert not missing, f"figures in the README's results section found in no generated file: {missing}"
+
+
+def test_the_figure_check_catches_a_typed_figure():
+    section = "At equal MACs the hint is +31.41 pp, the design detects 0.73 pp."
+    sources = figures(generated_text("cifar10_factorial"))
+    assert figures(section) - sources == {"31.41"}
+
+
+def test_claims_are_what_make_results_writes_from_the_committed_records(tmp_path):
+    study = ROOT / "results" / "cifar10_factorial"
+    if not (study / "trials").is_dir():
+        pytest.fail("the committed records of cifar10_factorial are missing")
+    shutil.copytree(study / "trials", tmp_path / "cifar10_factorial" / "trials")
+    shutil.copy(study / "sweep.json", tmp_path / "cifar10_factorial" / "sweep.json")
+    shutil.copytree(study / "bench", tmp_path / "cifar10_factorial" / "bench")
+    aggregate("cifar10_factorial", tmp_path)
+    for name in ("claims.md", "isocost.md", "isocost.csv", "summary.csv", "summary.md"):
+        written = (tmp_path / "cifar10_factorial" / name).read_text().replace(str(tmp_path), "results")
+        assert written == (study / name).read_text(), name
