@@ -137,8 +137,10 @@ class SweepDef:
         d = dict(d)
         if d.get("tune") is not None:
             d["tune"] = TuneDef(**d["tune"])
-        # a snapshot written before the section was typed holds {} when it was absent
-        d["slurm"] = SlurmOptions.from_mapping(d["slurm"], environ={}) if d.get("slurm") else None
+        # a snapshot holds every option (None: unset); one written before the section was typed
+        # holds {} when it was absent
+        slurm = {k: v for k, v in (d.get("slurm") or {}).items() if v is not None}
+        d["slurm"] = SlurmOptions.from_mapping(slurm, environ={}) if slurm else None
         return cls(**d)
 
 

@@ -340,3 +340,14 @@ def test_reruns_and_tuning_do_not_combine():
     msg = _error(_raw(reruns={"points": {"conv": ["odconv1x"], "seed": [0]}, "overrides": {"model.lr": 0.1}},
                       tune={"params": {"model.weight_decay": {"type": "float", "low": 1.0e-5, "high": 1.0e-3}}}))
     assert "'reruns' and 'tune' cannot be combined" in msg, msg
+
+
+def test_a_snapshot_keeps_the_typed_slurm_section_and_the_analysis_plan():
+    """What a worker (or a SLURM job) reads back from the driver's sweep.json is the sweep it
+    was given: the slurm options (unset ones None in the JSON) and the plan with its hash."""
+    plan = {"seeds": [0, 1], "contrasts": [{"name": "c", "variants": ["odconv1x"], "role": "primary"}]}
+    sw = parse_sweep(_raw(slurm={"gpus_per_job": 1, "time_min": 30}, analysis=plan))
+    back = SweepDef.from_dict(json.loads(json.dumps(sw.to_dict())))
+    assert back.slurm == sw.slurm and back.slurm.mem_gb is None and back.slurm.time_min == 30
+    assert back.plan_hash == sw.plan_hash is not None and back.analysis == plan
+    assert SweepDef.from_dict(json.loads(json.dumps(parse_sweep(_raw()).to_dict()))).slurm is None
