@@ -1,6 +1,7 @@
 """Callbacks and loggers of the training layer.
 
-- :class:`TemperatureScheduler`: the attention temperature schedule of dynamic convs.
+- :class:`TemperatureScheduler`: the attention temperature schedule of dynamic convs, the one
+  the conv family chooses (:meth:`odconv.families.ConvFamily.temperature_schedule`).
   :class:`~lightning_modules.module.ImageClassifier` adds it itself (``configure_callbacks``)
   from its ``temperature_*`` arguments, so it is configured in the ``model:`` section of an
   experiment YAML (``--model.temperature_epochs 5``) and needs no ``trainer.callbacks`` entry.
@@ -26,41 +27,40 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from odconv.layers import TemperatureBuffer
+from odconv.families import TemperatureSchedule, get_conv_family, linear_temperature, temperature_modules
+from odconv.spec import parse_conv_spec
 
 from .contract import Progress, write_progress
 
 
-def temperature_modules(model: nn.Module) -> list[TemperatureBuffer]:
-    """Every module of ``model`` whose attention has a temperature (ODConv, DyConv)."""
-    return [m for m in model.modules() if isinstance(m, TemperatureBuffer)]
-
-
-def linear_temperature(progress_epochs: float, init: float = 30.0, final: float = 1.0, epochs: float = 10.0) -> float:
-    """The official ODConv schedule: ``init`` at epoch 0, linearly down to ``final`` at
-    ``epochs`` (fractional epochs: it moves every step), ``final`` afterwards."""
-    if epochs <= 0:
-        return float(final)
-    frac = min(max(progress_epochs / epochs, 0.0), 1.0)
-    return float(final + (init - final) * (1.0 - frac))
-
-
 class TemperatureScheduler(Callback):
-    """Set the temperature of every dynamic-conv attention before each training step:
-    linear from ``init`` (30) to ``final`` (1) over the first ``epochs`` (10) epochs, then
-    ``final``, as the official ODConv (and DyConv) training. A no-op for models without
-    temperature (static convs, CondConv). Also sets it at fit start (for the sanity check and
-    for a resumed run) and logs it as ``train/temperature``.
+    """Set the temperature of every dynamic-conv attention before each training step, by the
+    conv family's schedule (:meth:`odconv.families.ConvFamily.temperature_schedule`, given
+    ``init``, ``final``, ``epochs``). Without ``conv`` (and for ODConv and DyConv): linear from
+    ``init`` (30) to ``final`` (1) over the first ``epochs`` (10) epochs, then ``final``, as the
+    official ODConv (and DyConv) training. A no-op for models without temperature (static
+    convs, CondConv). Also sets it at fit start (for the sanity check and for a resumed run) and
+    logs it as ``train/temperature``.
     """
 
-    def __init__(self, init: float = 30.0, final: float = 1.0, epochs: float = 10.0) -> None:
+    def __init__(self, init: float = 30.0, final: float = 1.0, epochs: float = 10.0,
+                 conv: str | None = None) -> None:
         if not (init > 0 and final > 0):
             raise ValueError(f"temperatures must be > 0, got init={init}, final={final}")
         if epochs < 0:
             raise ValueError(f"temperature epochs must be >= 0, got {epochs}")
         self.init, self.final, self.epochs = float(init), float(final), float(epochs)
+        if conv is None:
+            self.schedule: TemperatureSchedule | None = TemperatureSchedule(self.init, self.final, self.epochs)
+        else:
+            family = get_conv_family(parse_conv_spec(conv).kind)
+            self.schedule = family.temperature_schedule(self.init, self.final, self.epochs)
         self.current: float | None = None
-        self._modules: list[TemperatureBuffer] | None = None
+        self._modules: list[nn.Module] | None = None
+
+    def targets(self, model: nn.Module) -> list[nn.Module]:
+        """The modules of ``model`` the schedule sets (none without a schedule)."""
+        return [] if self.schedule is None else list(self.schedule.targets(model))
 
     @property
     def state_key(self) -> str:
@@ -68,13 +68,13 @@ class TemperatureScheduler(Callback):
 
     def _apply(self, pl_module: L.LightningModule, progress: float) -> float | None:
         if self._modules is None:
-            self._modules = temperature_modules(pl_module)
+            self._modules = self.targets(pl_module)
         if not self._modules:
             return None
-        value = linear_temperature(progress, self.init, self.final, self.epochs)
+        value = self.schedule.value(progress)
         if value != self.current:
             for m in self._modules:
-                m.update_temperature(value)
+                self.schedule.setter(m, value)
             self.current = value
         return value
 

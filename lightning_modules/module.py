@@ -17,7 +17,7 @@ from odconv.counting import count_macs, count_params
 from odconv.models import build_model, list_models
 
 from .arg_types import ConvSpecName, ModelName, OptimizerName, Placement, ScheduleName
-from .callbacks import TemperatureScheduler, temperature_modules
+from .callbacks import TemperatureScheduler
 
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
@@ -65,10 +65,12 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: of the cross-entropy (training loss only; val/test loss is plain CE).
         temperature_init, temperature_final, temperature_epochs: the dynamic-conv attention
             temperature goes linearly from init to final over the first ``temperature_epochs``
-            epochs, updated every step (official ODConv: 30 -> 1 over 10 epochs). Applied by a
-            :class:`TemperatureScheduler` callback that this module adds itself; ignored for
-            models without temperature (static, CondConv). ``temperature_epochs=0`` holds
-            ``temperature_final`` from the start.
+            epochs, updated every step (official ODConv: 30 -> 1 over 10 epochs). The schedule is
+            the conv family's (:meth:`odconv.families.ConvFamily.temperature_schedule`, given
+            these three values): ODConv and DyConv as just said; none for static and CondConv;
+            a registered family may use its own (e.g. KernelWarehouse: 1 -> 0). Applied by a
+            :class:`TemperatureScheduler` callback that this module adds itself.
+            ``temperature_epochs=0`` holds ``temperature_final`` from the start.
         stop_on_nonfinite: raise ``FloatingPointError`` when the training loss is NaN/inf (a
             diverged run fails with that reason instead of training on garbage).
     """
@@ -110,7 +112,7 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"schedule 'step' needs increasing milestones (epochs), got {milestones}")
         if model_options is not None and not isinstance(model_options, dict):
             raise ValueError(f"model_options must be a mapping, got {model_options!r}")
-        self._temperature = TemperatureScheduler(temperature_init, temperature_final, temperature_epochs)
+        self._temperature = TemperatureScheduler(temperature_init, temperature_final, temperature_epochs, conv=conv)
         self.save_hyperparameters()
         self.model: nn.Module | None = None
         self.model_stats: dict[str, Any] = {}
@@ -147,7 +149,7 @@ class ImageClassifier(L.LightningModule):
 
     @property
     def has_temperature(self) -> bool:
-        return self.model is not None and bool(temperature_modules(self.model))
+        return self.model is not None and bool(self._temperature.targets(self.model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -10,15 +10,17 @@ image of ``input_size`` and adds up:
   multiply-add as 2 FLOPs): convolutions and matrix products (``nn.Linear``...). As in the
   usual published figures (ResNet-18 1.814 G, MobileNetV2 1.0 300.8 M at 224x224),
   BatchNorm, activations, pooling, residual additions and other elementwise ops count 0;
-- for every **dynamic layer** (an :class:`odconv.layers.DynamicConvBase`, or a module
-  with a ``mac_breakdown(in_hw)`` method such as the shared CondConv router), its analytic
+- for every **dynamic layer** (an :class:`odconv.layers.DynamicConvBase`, a layer of a
+  registered conv family whose :meth:`odconv.families.ConvFamily.mac_breakdown` counts it, or
+  a module with a ``mac_breakdown(in_hw)`` method such as the shared CondConv router), its analytic
   count for the input size it actually received, instead of what its implementation
   happens to execute: ``conv`` (the convolution with the example's kernel, same as a static
   conv), ``aggregation`` (building the example's kernel: ``n * kernel size`` for n kernels
   and/or spatial attention), ``attention`` (global average pooling of the input, one MAC per
   input element, plus the attention branch's FC layers) and ``modulation`` (multiplying
   channel attention into the input and filter attention into the output). The count is
-  therefore the same whatever execution ``strategy`` the layer uses.
+  therefore the same whatever execution ``strategy`` the layer uses. A family's layer that
+  nothing counts analytically is counted generically, as a static part.
 
 Everything is per image (batch size 1); for a batch of B multiply by B.
 """
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .families import family_of_layer
 from .layers import DynamicConvBase
 
 PARTS = ("conv", "aggregation", "attention", "modulation")
@@ -49,7 +52,18 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def _is_analytic(m: nn.Module) -> bool:
+    family = family_of_layer(m)
+    if family is not None and family.counts_macs(m):
+        return True
     return isinstance(m, DynamicConvBase) or callable(getattr(m, "mac_breakdown", None))
+
+
+def _mac_breakdown(m: nn.Module, in_hw: tuple[int, int]) -> dict[str, int]:
+    """The analytic count of ``m``: its family's, else its own ``mac_breakdown``."""
+    family = family_of_layer(m)
+    if family is not None and family.counts_macs(m):
+        return family.mac_breakdown(m, in_hw) or {}
+    return m.mac_breakdown(in_hw)
 
 
 def _analytic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -95,7 +109,7 @@ def _measure(model: nn.Module, input_size: Sequence[int]) -> dict[str, Any]:
         def hook(module: nn.Module, args, output):
             start, in_hw = module.__dict__["_counting_stack"].pop()
             state["excluded"] += counter.get_total_flops() - start
-            parts = module.mac_breakdown(in_hw)
+            parts = _mac_breakdown(module, in_hw)
             entry = layers.setdefault(name, {"type": type(module).__name__, "in_hw": in_hw, "calls": 0,
                                              **{p: 0 for p in PARTS}})
             entry["calls"] += 1

@@ -1,6 +1,6 @@
 """The conv spec grammar: one short string names a conv variant everywhere.
 
-Grammar (see docs/layers.md, "Conv specs")::
+Built-in grammar (see docs/layers.md, "Conv specs")::
 
     static
     odconv<n>x                       all four attentions, n kernels
@@ -8,20 +8,18 @@ Grammar (see docs/layers.md, "Conv specs")::
     condconv<n>x                     CondConv with n experts
     dyconv<n>x                       DyConv with n kernels
 
-A spec parses into a frozen :class:`ConvSpec` whose ``str()`` is the canonical spelling
-(attentions always printed in the order channel, filter, spatial, kernel).
+Each part of the grammar belongs to a conv family (:mod:`odconv.families`): a registered
+family adds its own (``toyconv<n>x``...). A spec parses into a frozen :class:`ConvSpec` whose
+``str()`` is the canonical spelling (attentions always printed in the order channel, filter,
+spatial, kernel).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from typing import Any
 
 ATTENTIONS: tuple[str, ...] = ("channel", "filter", "spatial", "kernel")
-KINDS: tuple[str, ...] = ("static", "odconv", "condconv", "dyconv")
-
-_EXAMPLES = "static, odconv1x, odconv4x, odconv1x-channel+spatial, odconv4x-filter+kernel, condconv8x, dyconv4x"
-_DYNAMIC_RE = re.compile(r"^(odconv|condconv|dyconv)(\d+)x(?:-(.+))?$")
 
 
 def validate_attentions(attentions: frozenset[str] | set[str] | tuple[str, ...] | list[str],
@@ -49,39 +47,41 @@ def validate_attentions(attentions: frozenset[str] | set[str] | tuple[str, ...] 
     return atts
 
 
+def _family(kind: str):
+    from .families import get_conv_family  # the registry imports this module
+    return get_conv_family(kind)
+
+
 @dataclass(frozen=True)
 class ConvSpec:
-    """A parsed conv spec. ``attentions`` is only meaningful for ``kind == "odconv"``."""
+    """A parsed conv spec: the family (``kind``), its count ``num`` (kernels, experts...),
+    ``attentions`` (ODConv only) and ``settings`` (``(name, value)`` pairs, for a registered
+    family whose identity needs more than a count). The family checks the fields
+    (:meth:`odconv.families.ConvFamily.check`) and writes the canonical spelling."""
 
     kind: str
     num: int = 1
     attentions: frozenset[str] = frozenset()
+    settings: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown conv kind {self.kind!r}; valid: {', '.join(KINDS)}")
-        if self.kind == "static":
-            if self.num != 1 or self.attentions:
-                raise ValueError("a static conv takes no kernel count and no attentions")
-            return
-        if self.num < 1:
-            raise ValueError(f"kernel count must be >= 1 in a {self.kind} spec, got {self.num}")
-        if self.kind == "odconv":
-            object.__setattr__(self, "attentions", validate_attentions(self.attentions, self.num))
-        elif self.attentions:
-            raise ValueError(f"{self.kind} takes no attention list (only odconv does)")
+        _family(self.kind).check(self)
+
+    @property
+    def family(self):
+        """The :class:`odconv.families.ConvFamily` of this spec."""
+        return _family(self.kind)
 
     @property
     def is_dynamic(self) -> bool:
-        return self.kind != "static"
+        return bool(self.family.dynamic)
+
+    def setting(self, name: str, default: Any = None) -> Any:
+        """The value of setting ``name`` (``default`` when the spec has none)."""
+        return dict(self.settings).get(name, default)
 
     def __str__(self) -> str:
-        if self.kind == "static":
-            return "static"
-        base = f"{self.kind}{self.num}x"
-        if self.kind == "odconv" and self.attentions != self.full_attentions(self.num):
-            base += "-" + "+".join(a for a in ATTENTIONS if a in self.attentions)
-        return base
+        return self.family.format(self)
 
     @staticmethod
     def full_attentions(num: int) -> frozenset[str]:
@@ -90,31 +90,21 @@ class ConvSpec:
 
 
 def parse_conv_spec(spec: str | ConvSpec) -> ConvSpec:
-    """Parse a spec string (or pass a :class:`ConvSpec` through). Raises ``ValueError``
-    naming the bad spec and the valid grammar."""
+    """Parse a spec string (or pass a :class:`ConvSpec` through): the first registered family
+    whose grammar claims the text parses it. Raises ``ValueError`` naming the bad spec and the
+    valid grammar (that of every registered family)."""
+    from .families import grammar_help, parse_with_families  # deferred: the registry imports this module
     if isinstance(spec, ConvSpec):
         return spec
     if not isinstance(spec, str):
-        raise ValueError(f"conv spec must be a string, got {type(spec).__name__} {spec!r}; valid: {_EXAMPLES}")
+        raise ValueError(f"conv spec must be a string, got {type(spec).__name__} {spec!r}; "
+                         f"valid: {grammar_help()[0]}")
     text = spec.strip().lower()
-    if text == "static":
-        return ConvSpec("static")
-    m = _DYNAMIC_RE.match(text)
-    if not m:
-        raise ValueError(f"bad conv spec {spec!r}; valid: {_EXAMPLES} "
-                         f"(grammar: static | odconv<n>x[-<att>+<att>...] | condconv<n>x | dyconv<n>x; "
-                         f"attentions: {', '.join(ATTENTIONS)})")
-    kind, num, atts = m.group(1), int(m.group(2)), m.group(3)
     try:
-        if kind != "odconv":
-            if atts is not None:
-                raise ValueError(f"{kind} takes no attention list (only odconv does)")
-            return ConvSpec(kind, num)
-        if atts is None:
-            return ConvSpec(kind, num, ConvSpec.full_attentions(num))
-        names = atts.split("+")
-        if len(set(names)) != len(names):
-            raise ValueError(f"attention named twice in {atts!r}")
-        return ConvSpec(kind, num, frozenset(names))
+        parsed = parse_with_families(text)
     except ValueError as err:
-        raise ValueError(f"bad conv spec {spec!r}: {err}; valid examples: {_EXAMPLES}") from None
+        raise ValueError(f"bad conv spec {spec!r}: {err}; valid examples: {grammar_help()[0]}") from None
+    if parsed is None:
+        examples, grammar = grammar_help()
+        raise ValueError(f"bad conv spec {spec!r}; valid: {examples} (grammar: {grammar})")
+    return parsed

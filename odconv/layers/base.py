@@ -1,6 +1,9 @@
-"""What every dynamic conv layer shares: temperature handling and cost accounting."""
+"""What every dynamic conv layer shares: geometry, kernels and their init, temperature
+handling, cost accounting and ``extra_repr``."""
 
 from __future__ import annotations
+
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -38,6 +41,19 @@ class TemperatureBuffer(nn.Module):
             missing_keys.remove(key)
 
 
+def init_attention_head(module: nn.Module) -> None:
+    """The attention branches' init of the official code: every 1x1 conv kaiming normal
+    (fan_out, ReLU gain) with zero bias, every BatchNorm 1/0, in ``module.modules()`` order."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class DynamicConvBase(nn.Module):
     """Common interface of ODConv2d, CondConv2d and DyConv2d.
 
@@ -66,17 +82,58 @@ class DynamicConvBase(nn.Module):
     def strategy(self, name: str) -> None:
         self._strategy = check_strategy(name)
 
-    def update_temperature(self, temperature: float) -> None:  # pragma: no cover - overridden where used
-        """Layers without a temperature ignore it."""
+    def _init_conv(self, in_planes: int, out_planes: int, kernel_size: int, stride: int, padding: int,
+                   dilation: int, groups: int, kernel_num: int, strategy: str) -> None:
+        """Check and set the geometry, the kernel count and the strategy."""
+        if in_planes % groups or out_planes % groups:
+            raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
+        self.in_planes, self.out_planes = in_planes, out_planes
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.groups, self.kernel_num = groups, kernel_num
+        self.strategy = strategy
+
+    def _create_kernels(self, fill: Callable[..., torch.Tensor] = torch.empty, bias: Optional[bool] = None) -> None:
+        """``weight`` (n, O, I/g, k, k) made by ``fill`` (``torch.randn`` where the reference
+        draws it, which moves the RNG), and with ``bias`` a ``bias`` (n, O) (True) or None
+        (False); ``bias=None`` sets no ``bias`` attribute (ODConv). Then :meth:`reset_parameters`."""
+        n, k = self.kernel_num, self.kernel_size
+        self.weight = nn.Parameter(fill(n, self.out_planes, self.in_planes // self.groups, k, k))
+        if bias is not None:
+            self.bias = nn.Parameter(torch.empty(n, self.out_planes)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each kernel on its own with the static conv rule of the official code (kaiming
+        normal, fan_out, ReLU gain); biases zero."""
+        for i in range(self.kernel_num):
+            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            nn.init.zeros_(bias)
+
+    def update_temperature(self, temperature: float) -> None:
+        """Set the temperature of the layer's ``attention`` when it has one; layers without a
+        temperature (CondConv, ODConv with no attention) ignore it."""
+        attention = getattr(self, "attention", None)
+        if isinstance(attention, TemperatureBuffer):
+            attention.update_temperature(temperature)
+
+    def _attention_fc_macs(self) -> Optional[int]:
+        """MACs of the attention branch's FC layers per example; None: no attention branch."""
+        raise NotImplementedError
 
     def _attention_macs(self, in_hw: tuple[int, int]) -> int:
-        raise NotImplementedError
+        """Global average pooling of the input (one MAC per element) plus the FC layers."""
+        fc = self._attention_fc_macs()
+        return 0 if fc is None else self.in_planes * in_hw[0] * in_hw[1] + fc
 
     def _modulation_macs(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
         return 0
 
     def _aggregation_macs(self) -> int:
-        return 0
+        """Mixing the n kernels (and biases) into the example's kernel."""
+        bias = getattr(self, "bias", None)
+        return self.kernel_num * self.weight[0].numel() + (self.kernel_num * self.out_planes if bias is not None else 0)
 
     def mac_breakdown(self, in_hw: tuple[int, int]) -> dict[str, int]:
         """Multiply-accumulates per example, by part (see docs/models.md, "Cost counting"):
@@ -100,3 +157,12 @@ class DynamicConvBase(nn.Module):
     def macs(self, in_hw: tuple[int, int]) -> int:
         """Total multiply-accumulates per example for an input of spatial size ``in_hw``."""
         return sum(self.mac_breakdown(in_hw).values())
+
+    def _repr_fields(self) -> list[tuple[str, Any]]:
+        """The ``extra_repr`` fields after ``in, out, kernel_size, stride, padding``."""
+        return [("groups", self.groups), ("kernel_num", self.kernel_num), ("strategy", self.strategy)]
+
+    def extra_repr(self) -> str:
+        head = (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+        return ", ".join([head, *(f"{k}={v}" for k, v in self._repr_fields())])

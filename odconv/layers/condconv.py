@@ -31,25 +31,10 @@ class CondConv2d(DynamicConvBase):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        if in_planes % groups or out_planes % groups:
-            raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
-        self.in_planes, self.out_planes = in_planes, out_planes
-        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.groups = groups
-        self.kernel_num = self.num_experts = num_experts
-        self.strategy = strategy
+        self._init_conv(in_planes, out_planes, kernel_size, stride, padding, dilation, groups, num_experts, strategy)
+        self.num_experts = num_experts
         self.routing = nn.Linear(in_planes, num_experts) if routing else None
-        self.weight = nn.Parameter(torch.empty(num_experts, out_planes, in_planes // groups, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(num_experts, out_planes)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Each expert on its own with the static conv rule (kaiming normal, fan_out, ReLU);
-        biases zero."""
-        for i in range(self.num_experts):
-            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._create_kernels(bias=bias)   # each expert on its own with the static conv rule; biases zero
 
     def routing_weights(self, x: Tensor) -> Tensor:
         """(B, I, H, W) -> routing weights (B, n) in (0, 1)."""
@@ -62,16 +47,9 @@ class CondConv2d(DynamicConvBase):
         return dynamic_conv2d(x, self.weight, kernel=r, bias=self.bias, stride=self.stride, padding=self.padding,
                               dilation=self.dilation, groups=self.groups, strategy=self.strategy)
 
-    def _attention_macs(self, in_hw: tuple[int, int]) -> int:
-        if self.routing is None:
-            return 0
-        return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * self.num_experts
+    def _attention_fc_macs(self) -> Optional[int]:
+        return None if self.routing is None else self.in_planes * self.num_experts
 
-    def _aggregation_macs(self) -> int:
-        bias_macs = self.num_experts * self.out_planes if self.bias is not None else 0
-        return self.num_experts * self.weight[0].numel() + bias_macs
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, num_experts={self.num_experts}, "
-                f"bias={self.bias is not None}, strategy={self.strategy}")
+    def _repr_fields(self):
+        return [("groups", self.groups), ("num_experts", self.num_experts), ("bias", self.bias is not None),
+                ("strategy", self.strategy)]

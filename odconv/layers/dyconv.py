@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import dynamic_conv2d
-from .base import DynamicConvBase, TemperatureBuffer
+from .base import DynamicConvBase, TemperatureBuffer, init_attention_head
 
 
 class KernelAttention(TemperatureBuffer):
@@ -28,10 +27,7 @@ class KernelAttention(TemperatureBuffer):
         self.fc1 = nn.Conv2d(in_planes, self.hidden, 1, bias=True)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(self.hidden, kernel_num, 1, bias=True)
-        for m in (self.fc1, self.fc2):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.fc1.bias)
-        nn.init.zeros_(self.fc2.bias)
+        init_attention_head(self)
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.fc2(self.relu(self.fc1(x.mean(dim=(2, 3), keepdim=True))))
@@ -53,39 +49,19 @@ class DyConv2d(DynamicConvBase):
         super().__init__()
         if kernel_num < 1:
             raise ValueError(f"kernel_num must be >= 1, got {kernel_num}")
-        if in_planes % groups or out_planes % groups:
-            raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
-        self.in_planes, self.out_planes = in_planes, out_planes
-        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.groups, self.kernel_num, self.strategy = groups, kernel_num, strategy
+        self._init_conv(in_planes, out_planes, kernel_size, stride, padding, dilation, groups, kernel_num, strategy)
         self.attention = KernelAttention(in_planes, kernel_num, reduction)
-        self.weight = nn.Parameter(torch.empty(kernel_num, out_planes, in_planes // groups, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(kernel_num, out_planes)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for i in range(self.kernel_num):
-            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def update_temperature(self, temperature: float) -> None:
-        self.attention.update_temperature(temperature)
+        self._create_kernels(bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return dynamic_conv2d(x, self.weight, kernel=self.attention(x), bias=self.bias, stride=self.stride,
                               padding=self.padding, dilation=self.dilation, groups=self.groups,
                               strategy=self.strategy)
 
-    def _attention_macs(self, in_hw: tuple[int, int]) -> int:
+    def _attention_fc_macs(self) -> int:
         h = self.attention.hidden
-        return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * h + h * self.kernel_num
+        return self.in_planes * h + h * self.kernel_num
 
-    def _aggregation_macs(self) -> int:
-        bias_macs = self.kernel_num * self.out_planes if self.bias is not None else 0
-        return self.kernel_num * self.weight[0].numel() + bias_macs
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, kernel_num={self.kernel_num}, "
-                f"bias={self.bias is not None}, strategy={self.strategy}")
+    def _repr_fields(self):
+        return [("groups", self.groups), ("kernel_num", self.kernel_num), ("bias", self.bias is not None),
+                ("strategy", self.strategy)]

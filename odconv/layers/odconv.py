@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..functional import dynamic_conv2d
 from ..spec import ATTENTIONS, validate_attentions
-from .base import DynamicConvBase, TemperatureBuffer
+from .base import DynamicConvBase, TemperatureBuffer, init_attention_head
 
 
 class OmniAttention(TemperatureBuffer):
@@ -53,14 +53,7 @@ class OmniAttention(TemperatureBuffer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_attention_head(self)
 
     def _normalize(self, z: Tensor) -> Tensor:
         if self.training and z.shape[0] == 1:
@@ -113,17 +106,12 @@ class ODConv2d(DynamicConvBase):
                  dilation: int = 1, groups: int = 1, reduction: float = 0.0625, kernel_num: int = 4,
                  min_channel: int = 16, attentions: Optional[Iterable[str]] = None, strategy: str = "auto") -> None:
         super().__init__()
-        if in_planes % groups or out_planes % groups:
-            raise ValueError(f"in_planes={in_planes} and out_planes={out_planes} must be divisible by groups={groups}")
+        self._init_conv(in_planes, out_planes, kernel_size, stride, padding, dilation, groups, kernel_num, strategy)
         if attentions is None:  # the reference: all four, kernel attention only when there are kernels to mix
             attentions = ATTENTIONS if kernel_num >= 2 else ATTENTIONS[:3]
         requested = validate_attentions(frozenset(attentions) if not isinstance(attentions, str) else attentions,
                                         kernel_num)
-        self.in_planes, self.out_planes = in_planes, out_planes
-        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.groups, self.kernel_num = groups, kernel_num
         self.reduction, self.min_channel = reduction, min_channel
-        self.strategy = strategy
         self.requested_attentions = requested
         active = set(requested)
         if in_planes == groups and in_planes == out_planes:  # depthwise: no filter attention
@@ -136,18 +124,7 @@ class ODConv2d(DynamicConvBase):
                                            reduction=reduction, min_channel=min_channel)
         else:
             self.attention = None
-        self.weight = nn.Parameter(torch.randn(kernel_num, out_planes, in_planes // groups, kernel_size, kernel_size))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Each kernel on its own with the static conv rule of the official code
-        (kaiming normal, fan_out, ReLU gain)."""
-        for i in range(self.kernel_num):
-            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
-
-    def update_temperature(self, temperature: float) -> None:
-        if self.attention is not None:
-            self.attention.update_temperature(temperature)
+        self._create_kernels(torch.randn)   # randn as the reference: the same RNG stream
 
     def forward(self, x: Tensor) -> Tensor:
         att = self.attention(x) if self.attention is not None else {}
@@ -155,19 +132,18 @@ class ODConv2d(DynamicConvBase):
                               dilation=self.dilation, groups=self.groups, strategy=self.strategy)
 
     # cost accounting (see DynamicConvBase.mac_breakdown)
-    def _attention_macs(self, in_hw: tuple[int, int]) -> int:
+    def _attention_fc_macs(self) -> Optional[int]:
         if self.attention is None:
-            return 0
+            return None
         h = self.attention.hidden
         heads = {"channel": self.in_planes, "filter": self.out_planes,
                  "spatial": self.kernel_size ** 2, "kernel": self.kernel_num}
-        return self.in_planes * in_hw[0] * in_hw[1] + self.in_planes * h + h * sum(
-            heads[a] for a in self.active_attentions)
+        return self.in_planes * h + h * sum(heads[a] for a in self.active_attentions)
 
     def _aggregation_macs(self) -> int:
         if "kernel" not in self.active_attentions and "spatial" not in self.active_attentions:
             return 0
-        return self.kernel_num * self.weight[0].numel()
+        return super()._aggregation_macs()
 
     def _modulation_macs(self, in_hw, out_hw) -> int:
         macs = 0
@@ -177,8 +153,7 @@ class ODConv2d(DynamicConvBase):
             macs += self.out_planes * out_hw[0] * out_hw[1]
         return macs
 
-    def extra_repr(self) -> str:
+    def _repr_fields(self):
         atts = "+".join(a for a in ATTENTIONS if a in self.active_attentions) or "none"
-        return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"kernel_num={self.kernel_num}, attentions={atts}, strategy={self.strategy}")
+        return [("dilation", self.dilation), ("groups", self.groups), ("kernel_num", self.kernel_num),
+                ("attentions", atts), ("strategy", self.strategy)]

@@ -21,6 +21,10 @@
 
 The number of experts/kernels is the spec's (the papers used ``condconv8x`` and
 ``dyconv4x``).
+
+These rules are the families' placement defaults
+(:meth:`odconv.families.ConvFamily.placement_defaults`): a registered family says where its
+spec goes under each placement (by default: as ODConv).
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..factory import CONV_OPTIONS, make_conv
+from ..builtin_families import CONDCONV_PAPER_LAST_BLOCKS  # noqa: F401  (where it used to live)
+from ..factory import make_conv
+from ..families import get_conv_family, registered_layer_types
 from ..layers import DynamicConvBase
 from ..spec import ConvSpec, parse_conv_spec
 
 PLACEMENTS: tuple[str, ...] = ("matched", "paper")
 STATIC = ConvSpec("static")
-# Number of trailing blocks the CondConv paper makes dynamic, per model family.
-CONDCONV_PAPER_LAST_BLOCKS = {"resnet": 3, "mobilenetv2": 6}
 
 
 def check_placement(placement: str) -> str:
@@ -69,16 +73,17 @@ class ModelPlan:
     def conv(self, spec: ConvSpec, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
              groups: int = 1, bias: bool = False, shared_routing: bool = False) -> nn.Module:
         """Build one conv through :func:`odconv.make_conv` with the options that apply to its kind."""
-        opts = {k: v for k, v in self.conv_options.items() if k in CONV_OPTIONS[spec.kind]}
+        opts = {k: v for k, v in self.conv_options.items() if k in get_conv_family(spec.kind).options}
         if shared_routing:
             opts["routing"] = False
         return make_conv(spec, in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias,
                          **opts)
 
     def router(self, spec: ConvSpec, in_channels: int) -> "SharedRouter | None":
-        """The block router when this block's convs share one, else ``None``."""
-        if self.shared_router and spec.kind == "condconv":
-            return SharedRouter(in_channels, spec.num)
+        """The block router when this block's convs share one (the family's
+        :meth:`~odconv.families.ConvFamily.shared_router`), else ``None``."""
+        if self.shared_router:
+            return get_conv_family(spec.kind).shared_router(spec, in_channels)
         return None
 
 
@@ -88,19 +93,16 @@ def plan_model(family: str, num_blocks: int, conv: str | ConvSpec, placement: st
     ``num_blocks`` residual blocks."""
     spec = parse_conv_spec(conv)
     check_placement(placement)
-    opts = dict(conv_options or {})
-    if placement == "paper" and spec.kind == "condconv":
-        last = CONDCONV_PAPER_LAST_BLOCKS[family]
-        blocks = tuple(spec if i >= num_blocks - last else STATIC for i in range(num_blocks))
-        return ModelPlan(spec, placement, blocks, downsample=STATIC, head=STATIC, classifier=spec,
-                         shared_router=True, conv_options=opts)
-    if placement == "paper" and spec.kind == "dyconv":
-        return ModelPlan(spec, placement, (spec,) * num_blocks, downsample=spec, head=spec, classifier=STATIC,
-                         conv_options=opts)
-    # matched (and the paper placement of ODConv and of static, which is the same)
-    head = spec if family == "mobilenetv2" else STATIC
-    return ModelPlan(spec, placement, (spec,) * num_blocks, downsample=STATIC, head=head, classifier=STATIC,
-                     conv_options=opts)
+    rule = get_conv_family(spec.kind).placement_defaults(placement, family)
+    num_dynamic = num_blocks if rule.last_blocks is None else rule.last_blocks
+    blocks = tuple(spec if i >= num_blocks - num_dynamic else STATIC for i in range(num_blocks))
+
+    def where(on: bool) -> ConvSpec:
+        return spec if on else STATIC
+
+    return ModelPlan(spec, placement, blocks, downsample=where(rule.downsample), head=where(rule.head),
+                     classifier=where(rule.classifier), shared_router=rule.shared_router,
+                     conv_options=dict(conv_options or {}))
 
 
 class SharedRouter(nn.Module):
@@ -157,10 +159,12 @@ def call_conv(conv: nn.Module, x, routing=None):
 
 def init_static(model: nn.Module) -> None:
     """The static layers' init of the official repo (kaiming normal fan_out/ReLU for convs,
-    BatchNorm 1/0), skipping dynamic layers and routers, which keep their own per-kernel init
-    (their 5-D weight is never initialised as one tensor)."""
+    BatchNorm 1/0), skipping dynamic layers (those of every registered family) and routers,
+    which keep their own per-kernel init (their 5-D weight is never initialised as one tensor)."""
+    skip = (DynamicConvBase, SharedRouter, *registered_layer_types())
+
     def visit(m: nn.Module) -> None:
-        if isinstance(m, (DynamicConvBase, SharedRouter)):
+        if isinstance(m, skip):
             return
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

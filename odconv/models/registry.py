@@ -14,15 +14,26 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..factory import CONV_OPTIONS
+from ..families import conv_families, get_conv_family, model_build
 from ..spec import parse_conv_spec
 from .placement import PLACEMENTS, check_placement
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
-# Options of make_conv a user may set through build_model ("routing" is internal: models
-# use it for a router shared by a block's convs).
-CONV_OPTION_NAMES: frozenset[str] = frozenset().union(*CONV_OPTIONS.values()) - {"routing"}
+
+
+def conv_option_names() -> frozenset[str]:
+    """Options of make_conv a user may set through build_model: those of every registered
+    family but the internal ones (CondConv's ``routing``: models use it for a router shared by
+    a block's convs)."""
+    return frozenset().union(*(f.model_options for f in conv_families().values()))
+
+
+def __getattr__(name: str):
+    if name == "CONV_OPTION_NAMES":   # computed on use: families may be registered at any time
+        return conv_option_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # Arguments every builder receives from build_model itself.
 _RESERVED = ("num_classes", "conv", "placement", "conv_options")
 
@@ -75,6 +86,9 @@ def build_model(name: str, *, num_classes: int, conv: str = "static", placement:
             "the layer's default") and model options (see :func:`model_options`, e.g.
             ``dropout``, ``in_chans``, ``width`` for the small-image models).
 
+    The spec's conv family's ``begin_model`` / ``end_model`` hooks run before and after the
+    model's layers are built (:mod:`odconv.families`).
+
     Raises ``ValueError`` for an unknown model, a bad spec, a bad placement, or an option
     that the model or the spec's kind does not take.
     """
@@ -84,18 +98,23 @@ def build_model(name: str, *, num_classes: int, conv: str = "static", placement:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     own = model_options(name)
-    conv_options = {k: v for k, v in options.items() if k in CONV_OPTION_NAMES and k not in own}
-    unknown = sorted(set(options) - set(own) - CONV_OPTION_NAMES)
+    names = conv_option_names()
+    conv_options = {k: v for k, v in options.items() if k in names and k not in own}
+    unknown = sorted(set(options) - set(own) - names)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; model options: {sorted(own)}; "
-                         f"conv options: {sorted(CONV_OPTION_NAMES)}")
+                         f"conv options: {sorted(names)}")
     given = {k: v for k, v in conv_options.items() if v is not None}
-    wrong = sorted(set(given) - CONV_OPTIONS[spec.kind])
+    family = get_conv_family(spec.kind)
+    wrong = sorted(set(given) - family.model_options)
     if wrong:
         raise ValueError(f"conv option(s) {wrong} do not apply to {spec.kind} convs (conv={str(spec)!r}); "
-                         f"valid for {spec.kind}: {sorted(CONV_OPTIONS[spec.kind] - {'routing'}) or 'none'}")
+                         f"valid for {spec.kind}: {sorted(family.model_options) or 'none'}")
     model_kwargs = {k: v for k, v in options.items() if k in own}
-    return fn(num_classes=num_classes, conv=str(spec), placement=placement, conv_options=given, **model_kwargs)
+    with model_build(spec, given) as build:   # the family's hooks around the model's layers
+        model = fn(num_classes=num_classes, conv=str(spec), placement=placement, conv_options=given, **model_kwargs)
+    family.end_model(model, build.state)
+    return model
 
 
-__all__ = ["register_model", "list_models", "build_model", "model_options", "PLACEMENTS"]
+__all__ = ["register_model", "list_models", "build_model", "model_options", "conv_option_names", "PLACEMENTS"]
