@@ -46,7 +46,8 @@ def kind_of(op: str) -> str:
 
 def step_profile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> dict[str, float]:
     """Self CPU milliseconds of one training step (the benchmark's: forward, backward, SGD
-    step), per operator kind and per operator."""
+    step), per operator kind and per operator (``op <name>``), and the number of operator
+    calls per kind (``calls <kind>``: what the step does, independent of timing)."""
     step = make_train_step(model, x, y, torch.bfloat16 if bf16 else None)
     step()  # warm-up (oneDNN primitives, allocator)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -56,6 +57,7 @@ def step_profile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16:
         ms = ev.self_cpu_time_total / 1e3
         out[kind_of(ev.key)] += ms
         out["op " + ev.key] += ms
+        out["calls " + kind_of(ev.key)] += ev.count
     return out
 
 
