@@ -18,7 +18,7 @@ from tests.conftest import sweep_file_error
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "experiments" / "smoke.yaml")
-SHIPPED = ("smoke", "ablation", "cifar10_cpu", "cifar10_factorial")
+SHIPPED = ("smoke", "ablation", "cifar10_cpu", "cifar10_factorial", "cifar10_confirm")
 VARIANTS_1X = ["odconv1x-channel", "odconv1x-filter", "odconv1x-spatial", "odconv1x-channel+filter",
                "odconv1x-channel+spatial", "odconv1x-filter+spatial", "odconv1x"]
 
@@ -51,7 +51,11 @@ def test_ablation_grid_has_every_attention_subset():
     four = [c for c in convs if c.startswith("odconv4x")]
     assert len(four) == 8  # the 7 subsets with kernel, plus kernel alone
     assert sw.grid["seed_everything"] == [0, 1, 2]
-    assert len(sw.points()) == len(convs) * 3
+    # every variant at width 1, and the static ladder (5 more widths) for the iso-cost comparison
+    widths = sorted({p.params.get("model.model_options", sw.overrides["model.model_options"])["width"]
+                     for p in sw.points() if p.params["model.conv"] == "static"})
+    assert widths == [0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+    assert len(sw.points()) == len(convs) * 3 + 5 * 3
 
 
 def _factorial_cells() -> set[ConvSpec]:
