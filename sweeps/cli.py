@@ -180,7 +180,7 @@ def _open_study(storage_url: str | None, sweep_name: str, results_root: str, stu
         make_storage,
         storage_label,
     )
-    from .running.study import load_study
+    from .running.study import load_study  # deferred: loads Optuna
     _quiet_optuna()
     label = storage_label(storage_url, sweep_name, results_root)
     if not is_rdb_url(storage_url) and not journal_path(sweep_name, results_root, storage_url).exists():
@@ -199,14 +199,14 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     # the child processes of a run (deferred: each loads only what it runs)
     if argv and argv[0] == "_worker":
-        from .running.worker import main as worker_main
+        from .running.worker import main as worker_main  # deferred: loads Optuna
         return worker_main(argv[1:])
     if argv and argv[0] == "_prepare":
-        from .running.trial import prepare
+        from .running.trial import prepare  # deferred: loads Lightning
         spec = json.loads(open(argv[1]).read())
         return prepare(spec["base_config"], spec["overrides"])
     if argv and argv[0] == "_trial":
-        from .running.trial import main as trial_main
+        from .running.trial import main as trial_main  # deferred: loads Lightning
         return trial_main(argv[1])
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[sweep] %(message)s")
