@@ -1,5 +1,6 @@
-"""The four built-in conv families: ``static``, ``odconv``, ``condconv``, ``dyconv``
-(registered by :mod:`odconv.families` on its first lookup, before any other family)."""
+"""The built-in conv families: ``static``, ``odconv``, ``condconv``, ``dyconv`` and ``kw``
+(KernelWarehouse, :mod:`odconv.kw_family`), registered by :mod:`odconv.families` on its first
+lookup, before any other family."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .families import ConvFamily, PlacementDefaults, TemperatureSchedule
+from .kw_family import KWFamily
 from .layers import CondConv2d, DyConv2d, ODConv2d
 from .spec import ATTENTIONS, ConvSpec, validate_attentions
 
@@ -136,4 +138,5 @@ class DyConvFamily(ConvFamily):
         return super().placement_defaults(placement, model_family)
 
 
-BUILTIN_FAMILIES: tuple[ConvFamily, ...] = (StaticFamily(), ODConvFamily(), CondConvFamily(), DyConvFamily())
+BUILTIN_FAMILIES: tuple[ConvFamily, ...] = (StaticFamily(), ODConvFamily(), CondConvFamily(), DyConvFamily(),
+                                             KWFamily())

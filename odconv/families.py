@@ -2,7 +2,7 @@
 :class:`ConvFamily`, which owns its part of the spec grammar, its options, its builder, its
 cost counting, its temperature schedule and its placement defaults.
 
-Built in: ``static``, ``odconv``, ``condconv``, ``dyconv`` (:mod:`odconv.builtin_families`).
+Built in: ``static``, ``odconv``, ``condconv``, ``dyconv``, ``kw`` (:mod:`odconv.builtin_families`).
 Another family joins with the :func:`register_conv_family` decorator, or from an installed
 package through the entry-point group ``odconv_bench.conv_families`` (loaded once, on the first
 lookup the families already registered cannot answer: an unknown name or spec, or a listing).
@@ -13,12 +13,10 @@ own conv family".
 
 from __future__ import annotations
 
-import contextvars
 import importlib.metadata
 import re
 import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -87,7 +85,8 @@ class PlacementDefaults:
     ``last_blocks``: only the last n residual blocks are dynamic (None: every block);
     ``downsample``: the ResNet 1x1 shortcut; ``head``: MobileNetV2's last 1x1 conv;
     ``classifier``: a dynamic 1x1 classifier; ``shared_router``: one router per block
-    (:meth:`ConvFamily.shared_router`) shared by the block's convs.
+    (:meth:`ConvFamily.shared_router`) shared by the block's convs; ``stem``: the model's first
+    conv (MobileNetV2's 3x3, the ResNet 7x7 / 3x3; KernelWarehouse's MobileNetV2).
     """
 
     last_blocks: Optional[int] = None
@@ -95,6 +94,7 @@ class PlacementDefaults:
     head: bool = False
     classifier: bool = False
     shared_router: bool = False
+    stem: bool = False
 
 
 # --------------------------------------------------------------------------- the family class
@@ -169,7 +169,7 @@ class ConvFamily:
 
     def begin_model(self, spec: ConvSpec, conv_options: dict[str, Any]) -> Any:
         """Called by ``build_model`` before the model's layers are built; what it returns is
-        the build's ``state`` (:func:`current_model_build`), e.g. a KernelWarehouse manager
+        the build's ``state`` (:func:`odconv.model_build.current_model_build`), e.g. a KernelWarehouse manager
         that :meth:`build` reserves layers in. Default: nothing."""
         return None
 
@@ -386,41 +386,6 @@ def registered_layer_types() -> tuple[type, ...]:
     return tuple(t for fam in _FAMILIES.values() for t in fam.layer_types)
 
 
-# --------------------------------------------------------------------------- model builds
-
-@dataclass
-class ModelBuild:
-    """The model build under way (:func:`current_model_build`): its spec's family and the
-    ``state`` that the family's :meth:`ConvFamily.begin_model` returned."""
-
-    family: ConvFamily
-    spec: ConvSpec
-    state: Any = None
-
-
-_BUILD: contextvars.ContextVar[Optional[ModelBuild]] = contextvars.ContextVar("odconv_model_build", default=None)
-
-
-def current_model_build() -> Optional[ModelBuild]:
-    """The model build ``build_model`` is running, or None (a bare ``make_conv``)."""
-    return _BUILD.get()
-
-
-@contextmanager
-def model_build(spec: ConvSpec, conv_options: dict[str, Any]) -> Iterator[ModelBuild]:
-    """Run the family's :meth:`~ConvFamily.begin_model` hook, make the build current while the
-    body builds the model; the caller then calls :meth:`~ConvFamily.end_model`."""
-    family = get_conv_family(spec.kind)
-    build = ModelBuild(family, spec)
-    build.state = family.begin_model(spec, dict(conv_options))
-    token = _BUILD.set(build)
-    try:
-        yield build
-    finally:
-        _BUILD.reset(token)
-
-
-__all__ = ["ConvFamily", "ConvFamilyError", "PlacementDefaults", "TemperatureSchedule", "ModelBuild",
+__all__ = ["ConvFamily", "ConvFamilyError", "PlacementDefaults", "TemperatureSchedule",
            "register_conv_family", "unregister_conv_family", "conv_families", "get_conv_family",
-           "load_entry_points", "current_model_build", "linear_temperature", "temperature_modules",
-           "ENTRY_POINT_GROUP"]
+           "load_entry_points", "linear_temperature", "temperature_modules", "ENTRY_POINT_GROUP"]

@@ -33,7 +33,8 @@ from odconv import (
     register_conv_family,
     unregister_conv_family,
 )
-from odconv.families import TemperatureSchedule, current_model_build
+from odconv.families import TemperatureSchedule
+from odconv.model_build import current_model_build
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"width": 0.125}
@@ -109,11 +110,11 @@ def toy(tmp_path):
 
 @pytest.mark.parametrize("name, examples", [
     ("static", ["static"]), ("odconv", ["odconv1x", "odconv4x", "odconv1x-channel+spatial", "odconv4x-filter+kernel"]),
-    ("condconv", ["condconv8x"]), ("dyconv", ["dyconv4x"]),
+    ("condconv", ["condconv8x"]), ("dyconv", ["dyconv4x"]), ("kw", ["kw1d4x", "kw1d2x", "kw1x", "kw2x", "kw4x"]),
 ])
 def test_builtin_families_are_registered_and_round_trip(name, examples):
     fam = get_conv_family(name)
-    assert list(conv_families())[:4] == ["static", "odconv", "condconv", "dyconv"]
+    assert list(conv_families())[:5] == ["static", "odconv", "condconv", "dyconv", "kw"]
     assert list(fam.examples) == examples
     for text in examples:
         spec = parse_conv_spec(text)
@@ -236,10 +237,12 @@ def test_family_hooks_share_parameters_across_a_model_and_pick_the_schedule(toy)
 
 
 def test_unknown_family_lists_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown conv family 'kw'; registered: static, odconv, condconv, dyconv"):
-        get_conv_family("kw")
-    with pytest.raises(ValueError, match=r"bad conv spec 'kw4x'; valid: static, .*dyconv4x \(grammar: static \|"):
-        parse_conv_spec("kw4x")
+    with pytest.raises(ValueError, match=r"unknown conv family 'nope'; registered: static, odconv, condconv, "
+                                         r"dyconv, kw"):
+        get_conv_family("nope")
+    with pytest.raises(ValueError, match=r"bad conv spec 'nope4x'; valid: static, .*dyconv4x, kw1d4x.*"
+                                         r"\(grammar: static \|"):
+        parse_conv_spec("nope4x")
 
 
 def test_bad_registrations_are_refused(toy):
@@ -260,7 +263,7 @@ def test_bad_registrations_are_refused(toy):
         register_conv_family(greedy)
     with pytest.raises(ConvFamilyError, match="built in"):
         unregister_conv_family("odconv")
-    assert list(conv_families()) == ["static", "odconv", "condconv", "dyconv", "toyconv"]
+    assert list(conv_families()) == ["static", "odconv", "condconv", "dyconv", "kw", "toyconv"]
 
 
 def test_entry_points_load_once_and_a_bad_one_is_a_clear_error(tmp_path, monkeypatch):

@@ -15,10 +15,12 @@ instead of 2, so the network downsamples 8x instead of 32x (32x32 inputs end at 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from torch import Tensor, nn
 
+from ..model_build import ConvSite
 from ..spec import ConvSpec
 from .placement import ModelPlan, SharedRouter, call_conv, check_model_options, init_static, make_classifier, plan_model
 from .registry import register_model
@@ -52,9 +54,11 @@ class ConvBNAct(nn.Sequential):
 class InvertedResidual(nn.Module):
     """1x1 expansion (skipped when t = 1) -> 3x3 depthwise (stride) -> 1x1 projection, with a
     residual connection when stride is 1 and channels match. ``router`` (CondConv paper
-    placement) routes all three convs from the block input."""
+    placement) routes all three convs from the block input. ``site``: the block's place in the
+    model (expansion, depthwise, projection at positions 0, 1, 2)."""
 
-    def __init__(self, plan: ModelPlan, spec: ConvSpec, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+    def __init__(self, plan: ModelPlan, spec: ConvSpec, inp: int, oup: int, stride: int, expand_ratio: int,
+                 site: Optional[ConvSite] = None) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
@@ -62,12 +66,14 @@ class InvertedResidual(nn.Module):
         self.use_res_connect = stride == 1 and inp == oup
         self.router: Optional[SharedRouter] = plan.router(spec, inp)
         shared = self.router is not None
+        at = (lambda i: site.at(i)) if site is not None else (lambda i: None)
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(ConvBNAct(plan.conv(spec, inp, hidden, 1, shared_routing=shared), hidden))
+            layers.append(ConvBNAct(plan.conv(spec, inp, hidden, 1, shared_routing=shared, site=at(0)), hidden))
         layers += [
-            ConvBNAct(plan.conv(spec, hidden, hidden, 3, stride=stride, groups=hidden, shared_routing=shared), hidden),
-            plan.conv(spec, hidden, oup, 1, shared_routing=shared),
+            ConvBNAct(plan.conv(spec, hidden, hidden, 3, stride=stride, groups=hidden, shared_routing=shared,
+                                site=at(1)), hidden),
+            plan.conv(spec, hidden, oup, 1, shared_routing=shared, site=at(2)),
             nn.BatchNorm2d(oup),
         ]
         self.conv = nn.Sequential(*layers)
@@ -109,16 +115,24 @@ class MobileNetV2(nn.Module):
         self.num_classes = num_classes
         input_channel = _make_divisible(32 * width, round_nearest)
         self.num_features = _make_divisible(1280 * max(1.0, width), round_nearest)
-        stem = nn.Conv2d(in_chans, input_channel, 3, stride=1 if small_input else 2, padding=1, bias=False)
+        site = ConvSite("mobilenetv2", stage_blocks=tuple(n for _, _, n, _ in setting),
+                        block_type="inverted_residual")
+        stem_stride = 1 if small_input else 2
+        if self.plan.stem.is_dynamic:
+            stem = self.plan.conv(self.plan.stem, in_chans, input_channel, 3, stride=stem_stride, padding=1,
+                                  site=replace(site, role="stem"))
+        else:
+            stem = nn.Conv2d(in_chans, input_channel, 3, stride=stem_stride, padding=1, bias=False)
         features: list[nn.Module] = [ConvBNAct(stem, input_channel)]
         specs = iter(self.plan.blocks)
-        for t, c, n, s in setting:
+        for stage, (t, c, n, s) in enumerate(setting):
             output_channel = _make_divisible(c * width, round_nearest)
             for i in range(n):
                 features.append(InvertedResidual(self.plan, next(specs), input_channel, output_channel,
-                                                 s if i == 0 else 1, t))
+                                                 s if i == 0 else 1, t, site=replace(site, stage=stage, block=i)))
                 input_channel = output_channel
-        features.append(ConvBNAct(self.plan.conv(self.plan.head, input_channel, self.num_features, 1),
+        features.append(ConvBNAct(self.plan.conv(self.plan.head, input_channel, self.num_features, 1,
+                                                 site=replace(site, role="head", stage=len(setting))),
                                   self.num_features))
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)

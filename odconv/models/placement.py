@@ -18,6 +18,9 @@
     downsample 1x1 and MobileNetV2's depthwise and last 1x1 convs included, each with its
     own attention; static classifier.
   * ODConv: its paper placement is its matched placement. ``static`` is the same under both.
+  * KernelWarehouse (``kw`` specs), both placements: the official KW models (every block conv,
+    the stride-2 downsample; MobileNetV2 also its stem and last 1x1 conv; see
+    :mod:`odconv.kw_family`).
 
 The number of experts/kernels is the spec's (the papers used ``condconv8x`` and
 ``dyconv4x``).
@@ -39,6 +42,7 @@ from ..builtin_families import CONDCONV_PAPER_LAST_BLOCKS  # noqa: F401  (where 
 from ..factory import make_conv
 from ..families import get_conv_family, registered_layer_types
 from ..layers import DynamicConvBase
+from ..model_build import ConvSite, conv_site
 from ..spec import ConvSpec, parse_conv_spec
 
 PLACEMENTS: tuple[str, ...] = ("matched", "paper")
@@ -58,7 +62,8 @@ class ModelPlan:
     ``blocks[i]`` is the spec of every conv inside residual block ``i`` (in forward order);
     ``shared_router`` says whether a CondConv block gets one router shared by its convs;
     ``head`` is MobileNetV2's last 1x1 conv; ``classifier`` is ``static`` (an ``nn.Linear``)
-    or a dynamic spec (a :class:`DynamicLinear`).
+    or a dynamic spec (a :class:`DynamicLinear`); ``stem`` is the model's first conv (static
+    unless the family's placement says otherwise, as KernelWarehouse's MobileNetV2).
     """
 
     spec: ConvSpec
@@ -69,15 +74,20 @@ class ModelPlan:
     classifier: ConvSpec
     shared_router: bool = False
     conv_options: dict[str, Any] = field(default_factory=dict)
+    stem: ConvSpec = STATIC
 
     def conv(self, spec: ConvSpec, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-             groups: int = 1, bias: bool = False, shared_routing: bool = False) -> nn.Module:
-        """Build one conv through :func:`odconv.make_conv` with the options that apply to its kind."""
+             padding: int | None = None, groups: int = 1, bias: bool = False, shared_routing: bool = False,
+             site: ConvSite | None = None) -> nn.Module:
+        """Build one conv through :func:`odconv.make_conv` with the options that apply to its kind.
+        ``site``: where the conv sits in the model, for the family's builder
+        (:func:`odconv.families.current_conv_site`; KernelWarehouse names its warehouses from it)."""
         opts = {k: v for k, v in self.conv_options.items() if k in get_conv_family(spec.kind).options}
         if shared_routing:
             opts["routing"] = False
-        return make_conv(spec, in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias,
-                         **opts)
+        with conv_site(site):
+            return make_conv(spec, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                             groups=groups, bias=bias, **opts)
 
     def router(self, spec: ConvSpec, in_channels: int) -> "SharedRouter | None":
         """The block router when this block's convs share one (the family's
@@ -102,7 +112,7 @@ def plan_model(family: str, num_blocks: int, conv: str | ConvSpec, placement: st
 
     return ModelPlan(spec, placement, blocks, downsample=where(rule.downsample), head=where(rule.head),
                      classifier=where(rule.classifier), shared_router=rule.shared_router,
-                     conv_options=dict(conv_options or {}))
+                     conv_options=dict(conv_options or {}), stem=where(rule.stem))
 
 
 class SharedRouter(nn.Module):

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..families import conv_families, get_conv_family, model_build
+from ..families import conv_families, get_conv_family
+from ..model_build import model_build
 from ..spec import parse_conv_spec
 from .placement import PLACEMENTS, check_placement
 

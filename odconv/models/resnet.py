@@ -13,29 +13,33 @@ Which convs are dynamic is decided by the :class:`~odconv.models.placement.Model
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence, Type, Union
 
 from torch import Tensor, nn
 
+from ..model_build import ConvSite
 from ..spec import ConvSpec
 from .placement import ModelPlan, SharedRouter, call_conv, check_model_options, init_static, make_classifier, plan_model
 from .registry import register_model
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs (ResNet-18/34). ``router`` (CondConv paper placement) routes both."""
+    """Two 3x3 convs (ResNet-18/34). ``router`` (CondConv paper placement) routes both.
+    ``site``: the block's place in the model (its convs get ``site.at(0)``, ``site.at(1)``)."""
 
     expansion = 1
 
     def __init__(self, plan: ModelPlan, spec: ConvSpec, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None) -> None:
+                 downsample: Optional[nn.Module] = None, site: Optional[ConvSite] = None) -> None:
         super().__init__()
         self.router: Optional[SharedRouter] = plan.router(spec, inplanes)
         shared = self.router is not None
-        self.conv1 = plan.conv(spec, inplanes, planes, 3, stride=stride, shared_routing=shared)
+        at = (lambda i: site.at(i)) if site is not None else (lambda i: None)
+        self.conv1 = plan.conv(spec, inplanes, planes, 3, stride=stride, shared_routing=shared, site=at(0))
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = plan.conv(spec, planes, planes, 3, shared_routing=shared)
+        self.conv2 = plan.conv(spec, planes, planes, 3, shared_routing=shared, site=at(1))
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
@@ -53,15 +57,16 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, plan: ModelPlan, spec: ConvSpec, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None) -> None:
+                 downsample: Optional[nn.Module] = None, site: Optional[ConvSite] = None) -> None:
         super().__init__()
         self.router: Optional[SharedRouter] = plan.router(spec, inplanes)
         shared = self.router is not None
-        self.conv1 = plan.conv(spec, inplanes, planes, 1, shared_routing=shared)
+        at = (lambda i: site.at(i)) if site is not None else (lambda i: None)
+        self.conv1 = plan.conv(spec, inplanes, planes, 1, shared_routing=shared, site=at(0))
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = plan.conv(spec, planes, planes, 3, stride=stride, shared_routing=shared)
+        self.conv2 = plan.conv(spec, planes, planes, 3, stride=stride, shared_routing=shared, site=at(1))
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = plan.conv(spec, planes, planes * self.expansion, 1, shared_routing=shared)
+        self.conv3 = plan.conv(spec, planes, planes * self.expansion, 1, shared_routing=shared, site=at(2))
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -100,36 +105,42 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         widths = [max(int(round(c * width)), 1) for c in (64, 128, 256, 512)]
         self.inplanes = widths[0]
-        if small_input:
-            self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
-            self.maxpool: nn.Module = nn.Identity()
+        self.site = ConvSite("resnet", stage_blocks=tuple(layers),
+                             block_type="basic" if block is BasicBlock else "bottleneck")
+        stem_k, stem_stride = (3, 1) if small_input else (7, 2)
+        if self.plan.stem.is_dynamic:
+            self.conv1 = self.plan.conv(self.plan.stem, in_chans, widths[0], stem_k, stride=stem_stride,
+                                        padding=stem_k // 2, site=replace(self.site, role="stem"))
         else:
-            self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.conv1 = nn.Conv2d(in_chans, widths[0], stem_k, stride=stem_stride, padding=stem_k // 2, bias=False)
+        self.maxpool: nn.Module = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         specs = iter(self.plan.blocks)
-        self.layer1 = self._make_layer(block, widths[0], layers[0], 1, specs)
-        self.layer2 = self._make_layer(block, widths[1], layers[1], 2, specs)
-        self.layer3 = self._make_layer(block, widths[2], layers[2], 2, specs)
-        self.layer4 = self._make_layer(block, widths[3], layers[3], 2, specs)
+        self.layer1 = self._make_layer(block, widths[0], layers[0], 1, specs, stage=0)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2, specs, stage=1)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2, specs, stage=2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2, specs, stage=3)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = widths[3] * block.expansion
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = make_classifier(self.plan, self.num_features, num_classes)
         init_static(self)
 
-    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int, specs) -> nn.Sequential:
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int, specs,
+                    stage: int = 0) -> nn.Sequential:
+        site = replace(self.site, stage=stage)
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                self.plan.conv(self.plan.downsample, self.inplanes, planes * block.expansion, 1, stride=stride),
+                self.plan.conv(self.plan.downsample, self.inplanes, planes * block.expansion, 1, stride=stride,
+                               site=replace(site, role="downsample")),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        layers = [block(self.plan, next(specs), self.inplanes, planes, stride, downsample)]
+        layers = [block(self.plan, next(specs), self.inplanes, planes, stride, downsample, site=site)]
         self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(block(self.plan, next(specs), self.inplanes, planes))
+        for i in range(1, blocks):
+            layers.append(block(self.plan, next(specs), self.inplanes, planes, site=replace(site, block=i)))
         return nn.Sequential(*layers)
 
     def get_classifier(self) -> nn.Module:
