@@ -75,6 +75,11 @@ def test_cifar10_factorial_study():
     sw = load_sweep(ROOT / "sweeps" / "cifar10_factorial.yaml")
     # the factorial's points (the static ladder, block 3, is tested in test_grid_blocks.py)
     points = [p for p in sw.grid_points() if "model.model_options" not in p.params]
+    # KernelWarehouse (block 4): the official configs 1/4x, 1x, 4x at the factorial's width, seeds 0-3
+    kw = [p for p in points if parse_conv_spec(p.params[CONV_KEY]).kind == "kw"]
+    assert sorted({p.params[CONV_KEY] for p in kw}) == ["kw1d4x", "kw1x", "kw4x"]
+    assert sorted({p.seed for p in kw}) == [0, 1, 2, 3] and len(kw) == 12
+    points = [p for p in points if p not in kw]
     seeds: dict[ConvSpec, list[int]] = {}
     for p in points:
         assert set(p.params) == {CONV_KEY, SEED_KEY}

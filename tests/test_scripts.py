@@ -58,3 +58,13 @@ def test_op_breakdown_table(tmp_path):
                                     False)["calls elementwise and reductions"] for conv in ("static", "odconv1x")}
     assert calls["odconv1x"] > calls["static"] > 0
     assert mod.kind_of("aten::mul") == "elementwise and reductions" and mod.kind_of("aten::foo") == "other"
+
+
+def test_kw_width_table(tmp_path):
+    out = tmp_path / "kw.md"
+    assert _load("kw_widths").main(["--widths", "0.5", "--out", str(out)]) == 0
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in out.read_text().splitlines()
+            if line.startswith("| `")}
+    resnet = [float(c.split("x / ")[0]) for c in rows["cifar_resnet18"][4:7]]
+    # at width 0.5 KW 1/4x has fewer parameters than static, 1x about as many, 4x about four times
+    assert resnet[0] < 1.0 < resnet[1] < 1.2 and 3.5 < resnet[2] < 4.5
