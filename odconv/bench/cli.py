@@ -12,7 +12,7 @@ and ``NAME.md`` under ``--out``:
   pass re-times, with more rounds, any row where ``auto`` looks slower than the reference
   or than the fastest strategy beyond the tolerances; the table marks those rows.
 * ``models``: ``cifar_resnet18`` at widths 0.125, 0.5 and 1 with static, odconv1x, odconv4x,
-  dyconv4x and condconv8x convs: training step time (batch 128), batch-1 inference latency
+  dyconv4x, condconv8x, kw1d4x, kw1x and kw4x convs: training step time (batch 128), batch-1 inference latency
   and training peak memory, as ratios to the static model of the same run, in fp32 and under
   bf16 autocast (``bf16-mixed``; the static model in bf16 is then the reference).
 * ``strategies``: the same model measurement for ODConv-1x, ODConv-4x and CondConv-8x at widths

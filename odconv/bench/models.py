@@ -18,7 +18,7 @@ import odconv
 from ..timing import median_ratio
 from .measurement import ModelCosts, format_samples, measure_model_costs, model_inputs
 
-MODEL_CONVS = ("static", "odconv1x", "odconv4x", "dyconv4x", "condconv8x")
+MODEL_CONVS = ("static", "odconv1x", "odconv4x", "dyconv4x", "condconv8x", "kw1d4x", "kw1x", "kw4x")
 MODELS = (("cifar_resnet18", 0.125), ("cifar_resnet18", 0.5), ("cifar_resnet18", 1.0))
 PRECISIONS = ("fp32", "bf16")  # bf16: autocast, fp32 weights and optimizer (Lightning's bf16-mixed)
 # The strategies section: the models and convs it runs by default, and the strategies it compares.
