@@ -41,15 +41,17 @@ class TemperatureBuffer(nn.Module):
             missing_keys.remove(key)
 
 
-def init_attention_head(module: nn.Module) -> None:
-    """The attention branches' init of the official code: every 1x1 conv kaiming normal
-    (fan_out, ReLU gain) with zero bias, every BatchNorm 1/0, in ``module.modules()`` order."""
+def init_attention_head(module: nn.Module, weighted: tuple[type[nn.Module], ...] = (nn.Conv2d,),
+                        norms: tuple[type[nn.Module], ...] = (nn.BatchNorm2d,)) -> None:
+    """The attention branches' init of the official codes: every ``weighted`` layer (ODConv's and
+    DyConv's 1x1 convs; KernelWarehouse's linear layers) kaiming normal (fan_out, ReLU gain) with
+    zero bias, every ``norms`` layer 1/0, in ``module.modules()`` order."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, weighted):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, norms):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

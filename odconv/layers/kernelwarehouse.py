@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.primitives import IntPair, conv_output_hw, pair, plain_conv2d
+from .base import init_attention_head
 
 MIN_HIDDEN = 16            # the attention's hidden width is max(int(in_planes * reduction), 16)
 L1_EPS = 1e-3              # added to the L1 norm that divides each mixture's logits
@@ -124,14 +125,7 @@ class WarehouseAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm1d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_attention_head(self, weighted=(nn.Linear,), norms=(nn.BatchNorm1d,))
 
     def update_temperature(self, temperature: float) -> None:
         """Set the blend weight t of the initial assignment, 0 <= t <= 1."""
