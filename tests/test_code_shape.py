@@ -80,3 +80,57 @@ def test_the_length_rule_catches_a_planted_long_function():
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     tree = ast.parse(f"def long():\n{body}\n\ndef short():\n    return 1\n")
     assert long_functions(tree) == [("long", MAX_FUNCTION_LINES + 1)]
+
+
+def _own(cls: type) -> bool:
+    return cls.__module__.split(".")[0] in PACKAGES
+
+
+def private_overrides(classes) -> list[str]:
+    """``Class.name`` for every method ``_name`` (not a dunder) a class of this project defines
+    that a library base class also has: an override of a library's private member. (Attributes
+    that metaclasses add, such as ABC's ``_abc_impl``, are not methods written here.)"""
+    import inspect
+
+    found = []
+    for cls in classes:
+        for name, value in vars(cls).items():
+            if not name.startswith("_") or name.startswith("__"):
+                continue
+            if not (inspect.isfunction(value) or isinstance(value, (property, staticmethod, classmethod))):
+                continue
+            if any(hasattr(base, name) for base in cls.__mro__[1:] if not _own(base)):
+                found.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+    return found
+
+
+def project_classes() -> list[type]:
+    import importlib
+    import inspect
+
+    classes = []
+    for path in sources():
+        module_name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if module_name.endswith("__main__"):
+            continue
+        module = importlib.import_module(module_name)
+        classes += [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    return classes
+
+
+def test_no_class_overrides_a_library_private_member():
+    assert private_overrides(project_classes()) == []
+
+
+def test_the_override_rule_catches_a_planted_override():
+    import torch
+
+    class Planted(torch.nn.Module):
+        def _load_from_state_dict(self, *args):
+            pass
+
+        def _own_helper(self):
+            pass
+
+    Planted.__module__ = "odconv.planted"
+    assert private_overrides([Planted]) == ["odconv.planted." + Planted.__qualname__ + "._load_from_state_dict"]

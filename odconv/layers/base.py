@@ -12,33 +12,39 @@ from ..ops.primitives import conv_output_hw
 from ..ops.registry import check_strategy
 
 
-class TemperatureBuffer(nn.Module):
-    """Mixin for modules holding a ``temperature`` buffer that divides attention logits.
+def register_temperature(module: nn.Module, value: float) -> None:
+    """Give ``module`` a ``temperature`` buffer (a 0-d tensor, updated in place) that state dicts
+    written without it still load into with ``strict=True``, keeping the current value.
 
-    The temperature is a registered buffer updated in place: it is saved in checkpoints and a
-    change does not make ``torch.compile`` recompile (a Python float would). State dicts
-    written without it (e.g. by the reference ODConv, whose temperature is a float) still
-    load with ``strict=True``; the module then keeps its current temperature.
+    A buffer rather than a float: it is saved in checkpoints, and a change does not make
+    ``torch.compile`` recompile. The reference ODConv and the official KernelWarehouse keep
+    their temperature as a float, so their state dicts have no such key: a public
+    ``load_state_dict`` pre-hook supplies the module's own value.
     """
+    module.register_buffer("temperature", torch.tensor(float(value)))
+    module.register_load_state_dict_pre_hook(_supply_missing_temperature)
+
+
+def _supply_missing_temperature(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    # A module-level function taking the module as an argument: a deep copy's hook then acts
+    # on the copy, not on the module it was copied from.
+    state_dict.setdefault(prefix + "temperature", module.temperature.detach().clone())
+
+
+class TemperatureBuffer(nn.Module):
+    """Mixin for attention modules whose logits are divided by a ``temperature`` buffer
+    (:func:`register_temperature`)."""
 
     temperature: torch.Tensor
 
     def _init_temperature(self, value: float = 1.0) -> None:
-        self.register_buffer("temperature", torch.tensor(float(value)))
+        register_temperature(self, value)
 
     def update_temperature(self, temperature: float) -> None:
         """Set the softmax/sigmoid temperature (all attention logits are divided by it)."""
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature.fill_(float(temperature))
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        key = prefix + "temperature"
-        if key in missing_keys:
-            missing_keys.remove(key)
 
 
 def init_attention_head(module: nn.Module, weighted: tuple[type[nn.Module], ...] = (nn.Conv2d,),
