@@ -62,10 +62,12 @@ lint: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# Benchmark (docs/benchmark.md): writes results/bench/{layers,models,strategies,floors,workers,targets}.{csv,md}
+# Benchmark (docs/benchmark.md): writes results/bench/{layers,models,strategies,floors,workers,targets}.{csv,md};
+# KW_OFFICIAL=<checkout of github.com/OSVAI/KernelWarehouse> adds kw_official.{csv,md}
 BENCH_ARGS ?=
+KW_OFFICIAL ?=
 bench: setup
-	$(PY) -m odconv.bench --out results/bench $(BENCH_ARGS)
+	$(PY) -m odconv.bench --out results/bench $(if $(KW_OFFICIAL),--kw-official $(KW_OFFICIAL)) $(BENCH_ARGS)
 
 # On a machine with CUDA: GPU tests + the benchmark's tables on CUDA into results/bench-gpu/
 # (skips without CUDA). No `make setup` needed: any python with torch, lightning, torchmetrics

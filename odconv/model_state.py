@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from .layers import DynamicConvBase
-from .ops.registry import check_strategy
+from .layers.kernelwarehouse import warehouse_layers
+from .ops.cell_conv import CELL_STRATEGIES
+from .ops.registry import check_strategy, valid_strategies
 
 
 def dynamic_layers(model: nn.Module) -> list[tuple[str, DynamicConvBase]]:
@@ -28,11 +30,21 @@ def set_temperature(model: nn.Module, temperature: float) -> int:
 
 
 def set_strategy(model: nn.Module, name: str) -> int:
-    """Set ``strategy`` on every dynamic conv layer of ``model`` (``"auto"`` or a registered
-    name; ValueError listing the valid ones otherwise). Returns the number of layers changed."""
-    check_strategy(name)
-    layers = dynamic_layers(model)
-    for _, layer in layers:
+    """Set ``strategy`` on every dynamic conv layer of ``model`` when ``name`` is one of theirs
+    (``"auto"`` or a registered strategy), and on its KernelWarehouse layers when it is one of
+    theirs (``"auto"``, :data:`odconv.ops.cell_conv.CELL_STRATEGIES`: a name both have means
+    the same algorithm). ValueError listing the valid names for a name of neither. Returns the
+    number of layers changed."""
+    kw_names = ("auto", *CELL_STRATEGIES)
+    if name not in kw_names:
+        try:
+            check_strategy(name)
+        except ValueError:
+            raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(valid_strategies())}; "
+                             f"KernelWarehouse layers: {', '.join(kw_names)}") from None
+    layers = [layer for _, layer in dynamic_layers(model)] if name in valid_strategies() else []
+    layers += warehouse_layers(model) if name in kw_names else []
+    for layer in layers:
         layer.strategy = name
     return len(layers)
 

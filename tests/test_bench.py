@@ -369,7 +369,7 @@ def test_targets_against_hand_computed_verdicts_and_the_documented_limits():
 
 
 @pytest.mark.parametrize("args, names", [
-    (["--sections", "layers,bogus"], ["'bogus'", "layers, models, strategies, floors, workers"]),
+    (["--sections", "layers,bogus"], ["'bogus'", "layers, models, strategies, floors, kw_official, workers"]),
     (["--floor-convs", "odconv9"], ["'odconv9'", "odconv4x"]),
     (["--model-strategies", "auto,nah"], ["'nah'", "fused", "grouped"]),
     (["--convs", "odconv4x,bogus"], ["'bogus'", "odconv4x", "dyconv4x"]),

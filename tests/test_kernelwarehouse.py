@@ -1,6 +1,7 @@
 """KernelWarehouse (odconv.layers.kernelwarehouse) against the plain restatement of the
 official semantics (tests/reference_kw.py): the warehouse plan, outputs and gradients (input,
-cells, every attention parameter, bias) in train and eval mode at temperatures 1, 0.3 and 0,
+cells, every attention parameter, bias) in train and eval mode at temperatures 1, 0.3 and 0
+with every cell-conv algorithm (``chunked``, ``fused``: one example per chunk),
 batch-1 training, parameter counts by hand, state-dict names, and the errors."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from odconv.layers.kernelwarehouse import (
     set_warehouse_temperature,
     to_official_state_dict,
 )
+from odconv.ops import cell_conv
 from odconv.ops.primitives import conv_output_hw
 from tests.reference_kw import WarehousePlan, plan_warehouse, reference_kw_conv
 
@@ -115,11 +117,15 @@ def test_the_warehouse_plan_matches_the_reference(name):
         assert conv.attention.initial_assignment.argmax(dim=1).tolist() == lp.assigned
 
 
+@pytest.mark.parametrize("strategy", ["grouped", "chunked", "fused"])
 @pytest.mark.parametrize("temperature", [1.0, 0.3, 0.0])
 @pytest.mark.parametrize("name", list(STAGES))
-def test_outputs_and_gradients_match_the_reference(name, temperature):
+def test_outputs_and_gradients_match_the_reference(name, temperature, strategy, monkeypatch):
     stage = build(name)
     set_warehouse_temperature(stage, temperature)
+    for conv in stage.convs:
+        conv.strategy = strategy
+    monkeypatch.setattr(cell_conv, "CELL_CHUNK_ELEMENTS", 1)     # chunked, fused: one example per chunk
     gen = torch.Generator().manual_seed(1)
     for training in (True, False):
         stage.train(training)

@@ -23,6 +23,10 @@ and ``NAME.md`` under ``--out``:
   each dynamic model also with its attention branches replaced by the constants they computed
   (:func:`odconv.bench.models.freeze_attentions`): how much of its training step and batch-1 latency over static
   is the attention branch, and what is left for the dynamic conv itself.
+* ``kw_official`` (only with ``--kw-official PATH``, a local checkout of the official
+  KernelWarehouse code): KW ResNet-18 (kw1d4x, kw1x, kw4x) built by this project and by the
+  official code with the same weights, training step and latency against each other and
+  against static ResNet-18 (:mod:`odconv.bench.kw_official`).
 * ``workers`` (CPU only): training throughput of the sweeps' small CPU model with P worker
   processes of one thread each against one process of P threads (P = the CPU cores).
 
@@ -47,6 +51,7 @@ import torch
 import odconv
 
 from ..spec import parse_conv_spec
+from .kw_official import KW_OFFICIAL_TEMPERATURE, add_kw_official_arguments, bench_kw_official, kw_official_convs
 from .layers import (
     NOT_TIMED_BY_DEFAULT,
     REFERENCE,
@@ -73,6 +78,7 @@ from .report import (
     REFERENCE_TOLERANCE,
     evaluate_targets,
     floors_markdown,
+    kw_official_markdown,
     layers_markdown,
     memory_floor_summary,
     models_markdown,
@@ -84,7 +90,7 @@ from .report import (
 )
 from .workers import bench_workers
 
-SECTIONS = ("layers", "models", "strategies", "floors", "workers")
+SECTIONS = ("layers", "models", "strategies", "floors", "kw_official", "workers")
 
 
 def _parse_list(p: argparse.ArgumentParser, option: str, text: str, valid: Sequence[str]) -> list[str]:
@@ -178,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--floor-convs", default=None,
                    help=f"convs of the floors section (default {','.join(FLOOR_CONVS)}; static is always added; its "
                         "models are the strategies section's)")
+    add_kw_official_arguments(p)
     g = p.add_argument_group("workers")
     g.add_argument("--workers-model", default="cifar_resnet18:0.125", help="model:width of the layout measurement")
     g.add_argument("--workers-convs", default=None, help="convs of the layout measurement (default static,odconv4x)")
@@ -216,6 +223,11 @@ class BenchPlan:
     s_convs: tuple[str, ...]
     model_strategies: list[str]
     f_convs: tuple[str, ...]
+    # kw_official
+    kw_path: Optional[str]
+    kw_convs: tuple[str, ...]
+    kw_batch: int
+    kw_size: int
     # workers
     w_model: tuple[str, float]
     w_convs: list[str]
@@ -247,6 +259,7 @@ def _sizes(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, An
             models=_parse_models(p, args.models) if args.models else (("cifar_resnet18", 0.125),),
             s_models=_parse_models(p, args.strategy_models) if args.strategy_models else (("cifar_resnet18", 0.125),),
             rounds=2, train_rounds=2, recheck_rounds=3,
+            kw_batch=args.kw_official_batch or 2, kw_size=args.kw_official_size or 32,
             w_batch=args.workers_batch or 8, w_seconds=args.workers_seconds or 1.0,
             w_repeats=args.workers_repeats or 1)
     return dict(
@@ -255,6 +268,7 @@ def _sizes(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, An
         models=_parse_models(p, args.models) if args.models else MODELS,
         s_models=_parse_models(p, args.strategy_models) if args.strategy_models else STRATEGY_MODELS,
         rounds=args.repeats, train_rounds=args.train_repeats, recheck_rounds=args.recheck_repeats,
+        kw_batch=args.kw_official_batch or 32, kw_size=args.kw_official_size or 112,
         w_batch=args.workers_batch or 128, w_seconds=args.workers_seconds or 6.0,
         w_repeats=args.workers_repeats or 2)
 
@@ -269,6 +283,7 @@ def make_plan(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
         if args.sections:
             p.error("--sections: workers measures CPU worker processes; it runs with --device cpu only")
         sections.remove("workers")
+    kw_convs = kw_official_convs(p, args, sections)
     strategies = _parse_list(p, "--strategies", args.strategies or ",".join(default_strategies()),
                              sorted(odconv.STRATEGIES))
     if REFERENCE not in strategies:
@@ -292,7 +307,8 @@ def make_plan(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
         argv=argv, out=args.out, device=device, sections=sections, quick=args.quick, strategies=strategies,
         all_shapes=args.all_shapes, keep_within=args.keep_within, tolerance=args.tolerance, precisions=precisions,
         convs=convs, reference_models=args.reference_models, s_convs=s_convs, model_strategies=model_strategies,
-        f_convs=f_convs, w_model=w_model[0], w_convs=w_convs, **_sizes(p, args))
+        f_convs=f_convs, kw_path=args.kw_official, kw_convs=kw_convs, w_model=w_model[0], w_convs=w_convs,
+        **_sizes(p, args))
 
 
 def _write(out: str, name: str, rows: list[dict], markdown: str) -> None:
@@ -360,6 +376,16 @@ def run_floors(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
     _write(plan.out, "floors", rows, floors_markdown(rows, info, plan.argv, plan.train_rounds, plan.latency_rounds))
 
 
+def run_kw_official(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
+    """The ``kw_official`` section: KW ResNet-18, ours against the official module and static."""
+    say(f"kw_official: {plan.kw_convs} from {plan.kw_path}, train batch {plan.kw_batch}, image {plan.kw_size}")
+    rows = bench_kw_official(plan.kw_path, plan.kw_convs, batch=plan.kw_batch, image_size=plan.kw_size,
+                             device=plan.device, train_rounds=plan.train_rounds, latency_rounds=plan.latency_rounds,
+                             log=say)
+    _write(plan.out, "kw_official", rows, kw_official_markdown(rows, info, plan.argv, plan.train_rounds,
+                                                                plan.latency_rounds, KW_OFFICIAL_TEMPERATURE))
+
+
 def run_workers(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
     """The ``workers`` section: P one-thread processes against one P-thread process (P = cores)."""
     cores = os.cpu_count() or 1
@@ -405,6 +431,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_strategies(plan, info, say)
     if "floors" in plan.sections:
         run_floors(plan, info, say)
+    if "kw_official" in plan.sections:
+        run_kw_official(plan, info, say)
     if "workers" in plan.sections:
         run_workers(plan, info, say)
     if layer_rows or model_rows:

@@ -276,3 +276,32 @@ def targets_markdown(targets: list[dict], info: dict[str, str], argv: Sequence[s
     md.append(f"{met} of {len(targets)} (target, model, width, precision) checks met; figures over a limit in bold.\n")
     return "\n".join(md)
 
+
+
+def kw_official_markdown(rows: list[dict], info: dict[str, str], argv: Sequence[str], train_rounds: int,
+                         latency_rounds: int, temperature: float) -> str:
+    """``kw_official.md``: per KW spec, ours, the official module and static ResNet-18, and
+    whether ours trains at least as fast as the official module (median per-round ratio <= 1)."""
+    md = [_md_header("KernelWarehouse ResNet-18: this project's module against the official one", info, argv)]
+    md.append("ResNet-18 (ImageNet layout, 1000 classes) with each KW config, built by `odconv.build_model` and by "
+              "the official `kw_resnet18` from the checkout given to `--kw-official`, with the same weights (our "
+              "state dict loaded strictly into the official module) and the same temperature "
+              f"({temperature:g}); static: the plain ResNet-18. Training step (forward + backward + SGD step, "
+              "train mode) and batch-1 eval latency; `x official` and `x static` are medians of the per-round "
+              f"ratios over {train_rounds} interleaved rounds for training, {latency_rounds} for latency; "
+              "`IQR` the quartiles of the training ratios. `max |diff|`: the largest output difference "
+              "between ours and the official module on one batch in eval mode.\n")
+    header = ["conv", "module", "B", "image", "params (M)", "max |diff|", "train step ms", "x official", "IQR",
+              "x static", "latency ms", "x official", "train peak MB", "x official"]
+    lines = [[r["conv"], r["module"], r["batch"], r["image_size"], r["params_m"],
+              "-" if r["module"] == "static" else f"{r['max_output_diff']:.1e}", r["train_step_ms"],
+              f"{r['train_vs_official']:.3f}", f"{r['train_vs_official_q1']:.3f}-{r['train_vs_official_q3']:.3f}",
+              f"{r['train_vs_static']:.2f}", r["latency_b1_ms"], f"{r['latency_vs_official']:.3f}",
+              r["train_peak_mb"], f"{r['mem_vs_official']:.2f}"] for r in rows]
+    md.append(_md_table(header, lines) + "\n")
+    ours = [r for r in rows if r["module"] == "ours"]
+    met = [r["conv"] for r in ours if r["train_vs_official"] <= 1.0]
+    missed = [f"{r['conv']} (x{r['train_vs_official']:.3f})" for r in ours if r["train_vs_official"] > 1.0]
+    md.append(f"Ours trains at least as fast as the official module (median ratio <= 1) in {len(met)} of "
+              f"{len(ours)} configs" + (f"; slower: {', '.join(missed)}" if missed else "") + ".\n")
+    return "\n".join(md)

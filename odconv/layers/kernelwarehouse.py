@@ -22,9 +22,11 @@ Use (what a model builder does, as the official ``Warehouse_Manager``)::
 State dicts have the official keys (``warehouse_manager.weights.<i>``, ``<layer>.attention.fc1``,
 ``norm1``, ``fc2``, ``fc3``, ``basis_bias``, ``<layer>.bias``) plus one buffer per layer,
 ``<layer>.attention.temperature``, which loading tolerates missing; :func:`to_official_state_dict`
-drops it for the official modules. The per-example kernels run as one grouped conv
-(``groups = g * B``), not through :func:`odconv.functional.dynamic_conv2d`: that op mixes n whole
-kernels with one weight per example, while KW mixes every cell position with its own weights.
+drops it for the official modules. The per-example kernels run through
+:func:`odconv.ops.cell_conv.cell_conv2d` (``strategy``: ``grouped``, the official algorithm;
+``chunked``, what ``auto`` trains with; ``fused``, the memory floor), not through
+:func:`odconv.functional.dynamic_conv2d`: that op mixes n whole kernels with one weight per
+example, while KW mixes every cell position with its own weights.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.primitives import IntPair, conv_output_hw, pair, plain_conv2d
-from .base import init_attention_head
+from ..autotune import forced_strategy
+from ..ops.cell_conv import CELL_STRATEGIES, assemble_kernels, auto_cell_strategy, cell_conv2d
+from ..ops.primitives import IntPair, conv_output_hw, pair
+from .base import init_attention_head, register_temperature
 
 MIN_HIDDEN = 16            # the attention's hidden width is max(int(in_planes * reduction), 16)
 L1_EPS = 1e-3              # added to the L1 norm that divides each mixture's logits
@@ -121,7 +125,7 @@ class WarehouseAttention(nn.Module):
             self.fc2 = nn.Linear(self.hidden_planes, logits_per_mixture * num_mixtures, bias=True)
         assignment, self.end_cell = assign_initial_cells(num_mixtures, num_cells, start_cell, cell_num_ratio)
         self.register_buffer("initial_assignment", assignment, persistent=False)      # (m, n + 1)
-        self.register_buffer("temperature", torch.tensor(0.0))   # the official starts at 0
+        register_temperature(self, 0.0)                           # the official starts at 0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -162,13 +166,6 @@ class WarehouseAttention(nn.Module):
         weights = (1.0 - t) * weights + t * self.initial_assignment
         return weights[..., :-1]
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if prefix + "temperature" in missing_keys:       # official state dicts have no temperature
-            missing_keys.remove(prefix + "temperature")
-
 
 class KWConv2d(nn.Module):
     """A 2-d KernelWarehouse conv: its kernel per example from the cells of its warehouse.
@@ -191,6 +188,7 @@ class KWConv2d(nn.Module):
         self._manager = [manager]
         self.bias = nn.Parameter(torch.zeros(out_planes)) if bias else None
         self.attention: Optional[WarehouseAttention] = None
+        self.strategy = "auto"          # or one of odconv.ops.cell_conv.CELL_STRATEGIES
 
     @property
     def manager(self) -> "KernelWarehouseManager":
@@ -227,23 +225,32 @@ class KWConv2d(nn.Module):
             raise RuntimeError("KWConv2d has no cells yet: call the manager's store() and allocate(model) first")
         return self.attention
 
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(gs, go, gi): the spatial, output and input blocks the kernel is cut into."""
+        return self.spatial_blocks, self.out_blocks, self.in_blocks
+
     def kernels(self, x: Tensor) -> Tensor:
         """The kernel of every example, (B, O, I/g, kh, kw)."""
         mix = self._attached()(x)                                         # (B, m, n)
-        batch, n = x.shape[0], self.cell_shape[0]
         cells = self.manager.weights[self.warehouse_id]                   # (n, co, ci, ckh, ckw)
-        mixed = torch.mm(mix.reshape(-1, n), cells.reshape(n, -1))        # (B*m, co*ci*ckh*ckw)
-        mixed = mixed.view(batch, self.spatial_blocks, self.out_blocks, self.in_blocks, *self.cell_shape[1:])
-        # (B, gs, go, gi, co, ci, ckh, ckw) -> (B, go, co, gi, ci, gs, ckh, ckw): output channel
-        # o*co + r, input channel i*ci + s, the gs blocks row-major over the taps.
-        return mixed.permute(0, 2, 4, 3, 5, 1, 6, 7).reshape(batch, *self.weight_shape)
+        return assemble_kernels(mix, cells, self.grid, self.weight_shape)
+
+    def chosen_strategy(self, batch: int) -> str:
+        """The algorithm this layer runs at ``batch``: a KW strategy forced by
+        :func:`odconv.use_strategy`, else its ``strategy``; ``auto``:
+        :func:`odconv.ops.cell_conv.auto_cell_strategy`."""
+        forced = forced_strategy()
+        name = forced if forced in ("auto", *CELL_STRATEGIES) else self.strategy
+        if name != "auto":
+            return name
+        return auto_cell_strategy(batch, self.weight_shape, torch.is_grad_enabled() and self.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, in_ch, height, width = x.shape
-        kernels = self.kernels(x).reshape(batch * self.out_planes, *self.weight_shape[1:])
-        out = plain_conv2d(x.reshape(1, batch * in_ch, height, width), kernels, self.stride, self.padding,
-                           self.dilation, self.groups * batch)
-        out = out.view(batch, self.out_planes, out.shape[-2], out.shape[-1])
+        mix = self._attached()(x)
+        cells = self.manager.weights[self.warehouse_id]
+        out = cell_conv2d(x, mix, cells, self.grid, self.weight_shape, self.stride, self.padding,
+                          self.dilation, self.groups, self.chosen_strategy(x.shape[0]))
         return out + self.bias.view(1, -1, 1, 1) if self.bias is not None else out
 
     def mac_breakdown(self, in_hw: tuple[int, int]) -> dict[str, int]:
