@@ -262,12 +262,6 @@ def _check_block_axes(src: str, blocks: list[dict[str, list[Any]]], overrides: d
             seen[runs] = (p.key, i)
 
 
-def common_axes(sweep: "SweepDef") -> list[str]:
-    """The axes that every grid block has, in the first block's order."""
-    blocks = sweep.blocks or [sweep.grid]
-    return [a for a in blocks[0] if all(a in b for b in blocks)]
-
-
 def _parse_reruns(src: str, section: RerunsSection | None, blocks: list[dict[str, list[Any]]],
                   overrides: dict[str, Any]) -> dict[str, Any]:
     """The ``reruns:`` section: its point blocks (each point a grid point, once) and its

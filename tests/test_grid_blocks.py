@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from sweeps.definition import common_axes, load_sweep, parse_sweep
+from sweeps.definition import load_sweep, parse_sweep
 from sweeps.grid import CONV_KEY, SEED_KEY
 from sweeps.running import grid_queue as Q
 from sweeps.running import study as S
@@ -45,7 +45,6 @@ def test_a_block_may_add_an_axis_whose_other_value_the_overrides_give():
     assert [(p.params[SEED_KEY], p.params[OPTS]["width"]) for p in ladder] == \
         [(0, 0.25), (0, 0.5), (1, 0.25), (1, 0.5)]
     assert {p.variant for p in ladder} == {'static model_options={"width":0.25}', 'static model_options={"width":0.5}'}
-    assert common_axes(sw) == [CONV_KEY, SEED_KEY]
     assert sw.overrides[OPTS] == {"width": 0.125}  # the value the first block's points take
 
 
@@ -96,7 +95,7 @@ def test_the_cifar10_study_keeps_its_points_and_adds_a_ladder():
 def test_a_ladder_point_is_claimed_after_a_rerun_registered_the_key_with_another_value_space(tmp_path):
     """Optuna keeps one value space per param name in a study: a worker that offered the
     ladder's widths as choices of ``model.model_options`` failed once a rerun had registered
-    that name with its own value. Only the common axes are Optuna params."""
+    that name with its own value. Grid trials register no Optuna params at all."""
     sw = parse_sweep(_ladder())
     st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
     earlier = st.ask()  # a trial of the same study that registered the key with one value
@@ -120,4 +119,28 @@ def test_a_ladder_point_is_claimed_after_a_rerun_registered_the_key_with_another
     for c in claimed:
         t = trials[c["trial_number"]]
         assert t.state == optuna.trial.TrialState.RUNNING
-        assert set(t.params) == {CONV_KEY, SEED_KEY}
+        assert t.params == {} and json.loads(t.user_attrs["grid_params"]) == c["params"]
+
+
+def test_a_grid_that_gains_a_variant_claims_its_new_points_in_the_same_study(tmp_path):
+    """Adding a variant to a study's grid (every earlier point keeps its key) enqueues and claims
+    the new points beside the finished ones: trials of the study that registered
+    ``model.conv`` with the old grid's values do not stand in the way."""
+    sw = parse_sweep(_ladder())
+    st = S.create_study(make_storage(None, sw.name, tmp_path), sw.name)
+    old = st.ask()  # a trial of an earlier version of the study, with the old value space
+    old.suggest_categorical(CONV_KEY, ["static", "odconv1x"])
+    st.tell(old, 0.5)
+    raw = _ladder()
+    raw["grid"].append({"seed": [0], "conv": ["dyconv4x"]})
+    grown = parse_sweep(raw)
+    assert [p.key for p in grown.grid_points()][:len(sw.grid_points())] == [p.key for p in sw.grid_points()]
+    Q.enqueue_grid(st, grown)
+    worker = SimpleNamespace(study=st, sweep=grown, stop=False, storage=st.storage, res_dir=tmp_path / "res",
+                             devices_per_trial=1, results_root=str(tmp_path),
+                             mark_claimed=lambda trial: dict(trial.user_attrs))
+    claimed = []
+    while (claim := GridSource().claim(worker)) is not None:
+        claimed.append(claim.spec["grid_key"])
+    assert claimed == [p.key for p in grown.grid_points()]
+    assert claimed[-1] == "model.conv=dyconv4x,seed_everything=0"

@@ -42,11 +42,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from lightning_modules.contract import EXIT_OK, EXIT_STOPPED, EXIT_STORAGE, read_progress
 
-from ..definition import SweepDef, common_axes
+from ..definition import SweepDef
 from ..grid import GridPoint
 from ..layout import DEFAULT_ROOT, SweepLayout
 from ..record import TrialRecord, read_record, write_record
-from .grid_queue import encode_value, fail_and_retry, fail_trial, pop_waiting, report_record, total_retries
+from .grid_queue import fail_and_retry, fail_trial, pop_waiting, report_record, total_retries
 from .liveness import HEARTBEAT_INTERVAL_S, process_start_time, reap
 from .process import WorkerSettings, popen_child
 from .slurm import current_job, stop_signal
@@ -90,11 +90,9 @@ class GridSource:
             return None
         attrs = worker.mark_claimed(trial)
         point = GridPoint(json.loads(attrs["grid_params"]))
-        # the grid point's common axes as Optuna params (visible in the dashboard), each axis's
-        # values as the choices: Optuna needs one value space per param name in a study, so a
-        # key only some points have (a block's own axis, a rerun's override) stays in grid_params
-        for k in common_axes(worker.sweep):
-            trial.suggest_categorical(k, [encode_value(x) for x in worker.sweep.grid[k]])
+        # The point stays in the trial's user attrs (grid_params, visible in the dashboard), not in
+        # Optuna params: Optuna keeps one value space per param name for the life of a study, so
+        # a grid that gains a value (a new variant) could no longer register its new trials.
         layout = SweepLayout(worker.sweep.name, worker.results_root)
         run_dir = layout.run_dir(point.slug)
         overrides = trial_overrides(worker.sweep, worker.devices_per_trial,
