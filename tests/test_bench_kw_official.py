@@ -78,15 +78,22 @@ def test_the_builder_loads_by_file_with_timm_lent_for_the_import_only(tmp_path):
 
 def test_rows_pair_ours_with_the_official_module_and_static(tmp_path):
     root = write_checkout(tmp_path)
-    rows = bench_kw_official(str(root), ("kw1d4x", "kw1x"), batch=2, image_size=32, device=cli.torch.device("cpu"),
-                             train_rounds=2, latency_rounds=2, log=lambda m: None)
-    assert [(r["conv"], r["module"]) for r in rows] == [
-        (c, m) for c in ("kw1d4x", "kw1x") for m in ("static", "ours", "official")]
+    rows, agreement = bench_kw_official(str(root), ("kw1d4x",), batch=2, image_size=32,
+                                        device=cli.torch.device("cpu"), train_rounds=2, latency_rounds=2,
+                                        log=lambda m: None)
+    assert [(r["conv"], r["temperature"], r["mode"]) for r in agreement] == [
+        ("kw1d4x", t, m) for t in (1.0, 0.3, 0.0) for m in ("train", "eval")]
+    for r in agreement:            # the same weights, the same function, the same gradients
+        assert r["max_output_diff"] == 0.0 and r["max_output"] > 0 and r["max_param_grad"] > 0
+        if r["mode"] == "eval":
+            assert r["max_input_grad_diff"] == r["max_param_grad_diff"] == 0.0
+        else:                      # threaded reductions in backward: equal up to float rounding
+            assert r["max_param_grad_diff"] <= 1e-5 * r["max_param_grad"]
+    assert [(r["conv"], r["module"]) for r in rows] == [("kw1d4x", m) for m in ("static", "ours", "official")]
     seen = [json.loads(line) for line in (root / "models" / "seen.jsonl").read_text().splitlines()]
     # the official config of each spec (configs/resnet18/kw1d4x_resnet18.json, kw1x_resnet18.json)
     assert seen[0] == dict(reduction=0.0625, cell_num_ratio=0.25, cell_inplane_ratio=0.5, cell_outplane_ratio=0.5,
                            sharing_range=["layer", "conv"], nonlocal_basis_ratio=1.0)
-    assert seen[1]["cell_num_ratio"] == 1.0 and seen[1]["cell_inplane_ratio"] == 1.0
     for r in rows:
         if r["module"] == "static":
             assert math.isnan(r["max_output_diff"])
@@ -95,23 +102,31 @@ def test_rows_pair_ours_with_the_official_module_and_static(tmp_path):
         assert r["train_step_ms"] > 0 and r["train_vs_official_q1"] <= r["train_vs_official_q3"]
     official = [r for r in rows if r["module"] == "official"]
     assert all(r["train_vs_official"] == 1.0 for r in official)
-    ours = next(r for r in rows if r["module"] == "ours" and r["conv"] == "kw1x")
-    assert ours["params_m"] == next(r for r in official if r["conv"] == "kw1x")["params_m"]
+    ours = next(r for r in rows if r["module"] == "ours")
+    assert ours["params_m"] == official[0]["params_m"] == 4.032        # the official code's 1/4x count
 
 
 def test_a_different_function_shows_in_the_output_difference(tmp_path):
-    rows = bench_kw_official(str(write_checkout(tmp_path, perturbed=True)), ("kw1x",), batch=2, image_size=32,
-                             device=cli.torch.device("cpu"), train_rounds=1, latency_rounds=1, log=lambda m: None)
+    rows, agreement = bench_kw_official(str(write_checkout(tmp_path, perturbed=True)), ("kw1x",), batch=2,
+                                        image_size=32, device=cli.torch.device("cpu"), train_rounds=1,
+                                        latency_rounds=1, log=lambda m: None)
     assert next(r for r in rows if r["module"] == "ours")["max_output_diff"] > 1e-4
+    by_t = {(r["temperature"], r["mode"]): r for r in agreement}
+    assert by_t[(1.0, "eval")]["max_output_diff"] == 0.0           # t = 1: the initial assignment alone
+    for key in ((0.3, "train"), (0.0, "eval")):
+        assert by_t[key]["max_output_diff"] > 1e-4 and by_t[key]["max_input_grad_diff"] > 0
+        assert by_t[key]["max_param_grad_diff"] > 0
 
 
+@pytest.mark.integration
 def test_the_section_writes_its_table(tmp_path):
     root = write_checkout(tmp_path / "kw")
     out = tmp_path / "out"
     assert cli.main(["--quick", "--sections", "kw_official", "--kw-official", str(root), "--kw-official-convs",
                      "kw1x", "--out", str(out)]) == 0
     md = (out / "kw_official.md").read_text()
-    assert "| kw1x | ours | 2 | 32 |" in md
+    assert "| kw1x | ours | 2 | 32 |" in md and "| kw1x | 0.3 | eval | 0.0e+00 |" in md
+    assert (out / "kw_official_agreement.csv").read_text().startswith("conv,temperature,mode,")
     assert "in 1 of 1 configs" in md or "in 0 of 1 configs; slower: kw1x (x" in md
     assert (out / "kw_official.csv").read_text().startswith("conv,module,")
 

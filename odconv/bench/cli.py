@@ -379,10 +379,11 @@ def run_floors(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
 def run_kw_official(plan: BenchPlan, info: dict, say: Callable[[str], None]) -> None:
     """The ``kw_official`` section: KW ResNet-18, ours against the official module and static."""
     say(f"kw_official: {plan.kw_convs} from {plan.kw_path}, train batch {plan.kw_batch}, image {plan.kw_size}")
-    rows = bench_kw_official(plan.kw_path, plan.kw_convs, batch=plan.kw_batch, image_size=plan.kw_size,
-                             device=plan.device, train_rounds=plan.train_rounds, latency_rounds=plan.latency_rounds,
-                             log=say)
-    _write(plan.out, "kw_official", rows, kw_official_markdown(rows, info, plan.argv, plan.train_rounds,
+    rows, agreement = bench_kw_official(plan.kw_path, plan.kw_convs, batch=plan.kw_batch, image_size=plan.kw_size,
+                                        device=plan.device, train_rounds=plan.train_rounds,
+                                        latency_rounds=plan.latency_rounds, log=say)
+    write_csv(os.path.join(plan.out, "kw_official_agreement.csv"), agreement)
+    _write(plan.out, "kw_official", rows, kw_official_markdown(rows, agreement, info, plan.argv, plan.train_rounds,
                                                                 plan.latency_rounds, KW_OFFICIAL_TEMPERATURE))
 
 

@@ -7,9 +7,9 @@ num_classes=1000, conv=spec)``, the official ``kw_resnet18`` built with the same
 of :func:`odconv.layers.kernelwarehouse.to_official_state_dict`), and the static ResNet-18, all
 timed in the same interleaved rounds (:func:`odconv.bench.measurement.measure_model_costs`):
 training step (forward + backward + SGD step) and batch-1 eval latency, as ours / official and
-each / static. Before timing, ours and the official module run one batch in eval mode with
-the same temperature: the table prints the largest output difference, so it shows that the
-two compute the same function.
+each / static. Before timing, :func:`official_agreement` runs one batch through both at
+temperatures 1, 0.3 and 0 in train and eval mode: the largest differences of the outputs, the
+input gradients and every parameter's gradient show that the two compute the same function.
 
 The official model file imports two names from ``timm`` (``register_model``, a decorator, and
 ``DropPath``, used only with ``drop_path > 0``): without timm installed, :func:`official_kw_modules`
@@ -43,6 +43,8 @@ KW_OFFICIAL_CONVS = ("kw1d4x", "kw1x", "kw4x")
 KW_OFFICIAL_FILES = ("modules/kernel_warehouse.py", "models/kw_resnet.py")
 #: The temperature both modules run at while timed (the value changes no cost).
 KW_OFFICIAL_TEMPERATURE = 0.5
+#: The temperatures at which ours and the official module are compared (outputs and gradients).
+AGREEMENT_TEMPERATURES = (1.0, 0.3, 0.0)
 
 
 def check_kw_checkout(path: str) -> Path:
@@ -152,16 +154,47 @@ def paired_kw_resnet18(spec: str, official_builder: Callable[..., nn.Module]) ->
     return ours, official
 
 
-def max_output_difference(ours: nn.Module, official: nn.Module, x: torch.Tensor) -> float:
-    """Largest |ours(x) - official(x)| in eval mode (modes restored)."""
-    modes = ours.training, official.training
-    ours.eval()
-    official.eval()
-    with torch.no_grad():
-        diff = (ours(x) - official(x)).abs().max().item()
-    ours.train(modes[0])
-    official.train(modes[1])
-    return diff
+def _outputs_and_grads(model: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> tuple:
+    """Output, input gradient and parameter gradients (by name; None as 0) of ``sum(model(x) * weight)``."""
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    torch.manual_seed(0)                 # the same dropout mask in both modules
+    out = model(x)
+    (out * weight).sum().backward()
+    grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out.detach(), x.grad, grads
+
+
+def official_agreement(spec: str, ours: nn.Module, official: nn.Module, x: torch.Tensor,
+                       temperatures: Sequence[float] = AGREEMENT_TEMPERATURES) -> list[dict]:
+    """Per temperature and mode (train, eval): the largest difference between ours and the
+    official module in the output, the input gradient and any parameter's gradient (parameters
+    matched by name) for the loss ``sum(output * w)``, w fixed. Temperatures and modes are
+    restored to :data:`KW_OFFICIAL_TEMPERATURE` and train. Train mode moves both modules'
+    BatchNorm statistics alike."""
+    rows = []
+    for t in temperatures:
+        set_warehouse_temperature(ours, t)
+        official.net_update_temperature(t)
+        for mode in ("train", "eval"):
+            ours.train(mode == "train")
+            official.train(mode == "train")
+            weight = torch.randn(x.shape[0], 1000, generator=torch.Generator().manual_seed(2)).to(x.device)
+            (y0, gx0, gp0), (y1, gx1, gp1) = (_outputs_and_grads(m, x, weight) for m in (ours, official))
+            if gp0.keys() != gp1.keys():
+                raise RuntimeError(f"{spec}: parameter names differ from the official module's: "
+                                   f"{sorted(gp0.keys() ^ gp1.keys())[:5]}")
+            rows.append(dict(conv=spec, temperature=t, mode=mode,
+                             max_output_diff=(y0 - y1).abs().max().item(), max_output=y1.abs().max().item(),
+                             max_input_grad_diff=(gx0 - gx1).abs().max().item(),
+                             max_param_grad_diff=max((gp0[n] - gp1[n]).abs().max().item() for n in gp0),
+                             max_param_grad=max(g.abs().max().item() for g in gp1.values())))
+    set_warehouse_temperature(ours, KW_OFFICIAL_TEMPERATURE)
+    official.net_update_temperature(KW_OFFICIAL_TEMPERATURE)
+    ours.train()
+    official.train()
+    return rows
 
 
 def ratio_quartiles(samples: Sequence[float], base: Sequence[float]) -> tuple[float, float]:
@@ -175,18 +208,25 @@ def ratio_quartiles(samples: Sequence[float], base: Sequence[float]) -> tuple[fl
 
 def bench_kw_official(path: str, convs: Sequence[str] = KW_OFFICIAL_CONVS, *, batch: int, image_size: int,
                       device: torch.device, train_rounds: int, latency_rounds: int,
-                      log: Callable[[str], None] = print) -> list[dict]:
-    """Per spec in ``convs``: rows for ours, the official module and static ResNet-18
+                      log: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
+    """Per spec in ``convs``: timing rows for ours, the official module and static ResNet-18
     (inputs (batch, 3, image_size, image_size)), with ``vs_official`` (ours / official, per-round
-    median ratio) and ``vs_static`` (each / static)."""
+    median ratio) and ``vs_static`` (each / static); and the :func:`official_agreement` rows
+    (a batch of 2). Returns (timing rows, agreement rows)."""
     builder = official_kw_modules(path)
     torch.manual_seed(0)
     static = odconv.build_model("resnet18", num_classes=1000, conv="static").to(device)
     rows: list[dict] = []
+    agreement: list[dict] = []
     x_check = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(device)
     for spec in convs:
         ours, official = (m.to(device) for m in paired_kw_resnet18(spec, builder))
-        diff = max_output_difference(ours, official, x_check)
+        checks = official_agreement(spec, ours, official, x_check)
+        agreement += checks
+        diff = max(r["max_output_diff"] for r in checks)
+        log(f"  kw_official {spec:7s} against the official module: outputs {diff:.1e}, input gradients "
+            f"{max(r['max_input_grad_diff'] for r in checks):.1e}, parameter gradients "
+            f"{max(r['max_param_grad_diff'] for r in checks):.1e} (largest differences)")
         costs = measure_model_costs({"static": static, "ours": ours, "official": official}, device, batch=batch,
                                     input_size=(3, image_size, image_size), num_classes=1000,
                                     train_rounds=train_rounds, latency_rounds=latency_rounds, macs=False)
@@ -211,4 +251,4 @@ def bench_kw_official(path: str, convs: Sequence[str] = KW_OFFICIAL_CONVS, *, ba
                 f"(x{rows[-1]['train_vs_official']:.3f} official, x{rows[-1]['train_vs_static']:.2f} static)  "
                 f"latency {rows[-1]['latency_b1_ms']:8.2f} ms (x{rows[-1]['latency_vs_official']:.3f} official)")
         del ours, official, costs
-    return rows
+    return rows, agreement

@@ -278,19 +278,30 @@ def targets_markdown(targets: list[dict], info: dict[str, str], argv: Sequence[s
 
 
 
-def kw_official_markdown(rows: list[dict], info: dict[str, str], argv: Sequence[str], train_rounds: int,
-                         latency_rounds: int, temperature: float) -> str:
-    """``kw_official.md``: per KW spec, ours, the official module and static ResNet-18, and
-    whether ours trains at least as fast as the official module (median per-round ratio <= 1)."""
+def kw_official_markdown(rows: list[dict], agreement: list[dict], info: dict[str, str], argv: Sequence[str],
+                         train_rounds: int, latency_rounds: int, temperature: float) -> str:
+    """``kw_official.md``: per KW spec, ours, the official module and static ResNet-18, whether
+    ours trains at least as fast as the official module (median per-round ratio <= 1), and how
+    closely the two agree (``agreement``: :func:`odconv.bench.kw_official.official_agreement` rows)."""
     md = [_md_header("KernelWarehouse ResNet-18: this project's module against the official one", info, argv)]
     md.append("ResNet-18 (ImageNet layout, 1000 classes) with each KW config, built by `odconv.build_model` and by "
               "the official `kw_resnet18` from the checkout given to `--kw-official`, with the same weights (our "
-              "state dict loaded strictly into the official module) and the same temperature "
-              f"({temperature:g}); static: the plain ResNet-18. Training step (forward + backward + SGD step, "
-              "train mode) and batch-1 eval latency; `x official` and `x static` are medians of the per-round "
-              f"ratios over {train_rounds} interleaved rounds for training, {latency_rounds} for latency; "
-              "`IQR` the quartiles of the training ratios. `max |diff|`: the largest output difference "
-              "between ours and the official module on one batch in eval mode.\n")
+              "state dict loaded strictly into the official module); static: the plain ResNet-18.\n")
+    md.append("## Agreement\n\nOne batch of 2 through both modules, loss `sum(output * w)` with w fixed, per "
+              "temperature and mode: the largest difference in the output, the input gradient and any parameter's "
+              "gradient (parameters matched by name), beside the largest output and parameter gradient for "
+              "scale.\n")
+    header = ["conv", "temperature", "mode", "max |diff| output", "max |output|", "max |diff| input grad",
+              "max |diff| param grad", "max |param grad|"]
+    lines = [[r["conv"], f"{r['temperature']:g}", r["mode"], f"{r['max_output_diff']:.1e}", f"{r['max_output']:.3g}",
+              f"{r['max_input_grad_diff']:.1e}", f"{r['max_param_grad_diff']:.1e}", f"{r['max_param_grad']:.3g}"]
+             for r in agreement]
+    md.append(_md_table(header, lines) + "\n")
+    md.append(f"## Speed\n\nBoth modules at temperature {temperature:g}. Training step (forward + backward + SGD "
+              "step, train mode) and batch-1 eval latency; `x official` and `x static` are medians of the per-round "
+              f"ratios over {train_rounds} interleaved rounds for training, {latency_rounds} for latency; `IQR` the "
+              "quartiles of the training ratios; `max |diff|` the largest output difference of the agreement "
+              "checks.\n")
     header = ["conv", "module", "B", "image", "params (M)", "max |diff|", "train step ms", "x official", "IQR",
               "x static", "latency ms", "x official", "train peak MB", "x official"]
     lines = [[r["conv"], r["module"], r["batch"], r["image_size"], r["params_m"],
