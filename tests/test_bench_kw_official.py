@@ -21,6 +21,7 @@ from odconv.bench.kw_official import bench_kw_official, check_kw_checkout, offic
 
 STAND_IN = r'''
 import json
+import types
 from pathlib import Path
 
 from modules.kernel_warehouse import Warehouse_Manager
@@ -38,8 +39,9 @@ def kw_resnet18(reduction, cell_num_ratio, cell_inplane_ratio, cell_outplane_rat
                                 cell_inplane_ratio=cell_inplane_ratio, cell_outplane_ratio=cell_outplane_ratio,
                                 sharing_range=sharing_range, nonlocal_basis_ratio=nonlocal_basis_ratio)) + "\n")
     spec = {0.25: "kw1d4x", 1.0: "kw1x"}[cell_num_ratio]
-    model = odconv.build_model("resnet18", num_classes=1000, conv=spec)
-    model.net_update_temperature = lambda t: set_warehouse_temperature(model, t)
+    model = odconv.build_model("resnet18", num_classes=1000, conv=spec, dropout=kwargs.get("dropout", 0.1))
+    # a bound method, as the official class has: a deep copy's is bound to the copy
+    model.net_update_temperature = types.MethodType(lambda self, t: set_warehouse_temperature(self, t), model)
     if Warehouse_Manager == "perturbed":
         model.layer1[0].conv1.attention.fc2.register_forward_hook(lambda m, i, out: out + 1.0)
     return model

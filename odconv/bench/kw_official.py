@@ -19,6 +19,7 @@ lends stand-ins for the import only (checked against the checkout of 2024-2025, 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
 import statistics
@@ -43,6 +44,8 @@ KW_OFFICIAL_CONVS = ("kw1d4x", "kw1x", "kw4x")
 KW_OFFICIAL_FILES = ("modules/kernel_warehouse.py", "models/kw_resnet.py")
 #: The temperature both modules run at while timed (the value changes no cost).
 KW_OFFICIAL_TEMPERATURE = 0.5
+#: The official ``KW_ResNet``'s default dropout before the classifier (its configs keep it).
+OFFICIAL_DROPOUT = 0.1
 #: The temperatures at which ours and the official module are compared (outputs and gradients).
 AGREEMENT_TEMPERATURES = (1.0, 0.3, 0.0)
 
@@ -142,9 +145,10 @@ def official_kw_modules(path: str) -> Callable[..., nn.Module]:
 
 def paired_kw_resnet18(spec: str, official_builder: Callable[..., nn.Module]) -> tuple[nn.Module, nn.Module]:
     """Ours and the official KW ResNet-18 of ``spec`` with the same weights (ImageNet layout,
-    1000 classes), both at :data:`KW_OFFICIAL_TEMPERATURE`."""
+    1000 classes, dropout 0.1 before the classifier as the official default), both at
+    :data:`KW_OFFICIAL_TEMPERATURE`."""
     torch.manual_seed(0)
-    ours = odconv.build_model("resnet18", num_classes=1000, conv=spec)
+    ours = odconv.build_model("resnet18", num_classes=1000, conv=spec, dropout=OFFICIAL_DROPOUT)
     settings = official_settings(parse_conv_spec(spec), "resnet")
     settings.pop("spatial_partition")            # the official builder takes the manager's default (True)
     official = official_builder(**settings)
@@ -170,17 +174,20 @@ def official_agreement(spec: str, ours: nn.Module, official: nn.Module, x: torch
                        temperatures: Sequence[float] = AGREEMENT_TEMPERATURES) -> list[dict]:
     """Per temperature and mode (train, eval): the largest difference between ours and the
     official module in the output, the input gradient and any parameter's gradient (parameters
-    matched by name) for the loss ``sum(output * w)``, w fixed. Temperatures and modes are
-    restored to :data:`KW_OFFICIAL_TEMPERATURE` and train. Train mode moves both modules'
-    BatchNorm statistics alike."""
+    matched by name) for the loss ``sum(output * w)``, w fixed, computed on float64 copies of
+    both (the modules themselves are left as they are)."""
     rows = []
+    # float64 copies: what is left of a difference is the two modules', not float32 rounding
+    # amplified by BatchNorm's backward on a batch of 2
+    ours, official, x = copy.deepcopy(ours).double(), copy.deepcopy(official).double(), x.double()
     for t in temperatures:
         set_warehouse_temperature(ours, t)
         official.net_update_temperature(t)
         for mode in ("train", "eval"):
             ours.train(mode == "train")
             official.train(mode == "train")
-            weight = torch.randn(x.shape[0], 1000, generator=torch.Generator().manual_seed(2)).to(x.device)
+            weight = torch.randn(x.shape[0], 1000, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+            weight = weight.to(x.device)
             (y0, gx0, gp0), (y1, gx1, gp1) = (_outputs_and_grads(m, x, weight) for m in (ours, official))
             if gp0.keys() != gp1.keys():
                 raise RuntimeError(f"{spec}: parameter names differ from the official module's: "
@@ -190,10 +197,6 @@ def official_agreement(spec: str, ours: nn.Module, official: nn.Module, x: torch
                              max_input_grad_diff=(gx0 - gx1).abs().max().item(),
                              max_param_grad_diff=max((gp0[n] - gp1[n]).abs().max().item() for n in gp0),
                              max_param_grad=max(g.abs().max().item() for g in gp1.values())))
-    set_warehouse_temperature(ours, KW_OFFICIAL_TEMPERATURE)
-    official.net_update_temperature(KW_OFFICIAL_TEMPERATURE)
-    ours.train()
-    official.train()
     return rows
 
 
@@ -215,7 +218,7 @@ def bench_kw_official(path: str, convs: Sequence[str] = KW_OFFICIAL_CONVS, *, ba
     (a batch of 2). Returns (timing rows, agreement rows)."""
     builder = official_kw_modules(path)
     torch.manual_seed(0)
-    static = odconv.build_model("resnet18", num_classes=1000, conv="static").to(device)
+    static = odconv.build_model("resnet18", num_classes=1000, conv="static", dropout=OFFICIAL_DROPOUT).to(device)
     rows: list[dict] = []
     agreement: list[dict] = []
     x_check = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(device)

@@ -287,10 +287,12 @@ def kw_official_markdown(rows: list[dict], agreement: list[dict], info: dict[str
     md.append("ResNet-18 (ImageNet layout, 1000 classes) with each KW config, built by `odconv.build_model` and by "
               "the official `kw_resnet18` from the checkout given to `--kw-official`, with the same weights (our "
               "state dict loaded strictly into the official module); static: the plain ResNet-18.\n")
-    md.append("## Agreement\n\nOne batch of 2 through both modules, loss `sum(output * w)` with w fixed, per "
-              "temperature and mode: the largest difference in the output, the input gradient and any parameter's "
-              "gradient (parameters matched by name), beside the largest output and parameter gradient for "
-              "scale.\n")
+    md.append("## Agreement\n\nOne batch of 2 through float64 copies of both modules, loss `sum(output * w)` with "
+              "w fixed, per temperature and mode: the largest difference in the output, the input gradient and any "
+              "parameter's gradient (parameters matched by name), beside the largest output and parameter gradient "
+              "for scale. Between 0 and 1 the official attention computes `t * temp_bias` in float32 (`temp_bias` "
+              "is a plain tensor attribute, which `.double()` leaves as it is), so differences of float32 size "
+              "remain there; at 0 and 1 that product is exact.\n")
     header = ["conv", "temperature", "mode", "max |diff| output", "max |output|", "max |diff| input grad",
               "max |diff| param grad", "max |param grad|"]
     lines = [[r["conv"], f"{r['temperature']:g}", r["mode"], f"{r['max_output_diff']:.1e}", f"{r['max_output']:.3g}",
