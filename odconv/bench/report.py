@@ -293,8 +293,8 @@ def kw_official_markdown(rows: list[dict], agreement: list[dict], info: dict[str
               "for scale. Between 0 and 1 the official attention computes `t * temp_bias` in float32 (`temp_bias` "
               "is a plain tensor attribute, which `.double()` leaves as it is), so differences of float32 size "
               "remain there; at 0 and 1 that product is exact.\n")
-    header = ["conv", "temperature", "mode", "max |diff| output", "max |output|", "max |diff| input grad",
-              "max |diff| param grad", "max |param grad|"]
+    header = ["conv", "temperature", "mode", "max abs diff output", "max abs output", "max abs diff input grad",
+              "max abs diff param grad", "max abs param grad"]
     lines = [[r["conv"], f"{r['temperature']:g}", r["mode"], f"{r['max_output_diff']:.1e}", f"{r['max_output']:.3g}",
               f"{r['max_input_grad_diff']:.1e}", f"{r['max_param_grad_diff']:.1e}", f"{r['max_param_grad']:.3g}"]
              for r in agreement]
@@ -302,9 +302,9 @@ def kw_official_markdown(rows: list[dict], agreement: list[dict], info: dict[str
     md.append(f"## Speed\n\nBoth modules at temperature {temperature:g}. Training step (forward + backward + SGD "
               "step, train mode) and batch-1 eval latency; `x official` and `x static` are medians of the per-round "
               f"ratios over {train_rounds} interleaved rounds for training, {latency_rounds} for latency; `IQR` the "
-              "quartiles of the training ratios; `max |diff|` the largest output difference of the agreement "
+              "quartiles of the training ratios; `max abs diff` the largest output difference of the agreement "
               "checks.\n")
-    header = ["conv", "module", "B", "image", "params (M)", "max |diff|", "train step ms", "x official", "IQR",
+    header = ["conv", "module", "B", "image", "params (M)", "max abs diff", "train step ms", "x official", "IQR",
               "x static", "latency ms", "x official", "train peak MB", "x official"]
     lines = [[r["conv"], r["module"], r["batch"], r["image_size"], r["params_m"],
               "-" if r["module"] == "static" else f"{r['max_output_diff']:.1e}", r["train_step_ms"],
