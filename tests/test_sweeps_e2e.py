@@ -289,8 +289,9 @@ def test_nan_trial_recorded_failed_and_sweep_goes_on(tmp_path):
     st = study_of("nan", tmp_path)
     states = {t.user_attrs["grid_key"]: t for t in st.get_trials()}
     assert len(states) == 2 and len(st.get_trials()) == 2  # the diverged trial is not retried
-    bad = [t for t in st.get_trials() if t.params.get("model.lr") == 1.0e30][0]
-    good = [t for t in st.get_trials() if t.params.get("model.lr") == 0.05][0]
+    lr = {t.number: json.loads(t.user_attrs["grid_params"])["model.lr"] for t in st.get_trials()}
+    bad = [t for t in st.get_trials() if lr[t.number] == 1.0e30][0]
+    good = [t for t in st.get_trials() if lr[t.number] == 0.05][0]
     assert good.state == optuna.trial.TrialState.COMPLETE
     assert bad.state == optuna.trial.TrialState.FAIL and bad.user_attrs["final_failure"] is True
     assert "diverged" in bad.user_attrs["fail_reason"]
