@@ -32,6 +32,17 @@ def _ladder(**kw):
     return d
 
 
+def claim_all(st, sw, tmp_path) -> list[dict]:
+    """The trial specs a grid worker claims from ``st`` until the queue is empty (no trial runs)."""
+    worker = SimpleNamespace(study=st, sweep=sw, stop=False, storage=st.storage, res_dir=tmp_path / "res",
+                             devices_per_trial=1, results_root=str(tmp_path),
+                             mark_claimed=lambda trial: dict(trial.user_attrs))
+    claimed = []
+    while (claim := GridSource().claim(worker)) is not None:
+        claimed.append(claim.spec)
+    return claimed
+
+
 def _error(raw) -> str:
     return sweep_file_error(raw)
 
@@ -102,12 +113,7 @@ def test_a_ladder_point_is_claimed_after_a_rerun_registered_the_key_with_another
     earlier.suggest_categorical(OPTS, [Q.encode_value({"width": 0.125, "strategy": "grouped"})])
     st.tell(earlier, 0.5)
     Q.enqueue_grid(st, sw)
-    worker = SimpleNamespace(study=st, sweep=sw, stop=False, storage=st.storage, res_dir=tmp_path / "res",
-                             devices_per_trial=1, results_root=str(tmp_path),
-                             mark_claimed=lambda trial: dict(trial.user_attrs))
-    claimed = []
-    while (claim := GridSource().claim(worker)) is not None:
-        claimed.append(claim.spec)
+    claimed = claim_all(st, sw, tmp_path)
     assert [c["grid_key"] for c in claimed] == [p.key for p in sw.grid_points()]
     ladder = [c for c in claimed if OPTS in c["params"]]
     assert [c["params"][OPTS]["width"] for c in ladder] == [0.25, 0.5, 0.25, 0.5]
@@ -136,11 +142,6 @@ def test_a_grid_that_gains_a_variant_claims_its_new_points_in_the_same_study(tmp
     grown = parse_sweep(raw)
     assert [p.key for p in grown.grid_points()][:len(sw.grid_points())] == [p.key for p in sw.grid_points()]
     Q.enqueue_grid(st, grown)
-    worker = SimpleNamespace(study=st, sweep=grown, stop=False, storage=st.storage, res_dir=tmp_path / "res",
-                             devices_per_trial=1, results_root=str(tmp_path),
-                             mark_claimed=lambda trial: dict(trial.user_attrs))
-    claimed = []
-    while (claim := GridSource().claim(worker)) is not None:
-        claimed.append(claim.spec["grid_key"])
+    claimed = [spec["grid_key"] for spec in claim_all(st, grown, tmp_path)]
     assert claimed == [p.key for p in grown.grid_points()]
     assert claimed[-1] == "model.conv=dyconv4x,seed_everything=0"
