@@ -18,7 +18,7 @@ DEVICES_PER_TRIAL ?= 1
 LAUNCHER          ?= local
 SLURM_JOBS        ?=
 
-.PHONY: setup lock test test-integration lint test-slow bench ablation results drain estimate sweep-bench gpu-check clean
+.PHONY: setup lock test test-integration lint test-slow bench ablation results quote drain estimate sweep-bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -84,6 +84,11 @@ ablation: setup
 
 results: setup
 	STORAGE="$(STORAGE)" $(PY) -m sweeps results $(SWEEP)
+
+# Rewrite the claims blocks a document quotes (README.md) from results/<sweep>/claims.md
+DOC ?= README.md
+quote: setup
+	$(PY) -m sweeps quote $(DOC)
 
 # Stop a running sweep between trials (every machine): running trials finish, no new one
 # starts, the drivers exit with 4; `make ablation` again goes on

@@ -9,13 +9,14 @@
     odconv-sweep check sweeps/x.yaml       # validate a sweep file and list its grid
     odconv-sweep dashboard ablation        # the optuna-dashboard command for its storage
     odconv-sweep estimate ablation         # expected wall time, measured on this machine
+    odconv-sweep quote README.md [--check] # the claims blocks a document quotes, from results/*/claims.md
 
 ``run`` options default to the environment variables STORAGE, WORKERS, GPUS,
 DEVICES_PER_TRIAL, LAUNCHER and SLURM_JOBS (what ``make ablation`` passes), and STUDY for the
 study name. ``--launcher slurm`` submits the workers as SLURM jobs and returns (docs/slurm.md).
-Exit codes: 0 done, 1 some grid points failed, 2 bad input (one ``error:`` line), 3 the
-storage was unreachable for longer than the outage limit, 4 drained with points left, 130
-interrupted.
+Exit codes: 0 done, 1 some grid points failed (``quote --check``: a block differs), 2 bad input
+(one ``error:`` line), 3 the storage was unreachable for longer than the outage limit, 4 drained
+with points left, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -154,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", type=_device, default=os.environ.get("DEVICE") or "cpu", help="cpu or cuda[:i]")
     b.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
     b.add_argument("--train-repeats", type=_positive_int, default=3, help="timed rounds of the training steps")
+    q = sub.add_parser("quote", help="rewrite the <!-- claims:<sweep>:<block> --> blocks a markdown file quotes "
+                                     "from results/<sweep>/claims.md (what `results` writes)")
+    q.add_argument("document", help="markdown file, e.g. README.md")
+    q.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block differs")
+    q.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
     d = sub.add_parser("dashboard", help="print the optuna-dashboard command for a sweep's storage")
     d.add_argument("sweep")
     d.add_argument("--storage", default=os.environ.get("STORAGE") or None)
@@ -399,6 +406,27 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_quote(a: argparse.Namespace) -> int:
+    from .reporting.claims_report import MissingClaimsBlock, requote  # deferred: loads pandas
+    path = Path(a.document)
+    if not path.is_file():
+        raise UsageError(f"document {a.document!r} is not a file")
+    try:
+        text, changed = requote(path.read_text(), Path(a.results_root))
+    except MissingClaimsBlock as e:
+        raise UsageError(f"{a.document}: {e}") from None
+    if not changed:
+        print(f"{a.document}: every quoted block is the generated one")
+        return EXIT_OK
+    if a.check:
+        print(f"{a.document}: {len(changed)} block(s) differ from the generated ones: {', '.join(changed)} "
+              f"(`odconv-sweep quote {a.document}` rewrites them)")
+        return 1
+    path.write_text(text)
+    print(f"{a.document}: rewrote {', '.join(changed)}")
+    return EXIT_OK
+
+
 def _cmd_dashboard(a: argparse.Namespace) -> int:
     from .running.storage import storage_label  # deferred: loads Optuna
     name = _results_sweep(a.sweep, a.results_root).name
@@ -407,7 +435,8 @@ def _cmd_dashboard(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "results": _cmd_results, "status": _cmd_status, "drain": _cmd_drain,
-            "check": _cmd_check, "estimate": _cmd_estimate, "bench": _cmd_bench, "dashboard": _cmd_dashboard}
+            "check": _cmd_check, "estimate": _cmd_estimate, "bench": _cmd_bench, "quote": _cmd_quote,
+            "dashboard": _cmd_dashboard}
 
 
 def _command(a: argparse.Namespace) -> int:

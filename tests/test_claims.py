@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sweeps.cli import main as sweep_main
 from sweeps.reporting.aggregate import aggregate
-from sweeps.reporting.claims_report import read_block
+from sweeps.reporting.claims_report import MissingClaimsBlock, read_block, requote
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z]+) -->")
@@ -86,3 +87,35 @@ def test_claims_are_what_make_results_writes_from_the_committed_records(tmp_path
     for name in ("claims.md", "isocost.md", "isocost.csv", "summary.csv", "summary.md"):
         written = (tmp_path / "cifar10_factorial" / name).read_text().replace(str(tmp_path), "results")
         assert written == (study / name).read_text(), name
+
+
+def _study_with_claims(root: Path, sweep: str, blocks: dict[str, str]) -> None:
+    folder = root / sweep
+    folder.mkdir(parents=True)
+    folder.joinpath("claims.md").write_text("# generated\n\n" + "\n".join(
+        f"<!-- claims:{sweep}:{name} -->\n{body}\n<!-- /claims:{sweep}:{name} -->\n" for name, body in blocks.items()))
+
+
+def test_quote_rewrites_stale_blocks_and_keeps_the_rest(tmp_path):
+    _study_with_claims(tmp_path / "results", "s", {"lead": "New lead, 1.25 pp.", "axes": "- axis one\n- axis two"})
+    doc = tmp_path / "doc.md"
+    doc.write_text("Intro 0.5.\n\n<!-- claims:s:lead -->\nOld lead, 9.99 pp.\n<!-- /claims:s:lead -->\n\nMiddle.\n\n"
+                   "<!-- claims:s:axes -->\n- axis one\n- axis two\n<!-- /claims:s:axes -->\nEnd.\n")
+    before = doc.read_text()
+    assert sweep_main(["quote", str(doc), "--check", "--results-root", str(tmp_path / "results")]) == 1
+    assert doc.read_text() == before  # --check changes nothing
+    assert sweep_main(["quote", str(doc), "--results-root", str(tmp_path / "results")]) == 0
+    assert doc.read_text() == before.replace("Old lead, 9.99 pp.", "New lead, 1.25 pp.")
+    assert sweep_main(["quote", str(doc), "--check", "--results-root", str(tmp_path / "results")]) == 0
+
+
+def test_quote_names_a_block_no_study_generates(tmp_path, capsys):
+    _study_with_claims(tmp_path / "results", "s", {"lead": "Lead."})
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- claims:s:axes -->\nx\n<!-- /claims:s:axes -->\n")
+    with pytest.raises(MissingClaimsBlock, match=r"'s:axes'.*blocks there: s:lead"):
+        requote(doc.read_text(), tmp_path / "results")
+    assert sweep_main(["quote", str(doc), "--results-root", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "s:axes" in err
+

@@ -7,6 +7,7 @@ blocks of ``claims.md`` between its ``<!-- claims:<sweep>:<block> -->`` markers 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,11 @@ from .plan_status import PlanStatus
 from .wording import axis_sentence, contrast_sentence, detects, study_lead
 
 LEAD, AXES_BLOCK, CONTRASTS_BLOCK = "lead", "axes", "contrasts"
+QUOTE_MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z]+) -->")
+
+
+class MissingClaimsBlock(ValueError):
+    """A document quotes a block that no ``results/<sweep>/claims.md`` has."""
 
 
 def block(name: str, lines: list[str]) -> list[str]:
@@ -34,6 +40,37 @@ def read_block(text: str, name: str) -> str | None:
     if start not in text or end not in text:
         return None
     return text.split(start, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def quoted_blocks(text: str) -> list[str]:
+    """The blocks ``text`` quotes, in order, as ``<sweep>:<block>`` names."""
+    return [f"{sweep}:{name}" for sweep, name in QUOTE_MARKER.findall(text)]
+
+
+def requote(text: str, results_root: Path) -> tuple[str, list[str]]:
+    """``text`` (a markdown document) with every quoted block replaced by the block of the same
+    name in ``<results_root>/<sweep>/claims.md``, and the names of the blocks that changed.
+    Raises :class:`MissingClaimsBlock` naming the block, and the blocks that file has, when one
+    has no generated source."""
+    changed = []
+    for name in quoted_blocks(text):
+        sweep = name.split(":", 1)[0]
+        source = Path(results_root) / sweep / "claims.md"
+        generated_text = source.read_text() if source.exists() else ""
+        generated = read_block(generated_text, name)
+        if generated is None:
+            have = ", ".join(quoted_blocks(generated_text)) or "none"
+            raise MissingClaimsBlock(f"block {name!r} is not in {source} (blocks there: {have}; `make results "
+                                     f"SWEEP={sweep}` writes it)")
+        current = read_block(text, name)
+        if current is None:  # an opening marker without its closing one
+            raise MissingClaimsBlock(f"block {name!r} has no closing marker <!-- /claims:{name} -->")
+        if current != generated:
+            start, end = f"<!-- claims:{name} -->", f"<!-- /claims:{name} -->"
+            head, rest = text.split(start, 1)
+            text = f"{head}{start}\n{generated}\n{end}{rest.split(end, 1)[1]}"
+            changed.append(name)
+    return text, changed
 
 
 def claims_markdown(sweep: SweepDef, status: PlanStatus, iso: IsoCostResult | None,
