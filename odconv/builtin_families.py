@@ -49,6 +49,7 @@ class ODConvFamily(ConvFamily):
     """``odconv<n>x[-<att>+<att>...]``: :class:`~odconv.layers.ODConv2d` (no bias)."""
 
     name = "odconv"
+    title = "ODConv"
     grammar = "odconv<n>x[-<att>+<att>...]"
     grammar_notes = f"attentions: {', '.join(ATTENTIONS)}"
     examples = ("odconv1x", "odconv4x", "odconv1x-channel+spatial", "odconv4x-filter+kernel")
@@ -94,6 +95,7 @@ class CondConvFamily(ConvFamily):
     Paper placement: the last blocks, one router per block, a CondConv classifier."""
 
     name = "condconv"
+    title = "CondConv"
     examples = ("condconv8x",)
     options = frozenset({"strategy", "routing"})
     internal_options = frozenset({"routing"})   # models set it for a router shared by a block's convs
@@ -123,6 +125,7 @@ class DyConvFamily(ConvFamily):
     Paper placement: every conv but the stem (downsample and MobileNetV2's last 1x1 included)."""
 
     name = "dyconv"
+    title = "DyConv"
     examples = ("dyconv4x",)
     options = frozenset({"reduction", "strategy"})
     layer_types = (DyConv2d,)

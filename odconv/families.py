@@ -106,6 +106,7 @@ class ConvFamily:
     Class attributes:
         name: the spec prefix and the family's key (lower case; letters, digits, ``_``; not
             ending in a digit).
+        title: the family's name in reports ("KernelWarehouse"; default: ``name``).
         grammar: how its specs read, for error messages (default ``<name><n>x``).
         grammar_notes: extra words for the error messages (ODConv: its attention names).
         examples: canonical specs of the family (at least one; checked at registration:
@@ -119,6 +120,7 @@ class ConvFamily:
     """
 
     name: str = ""
+    title: str = ""
     grammar: str = ""
     grammar_notes: str = ""
     examples: tuple[str, ...] = ()

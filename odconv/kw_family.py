@@ -203,6 +203,7 @@ class KWFamily(ConvFamily):
     ``temperature_epochs``."""
 
     name = "kw"
+    title = "KernelWarehouse"
     grammar = "kw<n>x | kw1d<d>x"
     grammar_notes = "kw1d<d>x: 1/d as many warehouse cells as kernel cells (kw1d4x, kw1d2x)"
     examples = ("kw1d4x", "kw1d2x", "kw1x", "kw2x", "kw4x")

@@ -24,7 +24,7 @@ from sweeps.record import TrialRecord, write_record
 from sweeps.reporting.aggregate import aggregate
 from sweeps.reporting.contrasts import plan_contrasts
 from sweeps.reporting.plan_status import EXPLORATORY, PRESPECIFIED, plan_status
-from sweeps.reporting.wording import FORBIDDEN, axis_sentence, contrast_sentence, verdict
+from sweeps.reporting.wording import FORBIDDEN, axis_sentence, contrast_sentence, family_sentence, verdict
 from sweeps.sweep_schema import AnalysisSection
 from tests.conftest import sweep_file_error
 
@@ -258,6 +258,32 @@ def test_generated_sentences_never_claim_more_than_their_intervals():
     assert "2 of 3 Δs are positive" in axis
 
 
+def _axis_rows(variants, delta, p_holm, inside=None, n_seeds=None):
+    k = len(variants)
+    return pd.DataFrame({"variant": variants, "delta": delta, "ci_low": [d - 1 for d in delta],
+                         "ci_high": [d + 1 for d in delta], "p_holm": p_holm, "mdd": [1.2 + 0.1 * i for i in range(k)],
+                         "inside_ladder": inside or [True] * k, "cost": [1.0] * k, "n_seeds": n_seeds or [4] * k})
+
+
+def test_a_family_sentence_places_each_variant_with_the_axis_verdict_rule():
+    per_axis = {
+        "params": _axis_rows(["a", "b", "c"], [-2.0, -1.5, -0.9], [0.001, 0.01, 0.02], n_seeds=[1, 2, 4]),
+        "macs": _axis_rows(["a", "b", "c"], [0.8, -1.5, 0.4], [0.03, 0.2, 0.5]),
+        "latency_b1": _axis_rows(["a", "b", "c"], [np.nan, np.nan, np.nan], [np.nan] * 3, inside=[False] * 3),
+    }
+    s = family_sentence("Fam", per_axis)
+    assert s.startswith("Fam (`a`, `b`, `c`; 1-4 seeds), against the static frontier at Holm 5%: ")
+    assert "at equal parameters, all 3 below it;" in s
+    assert "at equal MACs, 1 above it (`a`), 2 not distinguishable from it (`b`, `c`; the design detects " \
+           "1.30-1.40 pp at 80% power);" in s
+    assert "at equal batch-1 latency, all 3 outside the ladder's range, not compared." in s
+    assert "on no axis" not in s  # `a` is above on MACs
+    one = family_sentence("Solo", {"params": _axis_rows(["s"], [0.3], [0.6], n_seeds=[4])})
+    assert one == ("Solo (`s`, 4 seeds), against the static frontier at Holm 5%: at equal parameters, not "
+                   "distinguishable from it (the design detects 1.20 pp at 80% power); above it on no axis.")
+    assert not any(w in (s + one).lower() for w in FORBIDDEN)
+
+
 def test_make_results_writes_the_contrasts_and_claims_of_a_planned_sweep(tmp_path):
     """Through make results' aggregation: a planned grid (a static ladder and two arms), records
     written as trials write them (finished after the plan was recorded, holding its hash)."""
@@ -292,3 +318,5 @@ def test_make_results_writes_the_contrasts_and_claims_of_a_planned_sweep(tmp_pat
     assert "pooled (primary, pre-specified): `odconv1x-channel` and `odconv1x` (pooled mean)" in lead
     assert "15 of the 15 results the plan covers ran under it" in layout.report("contrasts.md").read_text()
     assert "**Status: pre-specified.**" in layout.report("isocost.md").read_text()
+    family = claims.split("<!-- claims:planned:family-odconv -->\n")[1].split("\n<!--")[0]
+    assert family.startswith("ODConv (`odconv1x-channel`, `odconv1x`; 3 seeds each), against the static frontier")

@@ -17,7 +17,7 @@ from sweeps.reporting.aggregate import aggregate
 from sweeps.reporting.claims_report import MissingClaimsBlock, read_block, requote
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z]+) -->")
+MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z0-9_-]+) -->")
 DECIMAL = re.compile(r"(?<![\w.])[+\-−]?\d+\.\d+")
 STUDIES = ("cifar10_factorial", "cifar10_confirm")
 

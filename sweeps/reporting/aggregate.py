@@ -29,7 +29,7 @@ from ..definition import SweepDef
 from ..layout import DEFAULT_ROOT, SweepLayout
 from .analysis import add_pareto_fronts, rerun_table, summary_table, train_time_column
 from .attentions import attention_table, conditional_effects_table, effects_table
-from .claims_report import write_claims
+from .claims_report import variant_families, write_claims
 from .contrasts import plan_contrasts, plan_ladder
 from .curves import curves_table
 from .effects_report import write_effects
@@ -93,7 +93,7 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT, s
     iso_files, iso_line = write_isocost(out_dir, iso, sweep.name, data.metric, bench_machine(data.bench_csv),
                                         str(data.bench_csv), status)
     files += iso_files
-    files += write_claims(out_dir, sweep, status, iso, contrasts)
+    files += write_claims(out_dir, sweep, status, iso, contrasts, variant_families(summary))
     # A further analysis goes here: its frame from those above (e.g. a table from `summary` and
     # `data.records`), then `files += write_<it>(out_dir, sweep, <its frame>)`, and the frame
     # in the dict below.

@@ -12,15 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from odconv.spec import parse_conv_spec
+
 from ..definition import SweepDef
 from ..layout import report_layout
 from .formats import write_or_remove
 from .isocost import IsoCostResult
 from .plan_status import PlanStatus
-from .wording import axis_sentence, contrast_sentence, detects, study_lead
+from .wording import axis_sentence, contrast_sentence, detects, family_sentence, study_lead
 
 LEAD, AXES_BLOCK, CONTRASTS_BLOCK = "lead", "axes", "contrasts"
-QUOTE_MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z]+) -->")
+FAMILY_BLOCK = "family-{}"   # one block per conv family: family-kw, family-odconv, ...
+QUOTE_MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z0-9_-]+) -->")
 
 
 class MissingClaimsBlock(ValueError):
@@ -73,8 +76,38 @@ def requote(text: str, results_root: Path) -> tuple[str, list[str]]:
     return text, changed
 
 
+def variant_families(summary: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Each dynamic variant of ``summary`` (its ``variant`` and ``conv`` columns) -> its conv
+    family's (key, title), e.g. ``("kw", "KernelWarehouse")``; a spec no installed family parses
+    (records read where its package is missing) goes under its leading letters."""
+    out = {}
+    for variant, conv in zip(summary.get("variant", []), summary.get("conv", [])):
+        try:
+            family = parse_conv_spec(str(conv)).family
+        except ValueError:
+            key = re.match(r"[a-z_]*", str(conv).lower()).group(0) or str(conv)
+            out[variant] = (key, key)
+            continue
+        if family.dynamic:
+            out[variant] = (family.name, family.title or family.name)
+    return out
+
+
+def family_blocks(sweep_name: str, iso: IsoCostResult, families: dict[str, tuple[str, str]]) -> list[str]:
+    """One block per conv family with variants on the iso-cost axes (:func:`family_sentence`),
+    in the order the families first appear."""
+    lines: list[str] = []
+    for key, title in dict.fromkeys(families.values()):
+        mine = [v for v, f in families.items() if f[0] == key]
+        per_axis = {a: f.table[f.table["variant"].isin(mine)] for a, f in iso.axes.items()}
+        per_axis = {a: t for a, t in per_axis.items() if len(t)}
+        if per_axis:
+            lines += block(f"{sweep_name}:{FAMILY_BLOCK.format(key)}", [family_sentence(title, per_axis)])
+    return lines
+
+
 def claims_markdown(sweep: SweepDef, status: PlanStatus, iso: IsoCostResult | None,
-                    contrasts: pd.DataFrame | None) -> str:
+                    contrasts: pd.DataFrame | None, families: dict[str, tuple[str, str]] | None = None) -> str:
     lines = [f"# {sweep.name}: what its numbers say", "",
              "Every sentence here is generated from the tables beside it (`sweeps/reporting/wording.py`): "
              "*above* / *below* only where the adjusted p-value is under 5%, otherwise *not distinguishable*, "
@@ -92,6 +125,8 @@ def claims_markdown(sweep: SweepDef, status: PlanStatus, iso: IsoCostResult | No
     if iso is not None and iso.axes:
         lines += ["## Each cost axis", ""] + block(f"{sweep.name}:{AXES_BLOCK}", [f"- {axis_sentence(a, f.table)}"
                                                                for a, f in iso.axes.items()])
+    if iso is not None and iso.axes and families:
+        lines += ["## Each conv family", ""] + family_blocks(sweep.name, iso, families)
     if contrasts is not None and len(contrasts):
         lines += ["## Planned contrasts", ""] + block(f"{sweep.name}:{CONTRASTS_BLOCK}", [f"- {contrast_sentence(r)}"
                                                                           for _, r in contrasts.iterrows()])
@@ -129,11 +164,12 @@ def contrasts_markdown(sweep: SweepDef, status: PlanStatus, contrasts: pd.DataFr
 
 
 def write_claims(out_dir: Path, sweep: SweepDef, status: PlanStatus, iso: IsoCostResult | None,
-                 contrasts: pd.DataFrame | None) -> list[Path]:
-    """Write ``claims.md`` and (with planned contrasts) ``contrasts.csv|md``; remove stale ones."""
+                 contrasts: pd.DataFrame | None, families: dict[str, tuple[str, str]] | None = None) -> list[Path]:
+    """Write ``claims.md`` and (with planned contrasts) ``contrasts.csv|md``; remove stale ones.
+    ``families``: :func:`variant_families` of the summary, for one block per conv family."""
     files = report_layout(out_dir)
     claims = files.report("claims.md")
-    claims.write_text(claims_markdown(sweep, status, iso, contrasts))
+    claims.write_text(claims_markdown(sweep, status, iso, contrasts, families))
     has = contrasts is not None and len(contrasts) > 0
     written = [claims, *write_or_remove(contrasts if has else pd.DataFrame(), files.report("contrasts.csv"), has)]
     md = files.report("contrasts.md")

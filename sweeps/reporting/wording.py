@@ -132,3 +132,50 @@ def contrast_sentence(row: pd.Series | dict) -> str:
     v = verdict(float(r["estimate"]), float(r["p_adjusted"]), 0.05 if r.get("alpha") is None else r["alpha"])
     tail = v if v != NOT_DISTINGUISHABLE else f"{v} from it ({detects(float(r['mdd']))})"
     return f"{head}: {interval(r['estimate'], r['ci_low'], r['ci_high'])}, {p_text(r['p'])}{adj}: {tail}."
+
+
+def family_sentence(title: str, per_axis: dict[str, pd.DataFrame], alpha: float = 0.05,
+                    correction: str = "Holm") -> str:
+    """Where one conv family's variants lie against the static frontier, axis by axis
+    (``per_axis``: each axis's rows of ``isocost.csv`` for this family's variants only), with
+    the same verdict rule as :func:`axis_sentence`."""
+    variants: list[str] = list(dict.fromkeys(v for t in per_axis.values() for v in t["variant"]))
+    seeds = sorted({int(n) for t in per_axis.values() for n in t["n_seeds"].dropna()})
+    n = len(variants)
+    seed_text = ("seeds n/a" if not seeds else count(seeds[0], "seed", "seeds") + (" each" if n > 1 else "")
+                 if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds")
+
+    def group(names: list[str], what: str, note: str = "") -> str:
+        """``2 below it (`a`, `b`)``; ``all 3 below it`` when the whole family is there; ``below
+        it`` for a family of one variant."""
+        listed = [] if len(names) == n else [_names(names)]
+        inner = "; ".join(listed + ([note] if note else []))
+        head = what if n == 1 else f"all {n} {what}" if not listed else f"{len(names)} {what}"
+        return head + (f" ({inner})" if inner else "")
+
+    parts, any_above = [], False
+    for axis, t in per_axis.items():
+        comp = t[t["delta"].notna()]
+        v = {r.variant: verdict(r.delta, r.p_holm, alpha) for r in comp.itertuples()}
+        above = [x for x, w in v.items() if w == ABOVE]
+        below = [x for x, w in v.items() if w == BELOW]
+        rest = [x for x, w in v.items() if w == NOT_DISTINGUISHABLE]
+        outside = t[~t["inside_ladder"].astype(bool) & t["cost"].notna()]["variant"].tolist()
+        any_above = any_above or bool(above)
+        bits = []
+        if above:
+            bits.append(group(above, "above it"))
+        if below:
+            bits.append(group(below, "below it"))
+        if rest:
+            mdd = comp[comp["variant"].isin(rest)]["mdd"]
+            bits.append(group(rest, "not distinguishable from it", detects(mdd)))
+        if outside:
+            bits.append(group(outside, "outside the ladder's range, not compared"))
+        if bits:
+            parts.append(f"at equal {AXIS_WORDS.get(axis, axis)}, " + ", ".join(bits))
+    head = f"{title} ({_names(variants)}{', ' if n == 1 else '; '}{seed_text})"
+    if not parts:
+        return f"{head}: not compared on any axis."
+    tail = "" if any_above else "; above it on no axis"
+    return (f"{head}, against the static frontier at {correction} {alpha:.0%}: " + "; ".join(parts) + tail + ".")
