@@ -407,24 +407,18 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _cmd_quote(a: argparse.Namespace) -> int:
-    from .reporting.claims_report import MissingClaimsBlock, requote  # deferred: loads pandas
-    path = Path(a.document)
-    if not path.is_file():
+    from .reporting.claims_report import MissingClaimsBlock, quote_file  # deferred: loads pandas
+    if not Path(a.document).is_file():
         raise UsageError(f"document {a.document!r} is not a file")
     try:
-        text, changed = requote(path.read_text(), Path(a.results_root))
+        changed = quote_file(Path(a.document), Path(a.results_root), check=a.check)
     except MissingClaimsBlock as e:
         raise UsageError(f"{a.document}: {e}") from None
-    if not changed:
-        print(f"{a.document}: every quoted block is the generated one")
-        return EXIT_OK
-    if a.check:
-        print(f"{a.document}: {len(changed)} block(s) differ from the generated ones: {', '.join(changed)} "
-              f"(`odconv-sweep quote {a.document}` rewrites them)")
-        return 1
-    path.write_text(text)
-    print(f"{a.document}: rewrote {', '.join(changed)}")
-    return EXIT_OK
+    done = f"differ from the generated ones (`odconv-sweep quote {a.document}` rewrites them)" if a.check \
+        else "rewritten"
+    print(f"{a.document}: " + (f"{', '.join(changed)} {done}" if changed
+                               else "every quoted block is the generated one"))
+    return 1 if changed and a.check else EXIT_OK
 
 
 def _cmd_dashboard(a: argparse.Namespace) -> int:

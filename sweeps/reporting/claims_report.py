@@ -76,6 +76,15 @@ def requote(text: str, results_root: Path) -> tuple[str, list[str]]:
     return text, changed
 
 
+def quote_file(path: Path, results_root: Path, check: bool = False) -> list[str]:
+    """Rewrite the claims blocks the markdown file ``path`` quotes (:func:`requote`), unless
+    ``check``; the names of the blocks that differ(ed) from the generated ones."""
+    text, changed = requote(path.read_text(), results_root)
+    if changed and not check:
+        path.write_text(text)
+    return changed
+
+
 def variant_families(summary: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Each dynamic variant of ``summary`` (its ``variant`` and ``conv`` columns) -> its conv
     family's (key, title), e.g. ``("kw", "KernelWarehouse")``; a spec no installed family parses
