@@ -10,11 +10,12 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from sweeps.cli import main as sweep_main
 from sweeps.reporting.aggregate import aggregate
-from sweeps.reporting.claims_report import MissingClaimsBlock, read_block, requote
+from sweeps.reporting.claims_report import MissingClaimsBlock, read_block, requote, variant_families
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!-- claims:([A-Za-z0-9_.-]+):([a-z0-9_-]+) -->")
@@ -119,3 +120,10 @@ def test_quote_names_a_block_no_study_generates(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err and "s:axes" in err
 
+
+
+def test_variant_families_names_each_dynamic_variant_by_its_family():
+    summary = pd.DataFrame({"variant": ["static", "wide", "kw1x", "odconv4x", "mine"],
+                            "conv": ["static", "static", "kw1x", "odconv4x", "mystery3x"]})
+    assert variant_families(summary) == {"kw1x": ("kw", "KernelWarehouse"), "odconv4x": ("odconv", "ODConv"),
+                                         "mine": ("mystery", "mystery")}  # a family not installed here

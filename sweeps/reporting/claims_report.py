@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from odconv.atomic_files import atomic_output
 from odconv.spec import parse_conv_spec
 
 from ..definition import SweepDef
-from ..layout import report_layout
+from ..layout import SweepLayout, report_layout
 from .formats import write_or_remove
 from .isocost import IsoCostResult
 from .plan_status import PlanStatus
@@ -58,7 +59,7 @@ def requote(text: str, results_root: Path) -> tuple[str, list[str]]:
     changed = []
     for name in quoted_blocks(text):
         sweep = name.split(":", 1)[0]
-        source = Path(results_root) / sweep / "claims.md"
+        source = SweepLayout(sweep, results_root).report("claims.md")
         generated_text = source.read_text() if source.exists() else ""
         generated = read_block(generated_text, name)
         if generated is None:
@@ -81,7 +82,8 @@ def quote_file(path: Path, results_root: Path, check: bool = False) -> list[str]
     ``check``; the names of the blocks that differ(ed) from the generated ones."""
     text, changed = requote(path.read_text(), results_root)
     if changed and not check:
-        path.write_text(text)
+        with atomic_output(path) as f:   # an interrupted rewrite leaves the document as it was
+            f.write(text)
     return changed
 
 
