@@ -24,7 +24,14 @@ from sweeps.record import TrialRecord, write_record
 from sweeps.reporting.aggregate import aggregate
 from sweeps.reporting.contrasts import plan_contrasts
 from sweeps.reporting.plan_status import EXPLORATORY, PRESPECIFIED, plan_status
-from sweeps.reporting.wording import FORBIDDEN, axis_sentence, contrast_sentence, family_sentence, verdict
+from sweeps.reporting.wording import (
+    FORBIDDEN,
+    axis_sentence,
+    contrast_sentence,
+    contrast_variants,
+    family_sentence,
+    verdict,
+)
 from sweeps.sweep_schema import AnalysisSection
 from tests.conftest import sweep_file_error
 
@@ -228,6 +235,23 @@ def test_a_contrast_against_another_variant():
     assert not row["prespecified"]
 
 
+def test_a_pooled_contrast_names_each_variant_once_whatever_its_label_holds(tmp_path):
+    """Labels with "+" (attention specs) and spaces (grid axes) survive contrasts.csv and the sentence."""
+    res, summary, costs = _data()
+    names = {"a": "odconv1x-channel+filter", "b": "odconv4x-spatial+kernel width=0.125", "c": "c"}
+    res["variant"] = res["variant"].replace(names)
+    summary["variant"] = summary["variant"].replace(names)
+    costs = costs.rename(index=names)
+    plan = AnalysisSection.model_validate({**PLAN, "seeds": [4, 5, 6, 7], "contrasts": [
+        {"name": "pooled", "variants": [names["a"], names["b"], "c"], "axis": "macs", "role": "primary"}]})
+    plan_contrasts(plan, res, summary, costs, prespecified=False).to_csv(tmp_path / "contrasts.csv", index=False)
+    row = pd.read_csv(tmp_path / "contrasts.csv").iloc[0]
+    assert contrast_variants(row["variants"]) == [names["a"], names["b"], "c"]
+    assert contrast_sentence(row).startswith(
+        "pooled (primary, exploratory): `odconv1x-channel+filter`, `odconv4x-spatial+kernel width=0.125` and `c` "
+        "(pooled mean) against the static frontier at equal MACs, 4 seeds: ")
+
+
 # --- wording ------------------------------------------------------------------------------------
 
 def test_verdicts_follow_the_adjusted_p_value_only():
@@ -311,6 +335,7 @@ def test_make_results_writes_the_contrasts_and_claims_of_a_planned_sweep(tmp_pat
     assert out["plan_status"].label == PRESPECIFIED
     csv = pd.read_csv(layout.report("contrasts.csv"))
     assert list(csv["contrast"]) == ["pooled"] and csv.loc[0, "n_seeds"] == 3 and bool(csv.loc[0, "prespecified"])
+    assert contrast_variants(csv.loc[0, "variants"]) == ["odconv1x-channel", "odconv1x"]
     assert csv.loc[0, "ci_low"] < 0.6 < csv.loc[0, "ci_high"]
     claims = layout.report("claims.md").read_text()
     lead = claims.split("<!-- claims:planned:lead -->")[1].split("<!-- /claims:planned:lead -->")[0]

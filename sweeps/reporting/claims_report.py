@@ -20,7 +20,7 @@ from ..layout import SweepLayout, report_layout
 from .formats import write_or_remove
 from .isocost import IsoCostResult
 from .plan_status import PlanStatus
-from .wording import axis_sentence, contrast_sentence, detects, family_sentence, study_lead
+from .wording import axis_sentence, contrast_sentence, contrast_variants, detects, family_sentence, study_lead
 
 LEAD, AXES_BLOCK, CONTRASTS_BLOCK = "lead", "axes", "contrasts"
 FAMILY_BLOCK = "family-{}"   # one block per conv family: family-kw, family-odconv, ...
@@ -150,7 +150,7 @@ def contrasts_markdown(sweep: SweepDef, status: PlanStatus, contrasts: pd.DataFr
     t = contrasts
     table = pd.DataFrame({
         "contrast": t["contrast"], "role": t["role"], "axis": t["axis"],
-        "variants": [f"`{v}`" for v in t["variants"]], "against": t["against"],
+        "variants": [", ".join(f"`{n}`" for n in contrast_variants(v)) for v in t["variants"]], "against": t["against"],
         "estimate [CI] (pp)": [f"{e:+.2f} [{lo:+.2f}, {hi:+.2f}]" if pd.notna(e) else "n/a"
                                for e, lo, hi in zip(t["estimate"], t["ci_low"], t["ci_high"])],
         "p": [f"{p:.3f}" if pd.notna(p) else "n/a" for p in t["p"]],

@@ -13,6 +13,7 @@ two-sided t test on the fit's residual df. p-values are adjusted within each rol
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -47,7 +48,8 @@ def _weights(c: ContrastSection) -> dict[str, float]:
 
 
 def _row(c: ContrastSection, fit: AxisFit | None, results: pd.DataFrame, alpha: float) -> dict:
-    row = {"contrast": c.name, "role": c.role, "axis": c.axis, "variants": "+".join(c.variants),
+    # a JSON list: variant labels may hold any character a separator could be ("+" in specs)
+    row = {"contrast": c.name, "role": c.role, "axis": c.axis, "variants": json.dumps(list(c.variants)),
            "against": c.against, "n_seeds": int(results[results["variant"].isin(c.variants)]["seed"].nunique())}
     w = _weights(c)
     missing = [] if fit is None else [v for v in w if v not in fit.delta_cov.index]

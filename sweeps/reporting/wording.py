@@ -11,6 +11,7 @@ says more than its interval allows:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 
@@ -117,12 +118,19 @@ def study_lead(per_axis: dict[str, pd.DataFrame], alpha: float = 0.05) -> str:
             f"at Holm {alpha:.0%}; a gain smaller than the design detects ({span}) would go unseen.")
 
 
+def contrast_variants(value: str | list[str]) -> list[str]:
+    """The variants of a contrast as ``contrasts.csv`` holds them (a JSON list of labels)."""
+    return list(value) if isinstance(value, list) else [str(v) for v in json.loads(value)]
+
+
 def contrast_sentence(row: pd.Series | dict) -> str:
     """What one planned contrast says (a row of ``contrasts.csv``)."""
     r = dict(row)
     against = "the static frontier" if r["against"] == "frontier" else f"`{r['against']}`"
-    what = " and ".join(f"`{v}`" for v in str(r["variants"]).split("+"))
-    pooled = " (pooled mean)" if "+" in str(r["variants"]) else ""
+    names = contrast_variants(r["variants"])
+    what = " and ".join([", ".join(f"`{v}`" for v in names[:-1]), f"`{names[-1]}`"] if len(names) > 1
+                        else [f"`{names[0]}`"])
+    pooled = " (pooled mean)" if len(names) > 1 else ""
     head = (f"{r['contrast']} ({r['role']}, {'pre-specified' if r['prespecified'] else 'exploratory'}): "
             f"{what}{pooled} against {against} at equal {AXIS_WORDS.get(r['axis'], r['axis'])}, "
             f"{int(r['n_seeds'])} seeds")
