@@ -129,6 +129,18 @@ def test_a_plan_changed_halfway_is_exploratory_and_its_change_is_named(tmp_path)
     assert plan_status(plan_a, recs, read_plans(layout), ["static"]).label == PRESPECIFIED
 
 
+def test_a_first_plan_written_after_the_data_is_exploratory_and_no_change(tmp_path):
+    layout = SweepLayout("t", tmp_path)
+    plan = {"seeds": [4, 5, 6], "contrasts": [{"name": "c", "variants": ["a"], "role": "primary"}]}
+    recs = _records([T0 + timedelta(minutes=10 * k) for k in range(1, 7)], [None] * 6)
+    entry = record_plan(layout, plan, now=T0 + timedelta(days=3))
+    st = plan_status(plan, recs, read_plans(layout), ["static"])
+    assert st.label == EXPLORATORY and (st.covered, st.under_plan, st.later_changes) == (6, 0, [])
+    assert st.reason == (f"plan {entry.hash} was recorded at {entry.recorded_at}, after the first trial it "
+                         f"covers finished ({(T0 + timedelta(minutes=10)).isoformat(timespec='seconds')}): every "
+                         "result it covers is exploratory")
+
+
 def test_no_plan_is_exploratory():
     st = plan_status(None, _records([T0] * 6, [None] * 6), [], ["static"])
     assert st.label == EXPLORATORY and "no analysis plan" in st.reason

@@ -84,8 +84,11 @@ def test_claims_are_what_make_results_writes_from_the_committed_records(tmp_path
     shutil.copytree(study / "trials", tmp_path / "cifar10_factorial" / "trials")
     shutil.copy(study / "sweep.json", tmp_path / "cifar10_factorial" / "sweep.json")
     shutil.copytree(study / "bench", tmp_path / "cifar10_factorial" / "bench")
+    if (study / "analysis_plans.json").exists():
+        shutil.copy(study / "analysis_plans.json", tmp_path / "cifar10_factorial" / "analysis_plans.json")
     aggregate("cifar10_factorial", tmp_path)
-    for name in ("claims.md", "isocost.md", "isocost.csv", "summary.csv", "summary.md"):
+    names = ["claims.md", "isocost.md", "isocost.csv", "summary.csv", "summary.md"]
+    for name in names + [n for n in ("contrasts.csv", "contrasts.md") if (study / n).exists()]:
         written = (tmp_path / "cifar10_factorial" / name).read_text().replace(str(tmp_path), "results")
         assert written == (study / name).read_text(), name
 

@@ -65,14 +65,15 @@ def plan_status(plan_dict: dict | None, records: pd.DataFrame, plans: list[Recor
     mine = [p for p in plans if p.hash == h]
     recorded = mine[0].recorded_at if mine else None
     under = int((cov["analysis_plan"] == h).sum()) if "analysis_plan" in cov.columns else 0
+    # a change replaces an earlier plan: a study's first plan, however late, changes none
     later = [p for i, p in enumerate(plans) if first is not None and p.time > _time(first)
-             and (i == 0 or plans[i - 1].hash != p.hash)]
+             and i > 0 and plans[i - 1].hash != p.hash]
     status = PlanStatus(EXPLORATORY, "", h, recorded, first, len(cov), under, later)
     if recorded is None:
         status.reason = f"plan {h} is not in the study's plans log: it was never in force for a run"
     elif first is not None and _time(recorded) >= _time(first):
         status.reason = (f"plan {h} was recorded at {recorded}, after the first trial it covers finished "
-                         f"({first})")
+                         f"({first}): every result it covers is exploratory")
     else:
         status.label = PRESPECIFIED
         status.reason = (f"plan {h} was recorded at {recorded}, before the first trial it covers finished"
