@@ -259,6 +259,8 @@ def test_a_pooled_contrast_names_each_variant_once_whatever_its_label_holds(tmp_
     plan_contrasts(plan, res, summary, costs, prespecified=False).to_csv(tmp_path / "contrasts.csv", index=False)
     row = pd.read_csv(tmp_path / "contrasts.csv").iloc[0]
     assert contrast_variants(row["variants"]) == [names["a"], names["b"], "c"]
+    with pytest.raises(ValueError, match=r"JSON list of variant labels.*'a\+b'"):
+        contrast_variants("a+b")  # an unreadable value is named, not a bare JSONDecodeError
     assert contrast_sentence(row).startswith(
         "pooled (primary, exploratory): `odconv1x-channel+filter`, `odconv4x-spatial+kernel width=0.125` and `c` "
         "(pooled mean) against the static frontier at equal MACs, 4 seeds: ")

@@ -120,7 +120,16 @@ def study_lead(per_axis: dict[str, pd.DataFrame], alpha: float = 0.05) -> str:
 
 def contrast_variants(value: str | list[str]) -> list[str]:
     """The variants of a contrast as ``contrasts.csv`` holds them (a JSON list of labels)."""
-    return list(value) if isinstance(value, list) else [str(v) for v in json.loads(value)]
+    if isinstance(value, list):
+        return list(value)
+    try:
+        names = json.loads(value)
+    except (TypeError, ValueError):
+        names = None
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"contrasts.csv 'variants' must be a JSON list of variant labels, e.g. "
+                         f'["odconv1x-channel", "odconv1x"]; got {value!r} (rerun `make results` to rewrite it)')
+    return [str(v) for v in names]
 
 
 def contrast_sentence(row: pd.Series | dict) -> str:
