@@ -18,7 +18,7 @@ DEVICES_PER_TRIAL ?= 1
 LAUNCHER          ?= local
 SLURM_JOBS        ?=
 
-.PHONY: setup lock test test-integration lint test-slow bench ablation results quote drain estimate sweep-bench gpu-check clean
+.PHONY: setup lock test test-integration lint test-slow bench ablation plan results quote drain estimate sweep-bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -81,6 +81,11 @@ gpu-check:
 ablation: setup
 	STORAGE="$(STORAGE)" WORKERS="$(WORKERS)" GPUS="$(GPUS)" DEVICES_PER_TRIAL="$(DEVICES_PER_TRIAL)" \
 		LAUNCHER="$(LAUNCHER)" SLURM_JOBS="$(SLURM_JOBS)" $(PY) -m sweeps run sweeps/$(SWEEP).yaml
+
+# Record a sweep file's analysis plan (results/<sweep>/analysis_plans.json) before its first
+# trial, without running one; commit the file with the sweep file (docs/sweep-files.md)
+plan: setup
+	$(PY) -m sweeps plan sweeps/$(SWEEP).yaml
 
 results: setup
 	STORAGE="$(STORAGE)" $(PY) -m sweeps results $(SWEEP)

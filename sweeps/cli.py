@@ -7,6 +7,7 @@
     odconv-sweep status ablation           # progress of a (running) sweep
     odconv-sweep drain ablation            # finish the running trials, start no new one
     odconv-sweep check sweeps/x.yaml       # validate a sweep file and list its grid
+    odconv-sweep plan sweeps/x.yaml        # record its analysis plan now, before any trial runs
     odconv-sweep dashboard ablation        # the optuna-dashboard command for its storage
     odconv-sweep estimate ablation         # expected wall time, measured on this machine
     odconv-sweep quote README.md [--check] # the claims blocks a document quotes, from results/*/claims.md
@@ -25,11 +26,9 @@ import argparse
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 import yaml
@@ -37,6 +36,7 @@ from sqlalchemy import exc as sa_exc
 
 from lightning_modules.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_STORAGE
 
+from .cli_args import OneLineErrorParser, device_arg, positive_int, positive_seconds
 from .definition import SweepConfigError, SweepDef, find_sweep_file, load_sweep
 from .layout import SweepLayout
 from .slurm_options import SlurmOptions
@@ -58,42 +58,8 @@ def _env_int(name: str) -> int | None:
         raise UsageError(f"environment variable {name} must be an integer, got {v!r}") from None
 
 
-def _device(text: str) -> str:
-    """``--device``: cpu, cuda or cuda:N."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
-    return text
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return v
-
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return v
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (the usage block is one ``-h`` away)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="odconv-sweep", description=__doc__.split("\n\n")[0])
+    ap = OneLineErrorParser(prog="odconv-sweep", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run or resume a sweep (same command on every machine)")
     r.add_argument("sweep", help="sweep YAML path or name (e.g. smoke -> sweeps/smoke.yaml)")
@@ -110,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true", help="re-queue grid points whose trials all failed")
     r.add_argument("--no-aggregate", action="store_true", help="do not write the tables and plots at the end")
     r.add_argument("--progress-interval", type=float, default=5.0)
-    r.add_argument("--outage-limit", type=_positive, default=None,
+    r.add_argument("--outage-limit", type=positive_seconds, default=None,
                    help="seconds every sweep process waits for an unreachable storage before stopping "
                         "(default: SWEEP_OUTAGE_LIMIT_S or 300)")
     r.add_argument("--launcher", default=os.environ.get("LAUNCHER") or "local",
@@ -141,9 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
     c = sub.add_parser("check", help="validate a sweep file and list its grid points")
     c.add_argument("sweep")
+    pl = sub.add_parser("plan", help="record a sweep file's analysis plan (results/<sweep>/analysis_plans.json) "
+                                     "without running a trial, to commit it before the runs")
+    pl.add_argument("sweep")
+    pl.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
     e = sub.add_parser("estimate", help="expected wall time of a sweep here, from throughput measured on the device")
     e.add_argument("sweep")
-    e.add_argument("--device", type=_device, default=os.environ.get("DEVICE") or None,
+    e.add_argument("--device", type=device_arg, default=os.environ.get("DEVICE") or None,
                    help="cpu or cuda[:i] (default: cuda when available)")
     e.add_argument("--workers", type=int, default=None,
                    help="workers sharing the sweep (e.g. the number of GPUs over all machines)")
@@ -153,9 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time every grid variant's model against static in one run, for the cost "
                                      "columns of the sweep's tables (results/<sweep>/bench/models.csv)")
     b.add_argument("sweep")
-    b.add_argument("--device", type=_device, default=os.environ.get("DEVICE") or "cpu", help="cpu or cuda[:i]")
+    b.add_argument("--device", type=device_arg, default=os.environ.get("DEVICE") or "cpu", help="cpu or cuda[:i]")
     b.add_argument("--results-root", default=os.environ.get("RESULTS", "results"))
-    b.add_argument("--train-repeats", type=_positive_int, default=3, help="timed rounds of the training steps")
+    b.add_argument("--train-repeats", type=positive_int, default=3, help="timed rounds of the training steps")
     q = sub.add_parser("quote", help="rewrite the <!-- claims:<sweep>:<block> --> blocks a markdown file quotes "
                                      "from results/<sweep>/claims.md (what `results` writes)")
     q.add_argument("document", help="markdown file, e.g. README.md")
@@ -385,6 +355,22 @@ def _cmd_check(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_plan(a: argparse.Namespace) -> int:
+    from .analysis_plan import read_plans, record_plan
+    sweep = load_sweep(a.sweep)
+    if sweep.analysis is None:
+        raise UsageError(f"{sweep.source} has no analysis: section to record (docs/sweep-files.md#analysis-plan)")
+    layout = SweepLayout(sweep.name, a.results_root)
+    before = read_plans(layout)
+    entry = record_plan(layout, sweep.analysis)
+    kept = bool(before) and before[-1].hash == entry.hash
+    records = len(list(layout.trials.glob("*.json"))) if layout.trials.is_dir() else 0
+    print(f"plan {entry.hash} " + ("in force since" if kept else "recorded at") + f" {entry.recorded_at}: "
+          f"{layout.plans} (commit it with the sweep file)"
+          + (f" ({records} trial record(s) exist already: `results` says which the plan covers)" if records else ""))
+    return EXIT_OK
+
+
 def _cmd_estimate(a: argparse.Namespace) -> int:
     from .running.estimate import main as estimate_main  # deferred: loads Lightning to build the models
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -429,8 +415,8 @@ def _cmd_dashboard(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "results": _cmd_results, "status": _cmd_status, "drain": _cmd_drain,
-            "check": _cmd_check, "estimate": _cmd_estimate, "bench": _cmd_bench, "quote": _cmd_quote,
-            "dashboard": _cmd_dashboard}
+            "check": _cmd_check, "plan": _cmd_plan, "estimate": _cmd_estimate, "bench": _cmd_bench,
+            "quote": _cmd_quote, "dashboard": _cmd_dashboard}
 
 
 def _command(a: argparse.Namespace) -> int:

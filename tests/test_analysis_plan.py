@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats as sps
 
 from sweeps.analysis_plan import plan_hash, read_plans, record_plan
+from sweeps.cli import main as sweep_main
 from sweeps.definition import parse_sweep
 from sweeps.grid import GridPoint
 from sweeps.layout import SweepLayout
@@ -90,6 +92,30 @@ def test_the_plans_log_records_each_new_plan_once(tmp_path):
     assert [p.hash for p in read_plans(layout)] == [first.hash, second.hash]
     assert read_plans(layout)[1].time == T0 + timedelta(hours=2)
     assert record_plan(layout, None) is None and len(read_plans(layout)) == 2
+
+
+def test_odconv_sweep_plan_records_a_plan_before_any_trial(tmp_path, capsys):
+    """`odconv-sweep plan` logs the file's plan once (a repeat keeps it, an edit adds one) and
+    starts nothing; a sweep without a plan is one error line, exit 2."""
+    root = Path(__file__).resolve().parents[1]
+    layout = SweepLayout("t", tmp_path / "results")
+
+    def plan(analysis):
+        path = tmp_path / "t.yaml"
+        path.write_text(yaml.safe_dump({**_sweep(analysis), "base_config": str(root / "experiments" / "smoke.yaml")}))
+        code = sweep_main(["plan", str(path), "--results-root", str(layout.root)])
+        return code, capsys.readouterr()
+
+    code, out = plan(_plan_for_grid())
+    first = read_plans(layout)
+    assert code == 0 and [p.hash for p in first] == [plan_hash(_plan_for_grid())]
+    assert f"plan {first[0].hash} recorded at {first[0].recorded_at}" in out.out and not layout.trials.exists()
+    code, out = plan(_plan_for_grid())
+    assert code == 0 and read_plans(layout) == first and f"in force since {first[0].recorded_at}" in out.out
+    code, out = plan({**_plan_for_grid(), "alpha": 0.01})
+    assert code == 0 and [p.hash for p in read_plans(layout)][0] == first[0].hash and len(read_plans(layout)) == 2
+    code, out = plan(None)
+    assert code == 2 and "has no analysis: section" in out.err and len(out.err.strip().splitlines()) == 1
 
 
 def _records(times, plans, variants=("static", "a"), seeds=(4, 5, 6)):
