@@ -123,6 +123,13 @@ class SweepDef:
         """Every point to run: the grid points, then the reruns (:meth:`rerun_pairs`)."""
         return self.grid_points() + [r for r, _ in self.rerun_pairs()]
 
+    def grid_seeds(self) -> dict[str, list[Any]]:
+        """variant -> the seeds the grid runs it at (grid order; reruns are not grid points)."""
+        out: dict[str, list[Any]] = {}
+        for p in self.grid_points():
+            out.setdefault(p.variant, []).append(p.seed)
+        return out
+
     def variants(self) -> list[str]:
         seen: dict[str, None] = {}
         for p in self.points():

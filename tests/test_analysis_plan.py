@@ -263,6 +263,30 @@ def test_contrasts_keep_to_the_plans_seeds_and_frontier_widths():
     assert wide.loc["pooled", "estimate"] != pytest.approx(base.loc["pooled", "estimate"])
 
 
+def test_a_contrast_missing_a_planned_result_is_interim_and_gives_no_verdict():
+    """Every result a contrast plans (its variants and the plan's rungs at the plan's seeds) is
+    counted; while one is missing the sentence withholds the verdict, whatever the p-value."""
+    res, summary, costs = _data()
+    res.loc[res["variant"] == "a", "top1"] += 3.0  # far above: the complete study says "above"
+    grid_seeds = {v: [4, 5, 6, 7, 8] if v == "static w=0.15" else [4, 5, 6, 7] for v in summary["variant"]}
+    plan = AnalysisSection.model_validate({**PLAN, "seeds": [4, 5, 6, 7], "frontier_widths": [0.125, 0.15, 0.1875]})
+    full = plan_contrasts(plan, res, summary, costs, True, grid_seeds).set_index("contrast")
+    # a_alone plans a and the three rungs at seeds 4-7 (seed 8 is outside the plan): 16 results
+    assert full.loc["a_alone", ["n_results", "n_results_planned"]].tolist() == [16, 16]
+    assert full.loc["pooled", "n_results_planned"] == 20
+    assert contrast_sentence(full.loc["a_alone"].to_dict() | {"contrast": "a_alone"}).endswith(": above.")
+    for dropped in [("a", 7), ("static w=0.15", 5)]:  # an arm's result, a rung's result
+        part = res[~((res["variant"] == dropped[0]) & (res["seed"] == dropped[1]))]
+        row = plan_contrasts(plan, part, summary, costs, True, grid_seeds).set_index("contrast").loc["a_alone"]
+        assert row[["n_results", "n_results_planned"]].tolist() == [15, 16] and row["p_adjusted"] < 0.05
+        text = contrast_sentence(row.to_dict() | {"contrast": "a_alone"})
+        assert text.endswith(": interim (15 of the 16 results the plan names), no verdict before the last.")
+        assert "above" not in text
+    # a rung outside the plan's widths is not planned; without grid seeds nothing is counted
+    assert full.loc["b_alone", "n_results_planned"] == 16
+    assert plan_contrasts(plan, res, summary, costs, True)["n_results_planned"].isna().all()
+
+
 def test_a_contrast_against_another_variant():
     res, summary, costs = _data()
     plan = AnalysisSection.model_validate({"seeds": [4, 5, 6, 7], "frontier_order": {"macs": 1}, "contrasts": [

@@ -81,7 +81,8 @@ def aggregate(sweep_name: str, results_root: str | os.PathLike = DEFAULT_ROOT, s
     iso = isocost(results_frame(data.records), summary, costs, orders=plan.frontier_order if plan else None)
     status = plan_status(sweep.analysis, data.records, read_plans(layout),
                          plan_ladder(plan, summary) if plan else find_ladder(summary))
-    contrasts = (plan_contrasts(plan, results_frame(data.records), summary, costs, status.prespecified)
+    contrasts = (plan_contrasts(plan, results_frame(data.records), summary, costs, status.prespecified,
+                                sweep.grid_seeds())
                  if plan and plan.contrasts else None)
 
     # reporting: each step writes its files from the frames above and returns their paths

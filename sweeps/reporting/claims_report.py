@@ -156,7 +156,9 @@ def contrasts_markdown(sweep: SweepDef, status: PlanStatus, contrasts: pd.DataFr
         "p": [f"{p:.3f}" if pd.notna(p) else "n/a" for p in t["p"]],
         "p adjusted": [f"{p:.3f}" if pd.notna(p) else "n/a" for p in t["p_adjusted"]],
         "MDD (pp)": [f"{m:.2f}" if pd.notna(m) else "n/a" for m in t["mdd"]],
-        "seeds": t["n_seeds"].astype(str)})
+        "seeds": t["n_seeds"].astype(str),
+        "results / planned": [f"{int(n)}/{int(m)}" if pd.notna(m) else "n/a"
+                              for n, m in zip(t["n_results"], t["n_results_planned"])]})
     return "\n".join([
         f"# {sweep.name}: the planned contrasts", "",
         f"**{status.label.capitalize()}.** {status.reason[0].upper() + status.reason[1:]}. "

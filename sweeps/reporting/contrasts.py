@@ -9,6 +9,10 @@ combination ``w . delta`` (``1/k`` on each of its ``k`` variants, ``-1`` on ``ag
 that is a variant), its standard error ``sqrt(w' Cov(delta) w)`` from the same fit, its
 two-sided t test on the fit's residual df. p-values are adjusted within each role's family
 (primary, secondary) by the plan's correction.
+
+A contrast is *interim* while some result it plans is missing: a grid point of its variants,
+its ``against`` and the plan's static rungs at the plan's seeds (``n_results`` of
+``n_results_planned``); its sentence then gives no verdict (:func:`sweeps.reporting.wording.contrast_sentence`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from . import stats
 from .isocost import AXES, AxisFit, find_ladder, fit_axis
 
 COLUMNS = ["contrast", "role", "axis", "variants", "against", "estimate", "se", "ci_low", "ci_high", "p",
-           "p_adjusted", "correction", "alpha", "mdd", "df", "n_seeds", "prespecified", "note"]
+           "p_adjusted", "correction", "alpha", "mdd", "df", "n_seeds", "n_results", "n_results_planned",
+           "prespecified", "note"]
 METHODS = {"holm": "holm", "bonferroni": "bonferroni"}
 
 
@@ -47,10 +52,23 @@ def _weights(c: ContrastSection) -> dict[str, float]:
     return w
 
 
-def _row(c: ContrastSection, fit: AxisFit | None, results: pd.DataFrame, alpha: float) -> dict:
+def _completeness(c: ContrastSection, plan: AnalysisSection, results: pd.DataFrame, rungs: list[str],
+                  grid_seeds: dict[str, list] | None) -> dict:
+    """The results the contrast plans (its variants, ``against`` and the static rungs, at the
+    plan's seeds the grid runs them at) and how many of them are in ``results``."""
+    if grid_seeds is None:
+        return {"n_results": math.nan, "n_results_planned": math.nan}
+    names = list(c.variants) + ([] if c.against == FRONTIER else [c.against]) + rungs
+    planned = {(v, s) for v in dict.fromkeys(names) for s in grid_seeds.get(v, []) if s in plan.seeds}
+    done = set(zip(results["variant"], results["seed"]))
+    return {"n_results": len(planned & done), "n_results_planned": len(planned)}
+
+
+def _row(c: ContrastSection, fit: AxisFit | None, results: pd.DataFrame, alpha: float, complete: dict) -> dict:
     # a JSON list: variant labels may hold any character a separator could be ("+" in specs)
     row = {"contrast": c.name, "role": c.role, "axis": c.axis, "variants": json.dumps(list(c.variants)),
-           "against": c.against, "n_seeds": int(results[results["variant"].isin(c.variants)]["seed"].nunique())}
+           "against": c.against, "n_seeds": int(results[results["variant"].isin(c.variants)]["seed"].nunique()),
+           **complete}
     w = _weights(c)
     missing = [] if fit is None else [v for v in w if v not in fit.delta_cov.index]
     if fit is None or missing or not fit.df_resid > 0:
@@ -80,11 +98,13 @@ def adjust(table: pd.DataFrame, correction: str) -> pd.Series:
 
 
 def plan_contrasts(plan: AnalysisSection, results: pd.DataFrame, summary: pd.DataFrame, costs: pd.DataFrame,
-                   prespecified: bool) -> pd.DataFrame:
+                   prespecified: bool, grid_seeds: dict[str, list] | None = None) -> pd.DataFrame:
     """One row per contrast of ``plan`` (:data:`COLUMNS`; estimates in percentage points, intervals
     at ``1 - alpha``). ``results``: one row per result (``variant``, ``seed``, ``top1`` in %);
     ``summary``: one row per variant (``conv``, ``model_width``, ...); ``costs``:
-    :func:`sweeps.reporting.isocost.cost_frame`; ``prespecified``: the plan's status."""
+    :func:`sweeps.reporting.isocost.cost_frame`; ``prespecified``: the plan's status;
+    ``grid_seeds``: variant -> the seeds the grid runs it at (``SweepDef.grid_seeds``), for the
+    results each contrast plans (None: not counted, never interim)."""
     ladder = plan_ladder(plan, summary)
     static = set(summary[summary["conv"].astype(str) == "static"]["variant"])
     keep = results["variant"].isin(ladder) | ~results["variant"].isin(static)  # rungs outside the plan's ladder go
@@ -97,7 +117,11 @@ def plan_contrasts(plan: AnalysisSection, results: pd.DataFrame, summary: pd.Dat
         usable = len(ladder) >= 3 and np.isfinite(float(c.get(ladder[0], math.nan)))
         fits[axis] = fit_axis(axis, res, c, ladder, widths, block_seed=plan.seed_block, level=1 - plan.alpha,
                               order=plan.frontier_order.get(axis, "rule")) if usable else None
-    rows = [_row(c, fits[c.axis], res, plan.alpha) for c in plan.contrasts]
+    # a rung with no result yet has no known width: it counts as planned until its first result
+    rungs = [v for v in static if plan.frontier_widths is None or pd.isna(widths.get(v))
+             or float(widths[v]) in plan.frontier_widths]
+    rows = [_row(c, fits[c.axis], res, plan.alpha, _completeness(c, plan, results, rungs, grid_seeds))
+            for c in plan.contrasts]
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     table["p_adjusted"] = adjust(table, plan.correction)
     table["correction"] = plan.correction

@@ -42,13 +42,6 @@ def planned_blocked_halfwidth(seeds: dict[str, list[Any]], members: list[str], v
     return stats.t_ppf(1 - ALPHA / 2, df_res) * float(se_unit[variant]) * resid_sd
 
 
-def _grid_seeds(sweep: SweepDef) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for p in sweep.grid_points():
-        out.setdefault(p.variant, []).append(p.seed)
-    return out
-
-
 def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effects: EffectsResult) -> dict[str, Any]:
     """Seed-to-seed spread and the smallest differences this design detects (80% power,
     two-sided 5%): a row vs ``static`` for each number of seeds a row shares with its
@@ -57,7 +50,7 @@ def power_summary(sweep: SweepDef, df: pd.DataFrame, summary: pd.DataFrame, effe
     of the 95% intervals the same design gives (``halfwidth_rows``, ``halfwidth_main_effect``,
     which is ``halfwidth_per_sd`` times the residual SD: known before any SD is)."""
     by_seed = seed_values(df)
-    grid_seeds = _grid_seeds(sweep)
+    grid_seeds = sweep.grid_seeds()
     sd, sd_df = stats.pooled_sd(list(s.values()) for s in by_seed.values())
     diffs, shared = [], set()
     if len(summary):

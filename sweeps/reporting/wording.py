@@ -148,6 +148,9 @@ def contrast_sentence(row: pd.Series | dict) -> str:
     adj = "" if r["correction"] == "none" else f", {r['correction'].capitalize()}-adjusted {p_text(r['p_adjusted'])}"
     v = verdict(float(r["estimate"]), float(r["p_adjusted"]), 0.05 if r.get("alpha") is None else r["alpha"])
     tail = v if v != NOT_DISTINGUISHABLE else f"{v} from it ({detects(float(r['mdd']))})"
+    done, planned = (float(r.get(k, math.nan)) for k in ("n_results", "n_results_planned"))
+    if done < planned:  # an interim look: the plan's test is on all its results, so no verdict yet
+        tail = f"interim ({int(done)} of the {int(planned)} results the plan names), no verdict before the last"
     return f"{head}: {interval(r['estimate'], r['ci_low'], r['ci_high'])}, {p_text(r['p'])}{adj}: {tail}."
 
 
