@@ -133,6 +133,7 @@ def test_sweep_end_to_end_tables_plots_each_point_once(tmp_path):
         assert rec.config["model"]["conv"] == rec.params["model.conv"] and rec.placement == "matched"
         assert rec.config["seed_everything"] == rec.seed
         assert {"torch", "lightning", "optuna", "python", "platform", "cpu"} <= set(rec.versions)
+        assert rec.versions["torch_threads"] == str(max(1, (os.cpu_count() or 1) // 2))  # 2 workers share the CPU
         assert rec.host and rec.git_commit is not None
         options = rec.config["model"]["model_options"]
         assert options == (rerun_options if "model.model_options" in rec.params else {"width": 0.125}), options

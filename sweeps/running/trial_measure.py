@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import os
 import platform
 from typing import Any
 
@@ -15,7 +16,9 @@ from odconv.timing import cpu_name
 
 
 def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name()}
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
+           # a CPU fit's numerics and times depend on its thread count (the worker's share of the cores)
+           "cpu_cores": str(os.cpu_count()), "torch_threads": str(torch.get_num_threads())}
     for dist in ("torch", "lightning", "torchmetrics", "optuna", "numpy", "jsonargparse", "pandas"):
         out[dist] = importlib.metadata.version(dist)  # all required dependencies
     out["cuda"] = str(torch.version.cuda)
