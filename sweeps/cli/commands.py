@@ -36,10 +36,10 @@ from sqlalchemy import exc as sa_exc
 
 from lightning_modules.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_STORAGE
 
-from .cli_args import OneLineErrorParser, device_arg, positive_int, positive_seconds
-from .definition import SweepConfigError, SweepDef, find_sweep_file, load_sweep
-from .layout import SweepLayout
-from .slurm_options import SlurmOptions
+from ..definition import SweepConfigError, SweepDef, find_sweep_file, load_sweep
+from ..layout import SweepLayout
+from ..slurm_options import SlurmOptions
+from .args import OneLineErrorParser, device_arg, positive_int, positive_seconds
 
 READ_OUTAGE_LIMIT_S = 15.0  # status/results wait this long for an unreachable storage, not the run's limit
 
@@ -150,14 +150,14 @@ def _results_sweep(arg: str, results_root: str):
 def _open_study(storage_url: str | None, sweep_name: str, results_root: str, study_name: str):
     """The sweep's study for reading (status, results); ``UsageError`` naming the studies that
     exist when there is no such study."""
-    from .running.storage import (  # deferred: loads Optuna
+    from ..running.storage import (  # deferred: loads Optuna
         OutageGuard,
         is_rdb_url,
         journal_path,
         make_storage,
         storage_label,
     )
-    from .running.study import load_study  # deferred: loads Optuna
+    from ..running.study import load_study  # deferred: loads Optuna
     _quiet_optuna()
     label = storage_label(storage_url, sweep_name, results_root)
     if not is_rdb_url(storage_url) and not journal_path(sweep_name, results_root, storage_url).exists():
@@ -176,14 +176,14 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     # the child processes of a run (deferred: each loads only what it runs)
     if argv and argv[0] == "_worker":
-        from .running.worker import main as worker_main  # deferred: loads Optuna
+        from ..running.worker import main as worker_main  # deferred: loads Optuna
         return worker_main(argv[1:])
     if argv and argv[0] == "_prepare":
-        from .running.trial import prepare  # deferred: loads Lightning
+        from ..running.trial import prepare  # deferred: loads Lightning
         spec = json.loads(open(argv[1]).read())
         return prepare(spec["base_config"], spec["overrides"])
     if argv and argv[0] == "_trial":
-        from .running.trial import main as trial_main  # deferred: loads Lightning
+        from ..running.trial import main as trial_main  # deferred: loads Lightning
         return trial_main(argv[1])
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[sweep] %(message)s")
@@ -193,7 +193,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"odconv-sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 (classified: storage trouble and bad storage URLs are not bugs)
-        from .running.storage import StorageDriverMissing, StorageUnavailable  # deferred: loads Optuna
+        from ..running.storage import StorageDriverMissing, StorageUnavailable  # deferred: loads Optuna
         if isinstance(e, StorageUnavailable):
             print(f"odconv-sweep: error: {e}", file=sys.stderr)
             return EXIT_STORAGE
@@ -213,7 +213,7 @@ LAUNCHERS = ("local", "slurm")
 def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int, outage_limit_s: float) -> int:
     """``run --launcher slurm``: submit the worker jobs (options: the sweep file's ``slurm:``
     section, then ODCONV_SLURM_* variables, then ``--slurm KEY=VALUE`` flags)."""
-    from .running.runner import submit_sweep  # deferred: loads Optuna and submitit
+    from ..running.runner import submit_sweep  # deferred: loads Optuna and submitit
     if workers is not None or a.gpus:
         raise UsageError("--workers/WORKERS and --gpus/GPUS are for --launcher local; with --launcher slurm "
                          "use --slurm-jobs/SLURM_JOBS and the slurm: section (gpus_per_job)")
@@ -238,7 +238,7 @@ def _submit(a: argparse.Namespace, sweep, workers: int | None, per_trial: int, o
 
 def _print_jobs(sweep_name: str, results_root: str) -> None:
     """The sweep's SLURM jobs (``results/<sweep>/slurm/jobs.txt``) and their states, if it has any."""
-    from .running.slurm import job_ids_in, list_jobs  # deferred: loads submitit
+    from ..running.slurm import job_ids_in, list_jobs  # deferred: loads submitit
     ids = job_ids_in(SweepLayout(sweep_name, results_root).slurm)
     if not ids:
         return
@@ -256,7 +256,7 @@ def _print_jobs(sweep_name: str, results_root: str) -> None:
 
 def _outage_limit(flag: float | None) -> float:
     """The run's outage limit: ``--outage-limit``, else ``SWEEP_OUTAGE_LIMIT_S``, else the default."""
-    from .running.storage import parse_outage_limit  # deferred: loads Optuna
+    from ..running.storage import parse_outage_limit  # deferred: loads Optuna
     if flag is not None:
         return flag
     try:
@@ -276,7 +276,7 @@ def _bad_storage_url(e: Exception) -> str | None:
 def _cmd_run(a: argparse.Namespace) -> int:
     # deferred here and below: the running side loads Optuna (and SQLAlchemy); `check`,
     # `results` and a bad argument's error line need neither
-    from .running.runner import run_sweep
+    from ..running.runner import run_sweep
     _quiet_optuna()
     workers = a.workers if a.workers is not None else _env_int("WORKERS")
     per_trial = a.devices_per_trial if a.devices_per_trial is not None else (_env_int("DEVICES_PER_TRIAL") or 1)
@@ -297,7 +297,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 def _cmd_results(a: argparse.Namespace) -> int:
     # deferred: pandas, matplotlib and statsmodels, which the run's child processes never need
-    from .reporting.aggregate import aggregate
+    from ..reporting.aggregate import aggregate
     sw = _results_sweep(a.sweep, a.results_root)
     st = _open_study(a.storage, sw.name, a.results_root, a.study or sw.name) if a.storage else None
     out = aggregate(sw.name, a.results_root, study=st)
@@ -309,7 +309,7 @@ def _cmd_results(a: argparse.Namespace) -> int:
 
 
 def _cmd_status(a: argparse.Namespace) -> int:
-    from .running import study as S  # deferred: loads Optuna
+    from ..running import study as S  # deferred: loads Optuna
     sweep = _results_sweep(a.sweep, a.results_root)
     st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
     points = sweep.points()
@@ -335,7 +335,7 @@ def _cmd_status(a: argparse.Namespace) -> int:
 
 
 def _cmd_drain(a: argparse.Namespace) -> int:
-    from .running import study as S  # deferred: loads Optuna
+    from ..running import study as S  # deferred: loads Optuna
     sweep = _results_sweep(a.sweep, a.results_root)
     st = _open_study(a.storage, sweep.name, a.results_root, a.study or sweep.name)
     S.request_drain(st)
@@ -356,7 +356,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
 
 
 def _cmd_plan(a: argparse.Namespace) -> int:
-    from .analysis_plan import read_plans, record_plan
+    from ..analysis_plan import read_plans, record_plan
     sweep = load_sweep(a.sweep)
     if sweep.analysis is None:
         raise UsageError(f"{sweep.source} has no analysis: section to record (docs/sweep-files.md#analysis-plan)")
@@ -372,7 +372,7 @@ def _cmd_plan(a: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(a: argparse.Namespace) -> int:
-    from .running.estimate import main as estimate_main  # deferred: loads Lightning to build the models
+    from ..running.estimate import main as estimate_main  # deferred: loads Lightning to build the models
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA device is available here; valid: cpu")
@@ -383,7 +383,7 @@ def _cmd_estimate(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from .running.bench import bench_sweep  # deferred: loads Lightning to build the models
+    from ..running.bench import bench_sweep  # deferred: loads Lightning to build the models
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {a.device}: no CUDA device is available here; valid: cpu")
     path = bench_sweep(load_sweep(a.sweep), a.results_root, a.device, a.train_repeats, 10,
@@ -393,7 +393,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _cmd_quote(a: argparse.Namespace) -> int:
-    from .reporting.claims_report import MissingClaimsBlock, quote_file  # deferred: loads pandas
+    from ..reporting.claims_report import MissingClaimsBlock, quote_file  # deferred: loads pandas
     if not Path(a.document).is_file():
         raise UsageError(f"document {a.document!r} is not a file")
     try:
@@ -408,7 +408,7 @@ def _cmd_quote(a: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(a: argparse.Namespace) -> int:
-    from .running.storage import storage_label  # deferred: loads Optuna
+    from ..running.storage import storage_label  # deferred: loads Optuna
     name = _results_sweep(a.sweep, a.results_root).name
     print(f"optuna-dashboard {storage_label(a.storage, name, a.results_root)}")
     return EXIT_OK
