@@ -369,7 +369,9 @@ def test_a_family_sentence_places_each_variant_with_the_axis_verdict_rule():
     one = family_sentence("Solo", {"params": _axis_rows(["s"], [0.3], [0.6], n_seeds=[4])})
     assert one == ("Solo (`s`, 4 seeds), against the static frontier at Holm 5%: at equal parameters, not "
                    "distinguishable from it (the design detects 1.20 pp at 80% power); above it on no axis.")
-    assert not any(w in (s + one).lower() for w in FORBIDDEN)
+    pair = family_sentence("Pair", {"params": _axis_rows(["a", "b"], [-2.0, -1.5], [0.001, 0.01])})
+    assert "at equal parameters, both below it; above it on no axis." in pair
+    assert not any(w in (s + one + pair).lower() for w in FORBIDDEN)
 
 
 def test_make_results_writes_the_contrasts_and_claims_of_a_planned_sweep(tmp_path):

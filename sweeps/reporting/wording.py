@@ -166,11 +166,12 @@ def family_sentence(title: str, per_axis: dict[str, pd.DataFrame], alpha: float 
                  if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds")
 
     def group(names: list[str], what: str, note: str = "") -> str:
-        """``2 below it (`a`, `b`)``; ``all 3 below it`` when the whole family is there; ``below
-        it`` for a family of one variant."""
+        """``2 below it (`a`, `b`)``; ``all 3 below it`` (``both below it``) when the whole family
+        is there; ``below it`` for a family of one variant."""
         listed = [] if len(names) == n else [_names(names)]
         inner = "; ".join(listed + ([note] if note else []))
-        head = what if n == 1 else f"all {n} {what}" if not listed else f"{len(names)} {what}"
+        whole = what if n == 1 else f"both {what}" if n == 2 else f"all {n} {what}"
+        head = whole if not listed else f"{len(names)} {what}"
         return head + (f" ({inner})" if inner else "")
 
     parts, any_above = [], False
