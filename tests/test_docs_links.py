@@ -4,6 +4,7 @@ exists, and every ``#anchor`` at a heading of its target (GitHub's heading ids).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,14 @@ def heading_id(title: str) -> str:
 
 
 def heading_ids(doc: Path) -> set[str]:
-    ids, in_code = set(), False
+    ids, seen, in_code = set(), Counter(), False
     for line in doc.read_text().splitlines():
         if line.lstrip().startswith(FENCE):
             in_code = not in_code
         elif not in_code and (match := HEADING.match(line)):
-            ids.add(heading_id(match.group(1)))
+            base = heading_id(match.group(1))
+            ids.add(f"{base}-{seen[base]}" if seen[base] else base)  # GitHub numbers a repeated heading
+            seen[base] += 1
     return ids
 
 
@@ -54,8 +57,9 @@ def test_every_relative_link_resolves(doc: Path):
 
 
 def test_a_missing_file_and_a_missing_anchor_are_found(tmp_path: Path):
-    (tmp_path / "other.md").write_text("# Every make target\n\n```bash\n# not a heading\n```\n")
+    (tmp_path / "other.md").write_text("# Every make target\n\n```bash\n# not a heading\n```\n## Notes\n## Notes\n")
     doc = tmp_path / "doc.md"
-    doc.write_text("[ok](other.md#every-make-target) [gone](docs/other.md) "
-                   "[no anchor](other.md#not-a-heading) [web](https://example.org/x.md) [self](#title)\n# Title\n")
-    assert broken_links(doc) == ["docs/other.md", "other.md#not-a-heading"]
+    doc.write_text("[ok](other.md#every-make-target) [gone](docs/other.md) [no anchor](other.md#not-a-heading) "
+                   "[again](other.md#notes-1) [third](other.md#notes-2) [web](https://example.org/x.md) "
+                   "[self](#title)\n# Title\n")
+    assert broken_links(doc) == ["docs/other.md", "other.md#not-a-heading", "other.md#notes-2"]
