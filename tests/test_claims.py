@@ -71,26 +71,54 @@ def test_every_other_figure_of_the_results_section_is_in_the_generated_files():
     assert not missing, f"figures in the README's results section found in no generated file: {missing}"
 
 
+def test_every_figure_of_a_study_readings_result_is_in_the_generated_files():
+    reading = (ROOT / "results" / "cifar10_confirm" / "README.md").read_text()
+    result = strip_blocks(reading.split("\n## Result\n", 1)[1])
+    # its own study's files, and the factorial's contrasts (the hint it tests): few enough sources
+    # that a mistyped figure is unlikely to be found by chance
+    sources = figures(generated_text("cifar10_confirm") + (ROOT / "results/cifar10_factorial/contrasts.md").read_text())
+    assert figures(result), "the reading's Result section states no figure"
+    missing = sorted(figures(result) - sources)
+    assert not missing, f"figures in cifar10_confirm's Result section found in no generated file: {missing}"
+
+
 def test_the_figure_check_catches_a_typed_figure():
     section = "At equal MACs the hint is +31.41 pp, the design detects 0.73 pp."
     sources = figures(generated_text("cifar10_factorial"))
     assert figures(section) - sources == {"31.41"}
 
 
-def test_claims_are_what_make_results_writes_from_the_committed_records(tmp_path):
-    study = ROOT / "results" / "cifar10_factorial"
+@pytest.mark.parametrize("sweep", STUDIES)
+def test_claims_are_what_make_results_writes_from_the_committed_records(tmp_path, sweep):
+    study = ROOT / "results" / sweep
     if not (study / "trials").is_dir():
-        pytest.fail("the committed records of cifar10_factorial are missing")
-    shutil.copytree(study / "trials", tmp_path / "cifar10_factorial" / "trials")
-    shutil.copy(study / "sweep.json", tmp_path / "cifar10_factorial" / "sweep.json")
-    shutil.copytree(study / "bench", tmp_path / "cifar10_factorial" / "bench")
+        pytest.fail(f"the committed records of {sweep} are missing")
+    shutil.copytree(study / "trials", tmp_path / sweep / "trials")
+    shutil.copy(study / "sweep.json", tmp_path / sweep / "sweep.json")
+    # costs: the study's own benchmark, else the suite's (results/bench), as `make results` reads them
+    bench = study / "bench" if (study / "bench").is_dir() else ROOT / "results" / "bench"
+    shutil.copytree(bench, tmp_path / sweep / "bench" if bench.parent == study else tmp_path / "bench")
     if (study / "analysis_plans.json").exists():
-        shutil.copy(study / "analysis_plans.json", tmp_path / "cifar10_factorial" / "analysis_plans.json")
-    aggregate("cifar10_factorial", tmp_path)
+        shutil.copy(study / "analysis_plans.json", tmp_path / sweep / "analysis_plans.json")
+    aggregate(sweep, tmp_path)
     names = ["claims.md", "isocost.md", "isocost.csv", "summary.csv", "summary.md"]
     for name in names + [n for n in ("contrasts.csv", "contrasts.md") if (study / n).exists()]:
-        written = (tmp_path / "cifar10_factorial" / name).read_text().replace(str(tmp_path), "results")
+        written = (tmp_path / sweep / name).read_text().replace(str(tmp_path), "results")
         assert written == (study / name).read_text(), name
+
+
+def documents_quoting_claims() -> list[Path]:
+    docs = [ROOT / "README.md", *sorted((ROOT / "results").glob("*/README.md"))]
+    return [d for d in docs if MARKER.search(d.read_text())]
+
+
+def test_the_study_readings_quote_their_claims_too():
+    assert ROOT / "results" / "cifar10_confirm" / "README.md" in documents_quoting_claims()
+
+
+@pytest.mark.parametrize("doc", documents_quoting_claims(), ids=lambda d: str(d.relative_to(ROOT)))
+def test_every_document_quotes_the_generated_blocks(doc):
+    assert sweep_main(["quote", str(doc), "--check", "--results-root", str(ROOT / "results")]) == 0
 
 
 def _study_with_claims(root: Path, sweep: str, blocks: dict[str, str]) -> None:
